@@ -1,0 +1,65 @@
+"""sop_telemetry: zero-configuration, local telemetry for smolagents.
+
+Usage::
+
+    import sop_telemetry            # every smolagents agent run in this process is now recorded
+    ...
+    from sop_telemetry import TelemetryManager
+    session = TelemetryManager.get_instance().get_session_data()
+    print(session.total_tokens.total_tokens, session.total_duration)
+
+Importing this package only registers a hook: smolagents is patched when it is imported (or at once if it already
+is). Public names are loaded on first use, so `import sop_telemetry` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "TelemetryManager": "manager",
+    "TelemetryCollector": "collector",
+    "TelemetryConfig": "config",
+    "ConfigError": "config",
+    "TelemetryDataStore": "storage",
+    "TelemetrySession": "models",
+    "TaskExecution": "models",
+    "AgentExecution": "models",
+    "ToolExecution": "models",
+    "LLMCall": "models",
+    "StepExecution": "models",
+    "TokenUsage": "models",
+    "EnvironmentInfo": "models",
+    "CodeMetrics": "models",
+    "TaskStatus": "status",
+    "CallStatus": "status",
+    "get_error_handler": "error_handler",
+    "safe_telemetry_operation": "error_handler",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sop_telemetry' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+def _activate() -> None:
+    from .integrations import auto_install
+
+    auto_install()
+
+
+_activate()

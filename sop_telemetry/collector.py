@@ -1,0 +1,349 @@
+"""The collector: where every record of the current session goes.
+
+Usage::
+
+    from sop_telemetry import TelemetryManager, TaskStatus
+    collector = TelemetryManager.get_instance().get_collector()
+    collector.start_task("custom_task", "A custom task")
+    collector.record_llm_call(model="gpt-4", prompt_tokens=150, completion_tokens=75, duration=3.2)
+    collector.record_tool_usage("file_reader", 0.8)
+    collector.end_task("custom_task", TaskStatus.COMPLETED)
+
+Records are kept as plain dicts on the hot path (a list append under the GIL, no validation) and become the pydantic
+`TelemetrySession` only when a snapshot is taken for a flush or a reader. Which task and agent a record belongs to
+comes from a context variable (`_current`), so threads and asyncio tasks each see their own run.
+"""
+
+from __future__ import annotations
+
+import itertools
+from copy import deepcopy
+import logging
+import os
+import threading
+import time
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+
+from .error_handler import safe_telemetry_operation
+from .status import TaskStatus
+
+if TYPE_CHECKING:
+    from .models import TelemetrySession
+
+logger = logging.getLogger("sop_telemetry")
+
+# Defaults of the caps, shared with TelemetryConfig: recording starts with these before any config is validated.
+DEFAULT_MAX_RECORDS_PER_TASK = 10_000
+DEFAULT_MAX_STRING_LENGTH = 500
+
+
+def env_disabled() -> bool:
+    """`SOP_TELEMETRY_DISABLED=1` (or true/yes/on): an operator's off switch that wins over code."""
+    return os.environ.get("SOP_TELEMETRY_DISABLED", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+class _Switch:
+    """The one flag every wrapper checks first: a class attribute read is the cheapest check Python has."""
+
+    enabled = not env_disabled()
+
+
+switch = _Switch
+
+
+class Frame:
+    """What a piece of running code records into: a task, and the agent run (if any) inside it."""
+
+    __slots__ = ("task", "agent", "owner", "parent", "calls_since_step", "tools_since_step")
+
+    def __init__(self, task: dict, agent: Optional[dict] = None, owner: Any = None, parent: Optional["Frame"] = None):
+        self.task = task
+        self.agent = agent
+        self.owner = owner
+        self.parent = parent
+        # The records made by this agent run since its last finished step: a step takes them when it is finalized
+        # (steps of one run are sequential, so "since the last step" is exactly "in this step").
+        self.calls_since_step: List[dict] = []
+        self.tools_since_step: List[dict] = []
+
+
+current: ContextVar[Optional[Frame]] = ContextVar("sop_telemetry_frame", default=None)
+
+_ids = itertools.count(1)
+
+_RECORD_KEYS = ("llm_calls", "tools", "agents", "steps")
+
+
+def next_id(prefix: str) -> str:
+    return f"{prefix}{next(_ids)}"
+
+
+def clip(value: Any, limit: int) -> Optional[str]:
+    """`str(value)` cut to `limit` characters; None when the value cannot be turned into text."""
+    if value is None:
+        return None
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except Exception:  # noqa: BLE001 - objects whose __str__ raises
+        try:
+            text = f"<{type(value).__name__}>"
+        except Exception:  # noqa: BLE001
+            return None
+    if len(text) > limit:
+        return text[: max(0, limit - 1)] + "…"
+    return text
+
+
+class TelemetryCollector:
+    def __init__(
+        self,
+        session_id: str,
+        max_records_per_task: int = DEFAULT_MAX_RECORDS_PER_TASK,
+        max_string_length: int = DEFAULT_MAX_STRING_LENGTH,
+        on_change: Optional[Callable[[bool], None]] = None,
+    ) -> None:
+        self.session_id = session_id
+        self.start_time = time.time()
+        self.max_records_per_task = max_records_per_task
+        self.max_string_length = max_string_length
+        self._on_change = on_change
+        self._lock = threading.RLock()
+        self._tasks: List[dict] = []
+        self._open: Dict[str, dict] = {}
+        self._implicit: Optional[dict] = None
+        self.generation = 0  # bumped on every change, so a writer knows whether it has something new
+
+    # -- the spec's API ----------------------------------------------------------------------------------------
+    @safe_telemetry_operation("collector.start_task")
+    def start_task(self, task_id: str, description: str = "", **extra: Any) -> None:
+        """Opens a task; records made afterwards in this thread/context go into it until `end_task`."""
+        if not switch.enabled:
+            return
+        task = self.open_task(str(task_id), description, **extra)
+        current.set(Frame(task, parent=current.get()))
+
+    @safe_telemetry_operation("collector.end_task")
+    def end_task(self, task_id: str, status: TaskStatus | str = TaskStatus.COMPLETED, **extra: Any) -> None:
+        if not switch.enabled:
+            return
+        task = self._open.get(str(task_id))
+        if task is None:
+            logger.debug("sop_telemetry: end_task(%r) for a task that is not open", task_id)
+            return
+        frame = current.get()
+        if frame is not None and frame.task is task and frame.agent is None:
+            current.set(frame.parent)
+        self.close_task(task, TaskStatus(status), **extra)
+
+    @safe_telemetry_operation("collector.record_llm_call")
+    def record_llm_call(
+        self,
+        model: str,
+        prompt_tokens: Optional[int] = None,
+        completion_tokens: Optional[int] = None,
+        duration: float = 0.0,
+        **extra: Any,
+    ) -> None:
+        """Records one finished model call. Pass `None` tokens when the model did not report usage."""
+        if not switch.enabled:
+            return
+        reported = extra.pop("tokens_reported", prompt_tokens is not None or completion_tokens is not None)
+        total = extra.pop("total_tokens", None)
+        if reported and total is None:
+            total = (prompt_tokens or 0) + (completion_tokens or 0)
+        rec = self._manual_record(duration, extra)
+        rec.update(model=str(model), prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                   total_tokens=total, tokens_reported=bool(reported))
+        rec.setdefault("call_id", next_id("c"))
+        self.add("llm_calls", rec)
+
+    @safe_telemetry_operation("collector.record_agent_execution")
+    def record_agent_execution(self, agent_type: str, agent_name: str, duration: float = 0.0, **extra: Any) -> None:
+        if not switch.enabled:
+            return
+        rec = self._manual_record(duration, extra)
+        rec.update(agent_type=str(agent_type), agent_name=str(agent_name))
+        rec.setdefault("agent_id", next_id("a"))
+        rec.setdefault("status", TaskStatus.COMPLETED.value)
+        self.add("agents", rec)
+
+    @safe_telemetry_operation("collector.record_tool_usage")
+    def record_tool_usage(self, tool_name: str, duration: float = 0.0, **extra: Any) -> None:
+        if not switch.enabled:
+            return
+        rec = self._manual_record(duration, extra)
+        rec["tool_name"] = str(tool_name)
+        rec.setdefault("call_id", next_id("c"))
+        self.add("tools", rec)
+
+    def _manual_record(self, duration: float, extra: Dict[str, Any]) -> dict:
+        end = time.time()
+        duration = max(0.0, float(duration or 0.0))
+        rec: dict = {"start_time": end - duration, "end_time": end, "duration": duration}
+        for key in ("error_message", "description"):
+            if key in extra:
+                extra[key] = clip(extra[key], self.max_string_length)
+        rec.update(extra)
+        frame = current.get()
+        if frame is not None and frame.agent is not None:
+            rec.setdefault("agent_name", frame.agent.get("agent_name"))
+            rec.setdefault("agent_id", frame.agent.get("agent_id"))
+        return rec
+
+    # -- the instrumentation's API (no guards: the wrappers guard their own bookkeeping) -----------------------
+    def open_task(self, task_id: str, description: str = "", start: Optional[float] = None, **extra: Any) -> dict:
+        task = {
+            "task_id": task_id,
+            "description": clip(description, self.max_string_length) or "",
+            "start_time": time.time() if start is None else start,
+            "end_time": None,
+            "duration": None,
+            "status": TaskStatus.RUNNING.value,
+            "error_type": None,
+            "error_message": None,
+            "stop_reason": None,
+            "agents": [],
+            "tools": [],
+            "llm_calls": [],
+            "steps": [],
+            "code_changes": {"code_actions": 0, "code_lines": 0},
+            "dropped_records": {},
+            "dropped_token_usage": None,
+        }
+        task.update(extra)
+        with self._lock:
+            if task_id in self._open:
+                # A reused id while the first is still open: keep both, tell them apart.
+                task["task_id"] = task_id = f"{task_id}#{next_id('')}"
+            self._tasks.append(task)
+            self._open[task_id] = task
+        self._changed(False)
+        return task
+
+    def close_task(
+        self,
+        task: dict,
+        status: TaskStatus,
+        error: Optional[BaseException] = None,
+        end: Optional[float] = None,
+        **extra: Any,
+    ) -> None:
+        end = time.time() if end is None else end
+        task["end_time"] = end
+        task["duration"] = max(0.0, end - task["start_time"])
+        task["status"] = status.value
+        if error is not None:
+            task["error_type"] = type(error).__name__
+            task["error_message"] = clip(error, self.max_string_length)
+        for key, value in extra.items():
+            if key in ("error_message",):
+                value = clip(value, self.max_string_length)
+            task[key] = value
+        with self._lock:
+            self._open.pop(task["task_id"], None)
+        self._changed(True)
+
+    def add(self, kind: str, rec: dict, frame: Optional[Frame] = None) -> None:
+        """Appends a finished record to the task of `frame` (default: the current one), within the caps."""
+        if frame is None:
+            frame = current.get()
+        task = frame.task if frame is not None else self._fallback_task()
+        records = task[kind]
+        if len(records) < self.max_records_per_task:
+            records.append(rec)
+        else:
+            self._drop(task, kind, rec)
+        self.generation += 1
+
+    def _drop(self, task: dict, kind: str, rec: dict) -> None:
+        with self._lock:
+            dropped = task["dropped_records"]
+            dropped[kind] = dropped.get(kind, 0) + 1
+            if kind == "llm_calls":
+                usage = task["dropped_token_usage"]
+                if usage is None:
+                    usage = task["dropped_token_usage"] = {
+                        "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
+                        "unreported_calls": 0, "model_breakdown": {},
+                    }
+                per_model = usage["model_breakdown"].setdefault(
+                    rec.get("model") or "unknown",
+                    {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "unreported_calls": 0},
+                )
+                for bucket in (usage, per_model):
+                    if rec.get("tokens_reported", True):
+                        bucket["prompt_tokens"] += rec.get("prompt_tokens") or 0
+                        bucket["completion_tokens"] += rec.get("completion_tokens") or 0
+                        bucket["total_tokens"] += rec.get("total_tokens") or 0
+                    else:
+                        bucket["unreported_calls"] += 1
+
+    def _fallback_task(self) -> dict:
+        """Where a record with no current context goes: the only open task if there is exactly one (e.g. a tool
+        called on a thread the framework started without copying the context), else the implicit task."""
+        with self._lock:
+            if len(self._open) == 1:
+                return next(iter(self._open.values()))
+            if self._implicit is None:
+                self._implicit = self.open_task("untracked", "Records made outside any task", implicit=True)
+            return self._implicit
+
+    def _changed(self, urgent: bool) -> None:
+        self.generation += 1
+        if self._on_change is not None:
+            self._on_change(urgent)
+
+    # -- reading -----------------------------------------------------------------------------------------------
+    def has_records(self) -> bool:
+        return bool(self._tasks)
+
+    def open_task_count(self) -> int:
+        return len(self._open)
+
+    def task_count(self) -> int:
+        return len(self._tasks)
+
+    def snapshot(self, end_time: Optional[float] = None) -> dict:
+        """A consistent plain-data copy of the session: lists are copied under the lock, records are shared
+        (finished records are never changed; open ones only have values reassigned, never keys added)."""
+        with self._lock:
+            tasks = []
+            for task in self._tasks:
+                copy = dict(task)
+                for key in _RECORD_KEYS:
+                    copy[key] = list(task[key])
+                copy["dropped_records"] = dict(task["dropped_records"])
+                if task["dropped_token_usage"] is not None:
+                    copy["dropped_token_usage"] = deepcopy(task["dropped_token_usage"])
+                tasks.append(copy)
+        return {
+            "session_id": self.session_id,
+            "start_time": self.start_time,
+            "end_time": end_time,
+            "tasks": tasks,
+        }
+
+    def roll_over(self, new_session_id: str) -> Optional[dict]:
+        """Ends this session and goes on as `new_session_id`; returns the ended session's data, or None (and
+        changes nothing) while a task is open, since open tasks' records must stay in one file."""
+        with self._lock:
+            if self._open:
+                return None
+            now = time.time()
+            old = self.snapshot(end_time=now)
+            self._tasks = []
+            self._implicit = None
+            self.session_id = new_session_id
+            self.start_time = now
+            self.generation += 1
+            return old
+
+    def build_session(self, environment: Any = None, end_time: Optional[float] = None) -> "TelemetrySession":
+        from .models import TelemetrySession
+
+        data = self.snapshot(end_time)
+        if environment is not None:
+            data["environment"] = environment
+        return TelemetrySession.model_validate(data)
+

@@ -1,0 +1,102 @@
+"""Environment context for a session: OS, Python, working directory, project root, a few variables.
+
+Usage::
+
+    info = collect_environment(extra_allowlist=["MY_DEPLOYMENT"])
+
+Only an allowlist of variables is recorded, and a name that looks like a credential is masked even when listed:
+telemetry files get copied around, secrets must never be in them.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import platform
+import re
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Iterable, Optional
+
+from .models import EnvironmentInfo
+
+MASK = "***"
+
+# Variables that help analysis (which venv, which CI, which locale) and say nothing private.
+DEFAULT_ALLOWLIST = (
+    "VIRTUAL_ENV",
+    "CONDA_DEFAULT_ENV",
+    "CI",
+    "GITHUB_ACTIONS",
+    "LANG",
+    "TZ",
+    "PYTHONHASHSEED",
+    "HF_HUB_OFFLINE",
+    "SOP_TELEMETRY_DIR",
+    "SOP_TELEMETRY_DISABLED",
+)
+
+_SECRET_RE = re.compile(r"KEY|TOKEN|SECRET|PASSW|PWD|CREDENTIAL|AUTH|PRIVATE|SESSION|COOKIE|SIGNATURE|CERT", re.I)
+
+
+def looks_secret(name: str) -> bool:
+    return _SECRET_RE.search(name) is not None
+
+
+def select_environment(environ: Dict[str, str], extra_allowlist: Iterable[str] = ()) -> Dict[str, str]:
+    selected = {}
+    for name in (*DEFAULT_ALLOWLIST, *extra_allowlist):
+        if name in environ:
+            selected[name] = MASK if looks_secret(name) else environ[name]
+    return selected
+
+
+def find_project_root(start: Path) -> str:
+    """The nearest folder at or above `start` holding `.git` or `pyproject.toml`; `start` itself if none does."""
+    try:
+        current = start.resolve()
+        for folder in (current, *current.parents):
+            if (folder / ".git").exists() or (folder / "pyproject.toml").is_file():
+                return str(folder)
+        return str(current)
+    except OSError:
+        return str(start)
+
+
+def _version(dist: str) -> Optional[str]:
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:  # noqa: BLE001 - not installed, or broken metadata
+        return None
+
+
+def _user() -> Optional[str]:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+        return None
+
+
+def collect_environment(extra_allowlist: Iterable[str] = ()) -> EnvironmentInfo:
+    try:
+        cwd = Path(os.getcwd())
+    except OSError:
+        cwd = Path(".")
+    return EnvironmentInfo(
+        os_type=platform.system(),
+        os_version=platform.release(),
+        python_version=platform.python_version(),
+        working_directory=str(cwd),
+        project_root=find_project_root(cwd),
+        user_name=_user(),
+        timezone=time.strftime("%Z") or "UTC",
+        environment_variables=select_environment(dict(os.environ), extra_allowlist),
+        hostname=socket.gethostname(),
+        pid=os.getpid(),
+        telemetry_version=_version("sop-telemetry"),
+        smolagents_version=_version("smolagents") if "smolagents" in sys.modules else None,
+    )

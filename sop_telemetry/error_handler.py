@@ -1,0 +1,159 @@
+"""Fail-safe: telemetry errors are counted and logged, never raised into the host program.
+
+Usage::
+
+    from sop_telemetry.error_handler import safe_telemetry_operation, get_error_handler
+
+    @safe_telemetry_operation("custom_operation")
+    def my_telemetry_function():
+        ...
+
+    get_error_handler().get_error_summary()   # {"custom_operation": {"count": 1, "last_error": ..., ...}}
+
+An operation that fails `failure_threshold` times in a row is suspended for `cooldown` seconds (calls return the
+default without running), so a broken disk or a bug on a hot path costs one log line, not one per call.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from typing import Any, Callable, Dict, Optional, TypeVar
+
+logger = logging.getLogger("sop_telemetry")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _OpState:
+    __slots__ = ("count", "consecutive", "last_error", "last_error_type", "last_time", "suspended_until", "logged")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.consecutive = 0
+        self.last_error = ""
+        self.last_error_type = ""
+        self.last_time = 0.0
+        self.suspended_until = 0.0
+        self.logged = False
+
+
+class TelemetryErrorHandler:
+    def __init__(self, failure_threshold: int = 5, cooldown: float = 60.0) -> None:
+        self.failure_threshold = failure_threshold
+        self.cooldown = cooldown
+        self._ops: Dict[str, _OpState] = {}
+        self._lock = threading.Lock()
+
+    def record_error(self, operation: str, exc: BaseException) -> None:
+        """Counts the error; logs a warning the first time `operation` fails, debug after that."""
+        try:
+            now = time.time()
+            with self._lock:
+                state = self._ops.get(operation)
+                if state is None:
+                    state = self._ops[operation] = _OpState()
+                state.count += 1
+                state.consecutive += 1
+                state.last_error = _describe(exc)
+                state.last_error_type = type(exc).__name__
+                state.last_time = now
+                first = not state.logged
+                state.logged = True
+                suspend = state.consecutive >= self.failure_threshold and state.suspended_until <= now
+                if suspend:
+                    state.suspended_until = now + self.cooldown
+            if first:
+                logger.warning(
+                    "sop_telemetry: %s failed (%s); telemetry goes on, the program is not affected. "
+                    "Further failures of this operation are logged at debug level.",
+                    operation,
+                    state.last_error,
+                    exc_info=exc,
+                )
+            else:
+                logger.debug("sop_telemetry: %s failed again: %s", operation, state.last_error)
+            if suspend:
+                logger.debug("sop_telemetry: %s suspended for %.0fs after repeated failures", operation, self.cooldown)
+        except Exception:  # noqa: BLE001 - the error path itself must never raise
+            pass
+
+    def record_success(self, operation: str) -> None:
+        state = self._ops.get(operation)
+        if state is not None and state.consecutive:
+            state.consecutive = 0
+            state.suspended_until = 0.0
+
+    def is_suspended(self, operation: str) -> bool:
+        state = self._ops.get(operation)
+        return state is not None and state.suspended_until > time.time()
+
+    def get_error_summary(self) -> Dict[str, Dict[str, Any]]:
+        """Per operation: `count`, `last_error`, `last_error_type`, `last_time` (epoch seconds), `suspended`."""
+        now = time.time()
+        with self._lock:
+            return {
+                name: {
+                    "count": s.count,
+                    "last_error": s.last_error,
+                    "last_error_type": s.last_error_type,
+                    "last_time": s.last_time,
+                    "suspended": s.suspended_until > now,
+                }
+                for name, s in self._ops.items()
+            }
+
+    def total_errors(self) -> int:
+        with self._lock:
+            return sum(s.count for s in self._ops.values())
+
+    def reset_error_state(self) -> None:
+        with self._lock:
+            self._ops.clear()
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - an exception whose __str__ raises
+        text = "<unprintable>"
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+_handler = TelemetryErrorHandler()
+
+
+def get_error_handler() -> TelemetryErrorHandler:
+    return _handler
+
+
+def safe_telemetry_operation(operation: str, default: Any = None) -> Callable[[F], F]:
+    """Decorator: runs the function, and on any Exception counts it, logs it once and returns `default`."""
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            if _handler.is_suspended(operation):
+                return default
+            try:
+                result = func(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - this is the guard
+                _handler.record_error(operation, exc)
+                return default
+            _handler.record_success(operation)
+            return result
+
+        return guarded  # type: ignore[return-value]
+
+    return decorate
+
+
+def guard(operation: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Optional[Any]:
+    """Calls `func` under the guard without decorating it: the shape wrappers use on hot paths."""
+    try:
+        return func(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - this is the guard
+        _handler.record_error(operation, exc)
+        return None

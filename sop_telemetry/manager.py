@@ -1,0 +1,448 @@
+"""The manager: one per process; owns the configuration, the current session's collector and its file.
+
+Usage::
+
+    from sop_telemetry import TelemetryManager
+    manager = TelemetryManager.get_instance()
+    manager.initialize({"storage_dir": "/tmp/telemetry"})   # optional: zero configuration works
+    collector = manager.get_collector()
+    manager.flush_data()                                     # optional: files are written without it
+    session = manager.get_session_data()                     # the current session
+    print(manager.get_storage_stats()["storage_path"])
+
+Writing happens on a background thread: at once when a task ends, every `flush_interval` seconds while records
+arrive, and once more, synchronously, at interpreter exit. A process that records nothing writes nothing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from typing import TYPE_CHECKING
+
+from .collector import TelemetryCollector, switch
+from .error_handler import get_error_handler, safe_telemetry_operation
+from .status import TaskStatus
+
+if TYPE_CHECKING:
+    from .config import TelemetryConfig
+    from .models import TelemetrySession
+    from .storage import TelemetryDataStore
+
+logger = logging.getLogger("sop_telemetry")
+
+# Recording must start without pydantic (≈40 ms to import): the collector is made at once, and the configuration,
+# storage and models are imported on first use by the API below or by the writer thread.
+
+
+class TelemetryManager:
+    _instance: Optional["TelemetryManager"] = None
+    _instance_lock = threading.Lock()
+
+    @classmethod
+    def get_instance(cls) -> "TelemetryManager":
+        instance = cls._instance
+        if instance is None:
+            with cls._instance_lock:
+                instance = cls._instance
+                if instance is None:
+                    instance = cls._instance = cls()
+        return instance
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._write_lock = threading.Lock()
+        self._config: Optional[TelemetryConfig] = None
+        self._store: Optional[TelemetryDataStore] = None
+        self._collector: Optional[TelemetryCollector] = None
+        self._prices: Any = None
+        self._environment: Any = None
+        self._wake = threading.Event()
+        self._stopped = False
+        self._writer: Optional[threading.Thread] = None
+        self._written_generation = -1
+        self._cleanup_done = False
+        self._atexit_registered = False
+        self._loaded: "OrderedDict[str, tuple]" = OrderedDict()
+        self._pending: List["TelemetrySession"] = []
+        self.last_flush_time: Optional[float] = None
+        self.last_flush_path: Optional[Path] = None
+        # Set by the `sop-telemetry` command: it reads sessions and must never write one of its own.
+        self.read_only = False
+
+    # -- configuration -----------------------------------------------------------------------------------------
+    def initialize(self, config: Optional[Mapping[str, Any] | "TelemetryConfig"] = None) -> None:
+        """Applies `config` (the spec's keys); raises ConfigError for unknown keys or bad values.
+
+        Calling it again re-configures: later records and writes follow the new settings; the current session goes
+        on (its file moves to the new storage directory at the next write).
+        """
+        from .config import build_config
+        from .pricing import PriceBook
+        from .storage import TelemetryDataStore
+
+        cfg = build_config(config)
+        with self._lock:
+            self._config = cfg
+            self._store = TelemetryDataStore(cfg.resolved_storage_dir(), fsync=cfg.fsync)
+            self._prices = PriceBook(cfg.prices)
+            self._loaded.clear()
+            if self._collector is None:
+                self._collector = self._new_collector()
+            else:
+                self._collector.max_records_per_task = cfg.max_records_per_task
+                self._collector.max_string_length = cfg.max_string_length
+                self._written_generation = -1
+            switch.enabled = cfg.enabled
+
+    def _ensure(self) -> "TelemetryConfig":
+        cfg = self._config
+        if cfg is None:
+            from .config import ConfigError
+
+            with self._lock:
+                if self._config is None:
+                    try:
+                        self.initialize()
+                    except ConfigError as exc:
+                        # A bad SOP_TELEMETRY_DIR must not break the program: fall back to the default place.
+                        logger.warning("sop_telemetry: %s; using the defaults", exc)
+                        os.environ.pop("SOP_TELEMETRY_DIR", None)
+                        self.initialize()
+                cfg = self._config
+        assert cfg is not None
+        return cfg
+
+    @property
+    def config(self) -> "TelemetryConfig":
+        return self._ensure()
+
+    def _new_collector(self) -> TelemetryCollector:
+        from .storage import new_session_id
+
+        cfg = self._config
+        collector = TelemetryCollector(new_session_id(), on_change=self._on_change)
+        if cfg is not None:
+            collector.max_records_per_task = cfg.max_records_per_task
+            collector.max_string_length = cfg.max_string_length
+        return collector
+
+    # -- the spec's API ----------------------------------------------------------------------------------------
+    def get_collector(self) -> TelemetryCollector:
+        collector = self._collector
+        if collector is None:
+            with self._lock:
+                if self._collector is None:
+                    self._collector = self._new_collector()
+                collector = self._collector
+        return collector
+
+    @safe_telemetry_operation("manager.flush_data")
+    def flush_data(self) -> Optional[Path]:
+        """Writes the current session now (if it has records); returns its path, or None if nothing was written."""
+        self._ensure()
+        return self._write(final=False, force=True)
+
+    @safe_telemetry_operation("manager.get_session_data")
+    def get_session_data(self, session_id: Optional[str] = None) -> Optional["TelemetrySession"]:
+        """The current session when `session_id` is None, a stored one by id, or None if there is no such session."""
+        from .storage import is_session_id
+
+        self._ensure()
+        collector = self.get_collector()
+        if session_id is None or session_id == collector.session_id:
+            return self._build_current(final=False)
+        for pending in self._pending:
+            if pending.session_id == session_id:
+                return pending
+        if not is_session_id(session_id):
+            return None
+        return self._load_cached(session_id)
+
+    def _load_cached(self, session_id: str) -> Optional["TelemetrySession"]:
+        from .storage import SessionLoadError
+
+        store = self._store
+        assert store is not None
+        path = store.path_for(session_id)
+        try:
+            st = os.stat(path, follow_symlinks=False)  # type: ignore[arg-type]
+        except OSError:
+            return None
+        key = (st.st_mtime_ns, st.st_size)
+        hit = self._loaded.get(session_id)
+        if hit is not None and hit[0] == key:
+            self._loaded.move_to_end(session_id)
+            return hit[1]
+        try:
+            session = store.load(session_id)
+        except KeyError:
+            return None
+        except SessionLoadError as exc:
+            logger.warning("sop_telemetry: skipping %s", exc)
+            return None
+        limit = self.config.max_memory_sessions
+        if limit:
+            self._loaded[session_id] = (key, session)
+            while len(self._loaded) > limit:
+                self._loaded.popitem(last=False)
+        return session
+
+    @safe_telemetry_operation("manager.get_storage_stats", default={})
+    def get_storage_stats(self) -> Dict[str, Any]:
+        cfg = self._ensure()
+        store = self._store
+        assert store is not None
+        files, size = store.stats()
+        collector = self._collector
+        dropped: Dict[str, int] = {}
+        if collector is not None:
+            for task in collector.snapshot()["tasks"]:
+                for kind, count in task["dropped_records"].items():
+                    dropped[kind] = dropped.get(kind, 0) + count
+        return {
+            "storage_path": str(store.directory),
+            "active_collectors": 1 if collector is not None and collector.has_records() else 0,
+            "total_files": files,
+            "total_bytes": size,
+            "current_session_id": collector.session_id if collector is not None else None,
+            "current_session_tasks": collector.task_count() if collector is not None else 0,
+            "enabled": switch.enabled,
+            "max_file_age_days": cfg.max_file_age_days,
+            "last_flush_time": self.last_flush_time,
+            "unwritten_changes": collector is not None and collector.has_records()
+            and collector.generation != self._written_generation,
+            "dropped_records": dropped,
+            "telemetry_errors": get_error_handler().total_errors(),
+        }
+
+    @safe_telemetry_operation("manager.get_all_session_ids", default=[])
+    def get_all_session_ids(self) -> List[str]:
+        """Ids of stored sessions, oldest first; the current session is included once it has records."""
+        self._ensure()
+        assert self._store is not None
+        ids = set(self._store.session_ids())
+        collector = self._collector
+        if collector is not None and collector.has_records():
+            ids.add(collector.session_id)
+        return sorted(ids)
+
+    @safe_telemetry_operation("manager.cleanup_old_data", default=0)
+    def cleanup_old_data(self, max_age_days: Optional[float] = None, dry_run: bool = False) -> int:
+        """Removes session files older than `max_age_days` (default: the config's); returns how many."""
+        cfg = self._ensure()
+        assert self._store is not None
+        age = cfg.max_file_age_days if max_age_days is None else float(max_age_days)
+        if age < 0:
+            raise ValueError("max_age_days must be >= 0")
+        keep = self._collector.session_id if self._collector is not None else None
+        removed = self._store.cleanup(age, dry_run=dry_run, keep=keep)
+        for sid in removed:
+            self._loaded.pop(sid, None)
+        return len(removed)
+
+    def disable_telemetry(self) -> None:
+        """Every wrapper becomes a pass-through and nothing more is recorded, until `enable_telemetry()`."""
+        switch.enabled = False
+
+    def enable_telemetry(self) -> None:
+        switch.enabled = True
+
+    def is_enabled(self) -> bool:
+        return switch.enabled
+
+    # -- writing -----------------------------------------------------------------------------------------------
+    def _on_change(self, urgent: bool) -> None:
+        if self.read_only:
+            return
+        if not self._atexit_registered:
+            with self._lock:
+                if not self._atexit_registered:
+                    atexit.register(self._at_exit)
+                    self._atexit_registered = True
+        writer = self._writer
+        if writer is None or not writer.is_alive():
+            self._start_writer()
+        if urgent:
+            self._wake.set()
+
+    def _start_writer(self) -> None:
+        with self._lock:
+            self._stopped = False
+            if self._writer is not None and self._writer.is_alive():
+                return
+            self._writer = threading.Thread(target=self._writer_loop, name="sop_telemetry-writer", daemon=True)
+            self._writer.start()
+
+    def _writer_loop(self) -> None:
+        while not self._stopped:
+            interval = self._config.flush_interval if self._config is not None else 30.0
+            self._wake.wait(interval)
+            self._wake.clear()
+            if self._stopped:
+                return
+            try:
+                self._maybe_cleanup()
+                self._write(final=False)
+            except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
+                get_error_handler().record_error("manager.writer", exc)
+
+    def _maybe_cleanup(self) -> None:
+        cfg = self._config
+        if self._cleanup_done or cfg is None or not cfg.auto_cleanup or self._store is None:
+            return
+        self._cleanup_done = True
+        try:
+            removed = self._store.cleanup(cfg.max_file_age_days, keep=self.get_collector().session_id)
+            if removed:
+                logger.debug("sop_telemetry: auto-cleanup removed %d old session file(s)", len(removed))
+        except OSError as exc:
+            get_error_handler().record_error("storage.cleanup", exc)
+
+    def _build_current(self, final: bool) -> "TelemetrySession":
+        from .environment import collect_environment
+
+        collector = self.get_collector()
+        if self._environment is None:
+            self._environment = collect_environment(self.config.environment_allowlist)
+        session = collector.build_session(self._environment, end_time=time.time() if final else None)
+        self._apply_costs(session)
+        return session
+
+    def _apply_costs(self, session: "TelemetrySession") -> None:
+        prices = self._prices
+        if prices is None:
+            return
+        for task in session.tasks:
+            for call in task.llm_calls:
+                if call.cost_estimate is None and call.tokens_reported:
+                    call.cost_estimate = prices.cost(call.model, call.prompt_tokens, call.completion_tokens)
+
+    def _write(self, final: bool, force: bool = False) -> Optional[Path]:
+        """Writes the current session if it changed since the last write. Errors are counted, logged once and
+        swallowed; the records stay in memory and the next write tries again."""
+        if self.read_only:
+            return None
+        collector = self._collector
+        if collector is None or not collector.has_records():
+            return None
+        self._ensure()
+        store = self._store
+        assert store is not None
+        if get_error_handler().is_suspended("storage.write") and not (final or force):
+            return None
+        with self._write_lock:
+            self._write_pending()
+            generation = collector.generation
+            if generation == self._written_generation and not (final or force):
+                return None
+            try:
+                session = self._build_current(final)
+                path = store.write(session.session_id, session.to_json())
+            except Exception as exc:  # noqa: BLE001 - disk full, read-only, deleted directory, a bug
+                get_error_handler().record_error("storage.write", exc)
+                return None
+            get_error_handler().record_success("storage.write")
+            self._written_generation = generation
+            self.last_flush_time = time.time()
+            self.last_flush_path = path
+            logger.debug("sop_telemetry: wrote %s", path)
+            if not final:
+                self._roll_over_if_full(collector)
+            return path
+
+    def _roll_over_if_full(self, collector: TelemetryCollector) -> None:
+        """A long-lived process (a server running agents all day) starts a new session every
+        `max_tasks_per_session` tasks, so that memory and the cost of rewriting one file stay bounded."""
+        cfg = self._config
+        if cfg is None or collector.task_count() < cfg.max_tasks_per_session:
+            return
+        from .models import TelemetrySession
+        from .storage import new_session_id
+
+        old = collector.roll_over(new_session_id())
+        if old is None:
+            return
+        old["environment"] = self._environment
+        session = TelemetrySession.model_validate(old)
+        self._apply_costs(session)
+        self._pending.append(session)
+        self._written_generation = -1
+        self._write_pending()
+        logger.debug("sop_telemetry: session %s is full; continuing in %s", session.session_id, collector.session_id)
+
+    def _write_pending(self) -> None:
+        """Writes finished sessions kept back by a roll-over; on failure they stay for the next write."""
+        store = self._store
+        while self._pending and store is not None:
+            session = self._pending[0]
+            try:
+                store.write(session.session_id, session.to_json())
+            except Exception as exc:  # noqa: BLE001
+                get_error_handler().record_error("storage.write", exc)
+                return
+            self._pending.pop(0)
+
+    def _at_exit(self) -> None:
+        try:
+            collector = self._collector
+            if collector is None or not collector.has_records() or self.read_only:
+                return
+            for task in list(collector._open.values()):
+                if task.get("implicit"):
+                    collector.close_task(task, TaskStatus.COMPLETED)
+            self._write(final=True)
+        except Exception as exc:  # noqa: BLE001 - never fail the interpreter's exit
+            get_error_handler().record_error("manager.at_exit", exc)
+
+    def shutdown(self, flush: bool = True) -> None:
+        """Writes the session one last time (unless flush=False) and stops the writer thread. Used at exit and
+        by tests that replace the manager; recording afterwards starts the writer again."""
+        if flush:
+            self._at_exit()
+        self._stopped = True
+        self._wake.set()
+        writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join(timeout=5)
+        if self._atexit_registered:
+            atexit.unregister(self._at_exit)
+            self._atexit_registered = False
+
+    @classmethod
+    def _reset_instance(cls) -> "TelemetryManager":
+        """Replaces the singleton with a fresh one (tests; a forked child). The old one is shut down unflushed."""
+        with cls._instance_lock:
+            old = cls._instance
+            cls._instance = cls()
+        if old is not None:
+            old.shutdown(flush=False)
+        return cls._instance
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child starts its own session: sharing the parent's id would overwrite the parent's file."""
+        self._lock = threading.RLock()
+        self._write_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._writer = None
+        self._written_generation = -1
+        self._pending = []
+        if self._collector is not None:
+            self._collector = self._new_collector()
+
+
+def _after_fork() -> None:
+    instance = TelemetryManager._instance
+    if instance is not None:
+        instance._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

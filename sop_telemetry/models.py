@@ -1,0 +1,244 @@
+"""The session data model: what one session file holds.
+
+Usage::
+
+    from sop_telemetry import TelemetrySession
+    session = TelemetrySession.from_json(path.read_text())
+    print(session.total_tokens.total_tokens, session.total_duration)
+    path.write_text(session.to_json())
+
+This module imports nothing of ours. Totals (`total_tokens`, `total_duration`, a task's `token_usage`) are computed
+from the records every time they are read, so they cannot drift from them; they are written into the file for
+readers such as `jq`, and ignored (recomputed) when a file is loaded back.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, computed_field, field_validator
+
+from .status import CallStatus, TaskStatus
+
+SCHEMA_VERSION = 1
+
+
+class _Model(BaseModel):
+    # Unknown keys are ignored so that a newer minor writer does not make old readers fail; the computed totals
+    # written into files come back through this door too.
+    model_config = ConfigDict(extra="ignore", use_enum_values=False, validate_default=False)
+
+
+class TokenUsage(_Model):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    model_breakdown: Dict[str, "TokenUsage"] = Field(default_factory=dict)
+    cost_estimate: Optional[float] = None
+    # Calls whose reply carried no usage: their tokens are unknown, not zero, and are not in the sums above.
+    unreported_calls: int = 0
+
+    def add(self, other: "TokenUsage") -> None:
+        """Adds `other` into this usage (used when summing records; never stored back into a record)."""
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.total_tokens += other.total_tokens
+        self.unreported_calls += other.unreported_calls
+        if other.cost_estimate is not None:
+            self.cost_estimate = (self.cost_estimate or 0.0) + other.cost_estimate
+        for model, usage in other.model_breakdown.items():
+            mine = self.model_breakdown.get(model)
+            if mine is None:
+                mine = self.model_breakdown[model] = TokenUsage()
+            mine.add(usage)
+
+
+class _Timed(_Model):
+    start_time: AwareDatetime
+    end_time: Optional[AwareDatetime] = None
+    duration: Optional[float] = None
+
+
+class _Attributed(_Timed):
+    """A record made on behalf of one agent run: names the agent, and its run id so nested agents stay apart."""
+
+    agent_name: Optional[str] = None
+    agent_id: Optional[str] = None
+    step_number: Optional[int] = None
+
+
+class LLMCall(_Attributed):
+    call_id: str = ""
+    model: str
+    prompt_tokens: Optional[int] = None
+    completion_tokens: Optional[int] = None
+    total_tokens: Optional[int] = None
+    tokens_reported: bool = True
+    status: CallStatus = CallStatus.SUCCESS
+    error_type: Optional[str] = None
+    error_message: Optional[str] = None
+    streamed: bool = False
+    # "action", "planning" or "final_answer" (the call smolagents makes after max_steps); None when unknown.
+    purpose: Optional[str] = None
+    cost_estimate: Optional[float] = None
+    # Only with capture_content=True.
+    input_preview: Optional[str] = None
+    output_preview: Optional[str] = None
+
+
+class ToolExecution(_Attributed):
+    call_id: str = ""
+    tool_name: str
+    status: CallStatus = CallStatus.SUCCESS
+    error_type: Optional[str] = None
+    error_message: Optional[str] = None
+    # Only with capture_content=True.
+    arguments_preview: Optional[str] = None
+    output_preview: Optional[str] = None
+
+
+class AgentExecution(_Timed):
+    agent_id: str = ""
+    agent_type: str
+    agent_name: str
+    parent_agent_id: Optional[str] = None
+    model: Optional[str] = None
+    status: TaskStatus = TaskStatus.COMPLETED
+    error_type: Optional[str] = None
+    error_message: Optional[str] = None
+    steps: int = 0
+    max_steps_reached: bool = False
+
+
+class StepExecution(_Attributed):
+    step_type: str = "action"  # "action", "planning", "final_answer"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    llm_calls: int = 0
+    tool_calls: int = 0
+    error_type: Optional[str] = None
+    error_message: Optional[str] = None
+    is_final_answer: bool = False
+
+
+class CodeMetrics(_Model):
+    """What code-writing agents ran: snippets executed by CodeAgents and their size, and files changed if known."""
+
+    code_actions: int = 0
+    code_lines: int = 0
+    files_modified: int = 0
+    lines_added: int = 0
+    lines_removed: int = 0
+
+
+class TaskExecution(_Timed):
+    task_id: str
+    description: str = ""
+    status: TaskStatus = TaskStatus.RUNNING
+    sop_category: Optional[str] = None
+    error_type: Optional[str] = None
+    error_message: Optional[str] = None
+    # Why the run stopped when that is not plain: "max_steps".
+    stop_reason: Optional[str] = None
+    # True for the task that holds records made outside any task.
+    implicit: bool = False
+    agents: List[AgentExecution] = Field(default_factory=list)
+    tools: List[ToolExecution] = Field(default_factory=list)
+    llm_calls: List[LLMCall] = Field(default_factory=list)
+    steps: List[StepExecution] = Field(default_factory=list)
+    code_changes: CodeMetrics = Field(default_factory=CodeMetrics)
+    # Records over the per-task caps are not kept; what was dropped is counted here, and their tokens are kept in
+    # `dropped_token_usage` so that totals stay exact.
+    dropped_records: Dict[str, int] = Field(default_factory=dict)
+    dropped_token_usage: Optional[TokenUsage] = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def token_usage(self) -> TokenUsage:
+        return _sum_calls(self.llm_calls, self.dropped_token_usage)
+
+
+class EnvironmentInfo(_Model):
+    os_type: str = ""
+    os_version: str = ""
+    python_version: str = ""
+    working_directory: str = ""
+    project_root: str = ""
+    user_name: Optional[str] = None
+    timezone: str = ""
+    environment_variables: Dict[str, str] = Field(default_factory=dict)
+    hostname: Optional[str] = None
+    pid: Optional[int] = None
+    telemetry_version: Optional[str] = None
+    smolagents_version: Optional[str] = None
+
+
+class TelemetrySession(_Model):
+    schema_version: int = SCHEMA_VERSION
+    session_id: str
+    start_time: AwareDatetime
+    end_time: Optional[AwareDatetime] = None
+    environment: EnvironmentInfo = Field(default_factory=EnvironmentInfo)
+    tasks: List[TaskExecution] = Field(default_factory=list)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_schema(cls, value: int) -> int:
+        if value > SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {value} is newer than this sop_telemetry understands ({SCHEMA_VERSION}); upgrade it"
+            )
+        return value
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total_tokens(self) -> TokenUsage:
+        total = TokenUsage()
+        for task in self.tasks:
+            total.add(task.token_usage)
+        return total
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total_duration(self) -> float:
+        """Seconds from the session's start to its end (or to its last record while it is still open)."""
+        end = self.end_time
+        if end is None:
+            ends = [t.end_time or t.start_time for t in self.tasks]
+            end = max(ends, default=self.start_time)
+        return max(0.0, (end - self.start_time).total_seconds())
+
+    def to_json(self, indent: Optional[int] = None) -> str:
+        return self.model_dump_json(indent=indent)
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> "TelemetrySession":
+        return cls.model_validate_json(data)
+
+
+def _sum_calls(calls: List[LLMCall], dropped: Optional[TokenUsage]) -> TokenUsage:
+    total = TokenUsage()
+    breakdown = total.model_breakdown
+    for call in calls:
+        per_model = breakdown.get(call.model)
+        if per_model is None:
+            per_model = breakdown[call.model] = TokenUsage()
+        if not call.tokens_reported:
+            total.unreported_calls += 1
+            per_model.unreported_calls += 1
+            continue
+        prompt = call.prompt_tokens or 0
+        completion = call.completion_tokens or 0
+        tokens = call.total_tokens if call.total_tokens is not None else prompt + completion
+        for usage in (total, per_model):
+            usage.prompt_tokens += prompt
+            usage.completion_tokens += completion
+            usage.total_tokens += tokens
+            if call.cost_estimate is not None:
+                usage.cost_estimate = (usage.cost_estimate or 0.0) + call.cost_estimate
+    if dropped is not None:
+        total.add(dropped)
+    return total
+
+
+TokenUsage.model_rebuild()

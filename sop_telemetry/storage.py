@@ -1,0 +1,223 @@
+"""Session files on disk: one JSON file per session, written atomically, private to the user.
+
+Usage::
+
+    store = TelemetryDataStore(Path("~/.cache/ept/sop_agents").expanduser())
+    store.write(session_id, session.to_json())
+    for sid in store.session_ids():          # oldest first
+        session = store.load(sid)             # None when missing, corrupt or from a newer schema
+
+Only names matching the session-file pattern are ever read or removed, so a storage_dir pointed at a busy folder
+loses nothing else. Ids are checked against the same pattern before any path is built from them.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import secrets
+import stat
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple
+
+if TYPE_CHECKING:
+    from .models import TelemetrySession
+
+logger = logging.getLogger("sop_telemetry")
+
+SESSION_ID_RE = re.compile(r"\A\d{8}T\d{6}_\d{6}_[0-9a-f]{8}\Z")
+_FILE_RE = re.compile(r"\A(\d{8}T\d{6}_\d{6}_[0-9a-f]{8})\.json\Z")
+_TMP_RE = re.compile(r"\A\.(\d{8}T\d{6}_\d{6}_[0-9a-f]{8})\.json\.[0-9a-f]{8}\.tmp\Z")
+_STALE_TMP_SECONDS = 3600.0
+
+
+def new_session_id(now: Optional[float] = None) -> str:
+    """A session id that sorts by start time (UTC, microseconds) and is unique across processes."""
+    now = time.time() if now is None else now
+    moment = datetime.fromtimestamp(now, tz=timezone.utc)
+    return f"{moment:%Y%m%dT%H%M%S_%f}_{secrets.token_hex(4)}"
+
+
+def is_session_id(value: object) -> bool:
+    return isinstance(value, str) and SESSION_ID_RE.match(value) is not None
+
+
+class SessionLoadError(Exception):
+    """A session file that exists but cannot be read as a session (corrupt, truncated, wrong types, newer schema)."""
+
+
+class TelemetryDataStore:
+    def __init__(self, directory: Path, fsync: bool = True) -> None:
+        self.directory = Path(directory)
+        self.fsync = fsync
+
+    # -- paths -------------------------------------------------------------------------------------------------
+    def path_for(self, session_id: str) -> Optional[Path]:
+        """The file of `session_id`, or None if the id is not a valid session id (e.g. holds `/`, `..` or NUL)."""
+        if not is_session_id(session_id):
+            return None
+        return self.directory / f"{session_id}.json"
+
+    def ensure_directory(self) -> None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self.directory.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "storage path is not a directory", str(self.directory))
+
+    # -- writing -----------------------------------------------------------------------------------------------
+    def write(self, session_id: str, payload: str | bytes) -> Path:
+        """Writes the session atomically: a temp file in the same directory, fsync, then os.replace."""
+        path = self.path_for(session_id)
+        if path is None:
+            raise ValueError(f"not a session id: {session_id!r}")
+        self.ensure_directory()
+        data = payload.encode("utf-8") if isinstance(payload, str) else payload
+        tmp = self.directory / f".{session_id}.json.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return path
+
+    # -- reading -----------------------------------------------------------------------------------------------
+    def _entries(self) -> List[Tuple[str, os.DirEntry]]:
+        try:
+            with os.scandir(self.directory) as it:
+                found = []
+                for entry in it:
+                    match = _FILE_RE.match(entry.name)
+                    if match is not None:
+                        found.append((match.group(1), entry))
+                return found
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def session_ids(self) -> List[str]:
+        """Ids of the stored sessions, oldest first (ids sort by start time)."""
+        return sorted(sid for sid, _ in self._entries())
+
+    def session_files(self) -> List[Tuple[str, Path, int, float]]:
+        """(id, path, size in bytes, mtime) of each regular session file, oldest first; links are left out."""
+        rows = []
+        for sid, entry in self._entries():
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            rows.append((sid, Path(entry.path), st.st_size, st.st_mtime))
+        rows.sort()
+        return rows
+
+    def read_bytes(self, session_id: str) -> Optional[bytes]:
+        """The raw file, or None when the id is invalid, the file is missing, or it is not a regular file here."""
+        path = self.path_for(session_id)
+        if path is None:
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            chunks = []
+            while True:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def load(self, session_id: str) -> "TelemetrySession":
+        """Loads and validates a session; raises KeyError if absent, SessionLoadError if unreadable."""
+        data = self.read_bytes(session_id)
+        if data is None:
+            raise KeyError(session_id)
+        return parse_session(data, source=session_id)
+
+    def iter_sessions(self) -> Iterator["TelemetrySession"]:
+        """Every readable session, oldest first, one at a time; unreadable files are logged once and skipped."""
+        for sid in self.session_ids():
+            try:
+                yield self.load(sid)
+            except KeyError:
+                continue
+            except SessionLoadError as exc:
+                logger.warning("sop_telemetry: skipping %s", exc)
+
+    # -- cleanup -----------------------------------------------------------------------------------------------
+    def cleanup(self, max_age_days: float, dry_run: bool = False, keep: Optional[str] = None) -> List[str]:
+        """Removes session files older than `max_age_days` (by last write) and stale temp files of crashed writers.
+
+        Returns the ids removed (or that would be removed with dry_run). `keep` is never removed (the live session).
+        """
+        cutoff = time.time() - max_age_days * 86400.0
+        removed = []
+        for sid, path, _size, mtime in self.session_files():
+            if sid == keep or mtime >= cutoff:
+                continue
+            if not dry_run:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue
+            removed.append(sid)
+        if not dry_run:
+            self._remove_stale_temp_files()
+        return removed
+
+    def _remove_stale_temp_files(self) -> None:
+        cutoff = time.time() - _STALE_TMP_SECONDS
+        try:
+            with os.scandir(self.directory) as it:
+                for entry in it:
+                    if _TMP_RE.match(entry.name) is None:
+                        continue
+                    try:
+                        if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                            os.unlink(entry.path)
+                    except OSError:
+                        pass
+        except OSError:
+            pass
+
+    def stats(self) -> Tuple[int, int]:
+        """(number of session files, their total size in bytes)."""
+        files = self.session_files()
+        return len(files), sum(size for _, _, size, _ in files)
+
+
+def parse_session(data: bytes | str, source: str = "session") -> "TelemetrySession":
+    from pydantic import ValidationError
+
+    from .models import TelemetrySession
+
+    try:
+        return TelemetrySession.model_validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0] if exc.errors() else {"msg": str(exc), "loc": ()}
+        where = ".".join(str(p) for p in first.get("loc", ())) or "file"
+        raise SessionLoadError(f"{source}: not a valid session file ({where}: {first.get('msg')})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SessionLoadError(f"{source}: not a valid session file ({exc})") from None
