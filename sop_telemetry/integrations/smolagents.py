@@ -558,7 +558,8 @@ def _unwrap(owner: Any, attr: str, original: Any, ours: Any) -> None:
     import wrapt
 
     now = vars(owner).get(attr, _ABSENT)
-    if now is not ours or not (isinstance(now, wrapt.ObjectProxy) or attr == "__init_subclass__"):
+    # (wrapt 2's FunctionWrapper derives from its C ObjectProxy, not from `wrapt.ObjectProxy`: check the former.)
+    if now is not ours or not (isinstance(now, wrapt.FunctionWrapper) or attr == "__init_subclass__"):
         logger.debug("sop_telemetry: %s.%s was changed by someone else; left as is", owner, attr)
         return
     if original is _ABSENT:

@@ -1,0 +1,536 @@
+"""The smolagents integration, end to end: real agents, scripted models, the session file on disk."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import pytest
+from smolagents import CodeAgent, ToolCallingAgent
+from smolagents.agents import MultiStepAgent
+from smolagents.models import ChatMessage, MessageRole, Model
+from smolagents.monitoring import TokenUsage
+from smolagents.tools import Tool
+
+from fakes import (
+    ScriptedModel,
+    SlowEcho,
+    StreamingScriptedModel,
+    add,
+    call,
+    code_reply,
+    explode,
+    written_session,
+)
+from sop_telemetry.collector import TelemetryCollector
+from sop_telemetry.error_handler import get_error_handler
+from sop_telemetry.integrations import smolagents as integration
+
+
+@pytest.fixture
+def uninstrumented():
+    """Runs the body with the integration uninstalled, then installs it again."""
+
+    class Toggle:
+        def __enter__(self):
+            integration.uninstall()
+
+        def __exit__(self, *exc):
+            integration.install()
+
+    return Toggle()
+
+
+def only_task(session: dict) -> dict:
+    tasks = [t for t in session["tasks"] if not t["implicit"]]
+    assert len(tasks) == 1, [t["task_id"] for t in tasks]
+    return tasks[0]
+
+
+def tokens(task: dict) -> tuple:
+    return task["token_usage"]["prompt_tokens"], task["token_usage"]["completion_tokens"]
+
+
+# -- what gets recorded -------------------------------------------------------------------------------------------
+def test_tool_calling_agent_with_several_tools(manager):
+    model = ScriptedModel(
+        [call("add", a=1, b=2), call("slow_echo", text="hi"), call("final_answer", answer="3")],
+        usage_by_index={0: (120, 12), 1: (130, 13), 2: (140, 14)},
+    )
+    agent = ToolCallingAgent(tools=[add, SlowEcho()], model=model, verbosity_level=0)
+    assert agent.run("add 1 and 2") == "3"
+
+    session = written_session(manager)
+    task = only_task(session)
+    assert task["status"] == "completed"
+    assert task["description"] == "add 1 and 2"
+    assert [c["prompt_tokens"] for c in task["llm_calls"]] == [120, 130, 140]
+    assert [c["completion_tokens"] for c in task["llm_calls"]] == [12, 13, 14]
+    assert [c["model"] for c in task["llm_calls"]] == ["scripted-model"] * 3
+    assert [c["purpose"] for c in task["llm_calls"]] == ["action"] * 3
+    assert [(t["tool_name"], t["step_number"], t["status"]) for t in task["tools"]] == [
+        ("add", 1, "success"), ("slow_echo", 2, "success"), ("final_answer", 3, "success")]
+    assert tokens(task) == (390, 39)
+    assert session["total_tokens"]["total_tokens"] == 429
+    assert session["total_tokens"]["model_breakdown"]["scripted-model"]["prompt_tokens"] == 390
+    assert [(s["step_type"], s["step_number"], s["prompt_tokens"]) for s in task["steps"]] == [
+        ("action", 1, 120), ("action", 2, 130), ("action", 3, 140)]
+    assert task["steps"][-1]["is_final_answer"] is True
+    (agent_rec,) = task["agents"]
+    assert agent_rec["agent_type"] == "ToolCallingAgent" and agent_rec["steps"] == 3
+    assert all(c["agent_id"] == agent_rec["agent_id"] for c in task["llm_calls"] + task["tools"])
+    assert (model.reported_totals) == (390, 39)
+
+
+def test_code_agent_calls_tool_from_code(manager):
+    model = ScriptedModel([code_reply("x = add(a=2, b=3)\ny = add(a=x, b=1)\nfinal_answer(y)")], usage=(300, 30))
+    agent = CodeAgent(tools=[add], model=model, verbosity_level=0)
+    assert agent.run("sum") == 6
+
+    task = only_task(written_session(manager))
+    (agent_rec,) = task["agents"]
+    assert [(t["tool_name"], t["agent_id"], t["step_number"]) for t in task["tools"]] == [
+        ("add", agent_rec["agent_id"], 1), ("add", agent_rec["agent_id"], 1),
+        ("final_answer", agent_rec["agent_id"], 1)]
+    assert tokens(task) == (300, 30)
+    assert task["code_changes"]["code_actions"] == 1
+    assert task["code_changes"]["code_lines"] == 3
+
+
+def test_parallel_tool_calls_in_one_reply_know_their_agent_and_step(manager):
+    barrier = threading.Barrier(3)  # the three calls must overlap: they really run on worker threads
+    model = ScriptedModel([
+        [call("slow_echo", text="a"), call("slow_echo", text="b"), call("slow_echo", text="c")],
+        call("final_answer", answer="abc"),
+    ])
+    agent = ToolCallingAgent(tools=[SlowEcho(barrier)], model=model, verbosity_level=0, max_tool_threads=3)
+    assert agent.run("echo") == "abc"
+
+    task = only_task(written_session(manager))
+    echoes = [t for t in task["tools"] if t["tool_name"] == "slow_echo"]
+    assert len(echoes) == 3
+    assert {(t["agent_name"], t["step_number"]) for t in echoes} == {("ToolCallingAgent", 1)}
+    assert task["steps"][0]["tool_calls"] == 3
+
+
+def test_failing_tool_is_recorded_and_the_run_goes_on(manager):
+    model = ScriptedModel([call("explode", reason="boom"), call("final_answer", answer="recovered")])
+    agent = ToolCallingAgent(tools=[explode], model=model, verbosity_level=0)
+    assert agent.run("try") == "recovered"
+
+    task = only_task(written_session(manager))
+    failed = task["tools"][0]
+    assert (failed["tool_name"], failed["status"], failed["error_type"]) == ("explode", "error", "ValueError")
+    assert "exploded: boom" in failed["error_message"]
+    assert task["steps"][0]["error_type"] == "AgentToolExecutionError"
+    assert task["status"] == "completed"
+
+
+def test_model_failure_ends_the_task_and_the_next_run_is_separate(manager):
+    model = ScriptedModel([RuntimeError("provider down"), call("final_answer", answer="ok")])
+    agent = ToolCallingAgent(tools=[], model=model, verbosity_level=0)
+    with pytest.raises(Exception) as info:
+        agent.run("first")
+    assert "provider down" in str(info.value)
+    assert agent.run("second") == "ok"
+
+    session = written_session(manager)
+    first, second = session["tasks"]
+    assert (first["description"], first["status"], first["error_type"]) == ("first", "failed", type(info.value).__name__)
+    assert first["llm_calls"][0]["status"] == "error"
+    assert first["llm_calls"][0]["error_type"] == "RuntimeError"
+    assert first["llm_calls"][0]["tokens_reported"] is False
+    assert (second["description"], second["status"]) == ("second", "completed")
+    assert len(second["agents"]) == 1 and second["agents"][0]["parent_agent_id"] is None
+    assert tokens(second) == (100, 10)
+
+
+def test_managed_agent_is_nested_with_its_own_calls(manager):
+    sub_model = ScriptedModel([call("add", a=1, b=1), call("final_answer", answer="2")], usage=(10, 1),
+                              model_id="sub-model")
+    sub = ToolCallingAgent(tools=[add], model=sub_model, name="calculator", description="does sums",
+                           verbosity_level=0)
+    boss_model = ScriptedModel([call("calculator", task="1+1"), call("final_answer", answer="2")],
+                               usage=(200, 20), model_id="boss-model")
+    boss = ToolCallingAgent(tools=[], model=boss_model, managed_agents=[sub], verbosity_level=0)
+    assert boss.run("delegate") == "2"
+
+    session = written_session(manager)
+    task = only_task(session)
+    boss_rec, sub_rec = task["agents"]
+    assert boss_rec["parent_agent_id"] is None
+    assert (sub_rec["agent_name"], sub_rec["parent_agent_id"]) == ("calculator", boss_rec["agent_id"])
+    by_agent = {}
+    for c in task["llm_calls"]:
+        by_agent.setdefault(c["agent_name"], []).append((c["model"], c["prompt_tokens"]))
+    assert by_agent == {"ToolCallingAgent": [("boss-model", 200), ("boss-model", 200)],
+                        "calculator": [("sub-model", 10), ("sub-model", 10)]}
+    assert [(t["tool_name"], t["agent_name"]) for t in task["tools"]] == [
+        ("add", "calculator"), ("final_answer", "calculator"), ("final_answer", "ToolCallingAgent")]
+    assert tokens(task) == (420, 42)
+    breakdown = session["total_tokens"]["model_breakdown"]
+    assert breakdown["sub-model"]["total_tokens"] == 22 and breakdown["boss-model"]["total_tokens"] == 440
+
+
+def test_managed_agent_called_from_code_agent_code(manager):
+    sub_model = ScriptedModel([call("final_answer", answer="sub done")], usage=(7, 3))
+    sub = ToolCallingAgent(tools=[], model=sub_model, name="helper", description="helps", verbosity_level=0)
+    boss_model = ScriptedModel([code_reply('r = helper(task="go")\nfinal_answer(r)')], usage=(50, 5))
+    boss = CodeAgent(tools=[], model=boss_model, managed_agents=[sub], verbosity_level=0)
+    boss.run("delegate from code")
+
+    task = only_task(written_session(manager))
+    boss_rec, sub_rec = task["agents"]
+    assert sub_rec["parent_agent_id"] == boss_rec["agent_id"]
+    assert [c["agent_name"] for c in task["llm_calls"]] == ["CodeAgent", "helper"]
+    assert tokens(task) == (57, 8)
+
+
+def test_planning_calls_are_counted(manager):
+    model = ScriptedModel(
+        ["Plan: add then answer", call("add", a=1, b=2), "Updated plan", call("final_answer", answer="3")],
+        usage_by_index={0: (500, 50), 1: (100, 10), 2: (600, 60), 3: (100, 10)},
+    )
+    agent = ToolCallingAgent(tools=[add], model=model, verbosity_level=0, planning_interval=1)
+    assert agent.run("plan it") == "3"
+
+    task = only_task(written_session(manager))
+    assert [(c["purpose"], c["step_number"], c["prompt_tokens"]) for c in task["llm_calls"]] == [
+        ("planning", 1, 500), ("action", 1, 100), ("planning", 2, 600), ("action", 2, 100)]
+    assert [s["step_type"] for s in task["steps"]] == ["planning", "action", "planning", "action"]
+    assert tokens(task) == (1300, 130)
+
+
+@pytest.mark.parametrize("per_delta_usage", [False, True], ids=["usage-on-final-delta", "usage-per-delta"])
+def test_streaming_outputs_count_usage_once(manager, per_delta_usage):
+    model = StreamingScriptedModel(
+        ["Plan: answer at once", code_reply("final_answer(42)")], per_delta_usage=per_delta_usage, chunks=7,
+        usage_by_index={0: (400, 41), 1: (300, 33)},
+    )
+    agent = CodeAgent(tools=[], model=model, verbosity_level=0, stream_outputs=True, planning_interval=5)
+    assert agent.run("stream") == 42
+
+    task = only_task(written_session(manager))
+    assert [(c["prompt_tokens"], c["completion_tokens"], c["streamed"], c["purpose"]) for c in task["llm_calls"]] == [
+        (400, 41, True, "planning"), (300, 33, True, "action")]
+    assert tokens(task) == (700, 74)
+
+
+def test_run_stream_true_yields_the_same_items_and_ends_the_task(manager, uninstrumented):
+    def scenario():
+        model = ScriptedModel([call("add", a=1, b=2), call("final_answer", answer="3")])
+        agent = ToolCallingAgent(tools=[add], model=model, verbosity_level=0)
+        return [type(item).__name__ for item in agent.run("streamed", stream=True)]
+
+    with uninstrumented:
+        expected = scenario()
+    assert scenario() == expected
+
+    task = only_task(written_session(manager))
+    assert task["status"] == "completed"
+    assert len(task["llm_calls"]) == 2 and [s["step_number"] for s in task["steps"]] == [1, 2]
+    assert task["agents"][0]["status"] == "completed"
+
+
+def _close_mid_run():
+    model = ScriptedModel([call("add", a=1, b=2), call("final_answer", answer="3"), call("final_answer", answer="4")])
+    agent = ToolCallingAgent(tools=[add], model=model, verbosity_level=0)
+    stream = agent.run("abandoned", stream=True)
+    next(stream)
+    try:
+        stream.close()  # smolagents' _run_stream yields in a `finally`, so closing it mid-step raises RuntimeError
+        closed = None
+    except RuntimeError as exc:
+        closed = str(exc)
+    return closed, agent.run("next")
+
+
+def test_run_stream_closed_early_is_cancelled_and_next_run_is_separate(manager, uninstrumented):
+    with uninstrumented:
+        expected = _close_mid_run()
+    assert _close_mid_run() == expected
+
+    session = written_session(manager)
+    first, second = session["tasks"]
+    assert first["status"] == "cancelled" and second["status"] == "completed"
+    assert second["agents"][0]["parent_agent_id"] is None
+
+
+def test_reply_without_token_usage_is_unknown_not_zero(manager):
+    model = ScriptedModel([call("add", a=1, b=2), call("final_answer", answer="3")], usage_by_index={0: None})
+    agent = ToolCallingAgent(tools=[add], model=model, verbosity_level=0)
+    assert agent.run("no usage") == "3"
+
+    session = written_session(manager)
+    task = only_task(session)
+    first, second = task["llm_calls"]
+    assert (first["tokens_reported"], first["prompt_tokens"], first["total_tokens"]) == (False, None, None)
+    assert second["tokens_reported"] is True
+    assert tokens(task) == (100, 10)
+    assert session["total_tokens"]["unreported_calls"] == 1
+
+
+def test_max_steps_is_said_and_the_final_answer_call_counted(manager):
+    model = ScriptedModel([call("add", a=1, b=1), call("add", a=2, b=2), "The answer is 4"],
+                          usage_by_index={0: (100, 10), 1: (110, 11), 2: (999, 99)})
+    agent = ToolCallingAgent(tools=[add], model=model, verbosity_level=0, max_steps=2)
+    assert agent.run("loop") == "The answer is 4"
+
+    task = only_task(written_session(manager))
+    assert task["status"] == "completed" and task["stop_reason"] == "max_steps"
+    assert task["agents"][0]["max_steps_reached"] is True
+    assert [c["purpose"] for c in task["llm_calls"]] == ["action", "action", "final_answer"]
+    assert task["steps"][-1]["step_type"] == "final_answer"
+    assert task["steps"][-1]["error_type"] == "AgentMaxStepsError"
+    assert tokens(task) == (1209, 120)
+
+
+def test_two_agents_in_two_threads_keep_their_records_apart(manager):
+    results = {}
+    start = threading.Barrier(2)
+
+    def worker(name: str, size: int):
+        model = ScriptedModel([call("add", a=size, b=size), call("final_answer", answer=name)],
+                              usage=(size, 1), model_id=f"model-{name}")
+        agent = ToolCallingAgent(tools=[add], model=model, verbosity_level=0, name=name)
+        start.wait(timeout=10)
+        results[name] = agent.run(f"task {name}")
+
+    threads = [threading.Thread(target=worker, args=(n, s)) for n, s in (("left", 11), ("right", 22))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert results == {"left": "left", "right": "right"}
+
+    session = written_session(manager)
+    by_desc = {t["description"]: t for t in session["tasks"]}
+    for name, size in (("left", 11), ("right", 22)):
+        task = by_desc[f"task {name}"]
+        assert {c["model"] for c in task["llm_calls"]} == {f"model-{name}"}
+        assert {t["agent_name"] for t in task["tools"]} == {name}
+        assert tokens(task) == (2 * size, 2)
+
+
+# -- model classes ---------------------------------------------------------------------------------------------
+def test_user_model_subclass_defined_after_install_without_super(manager):
+    class Bare(Model):  # overrides generate, never calls super(), defined after `import sop_telemetry`
+        def generate(self, messages, **kwargs):
+            return ChatMessage(role=MessageRole.ASSISTANT, content="hi", token_usage=TokenUsage(7, 3))
+
+    reply = Bare().generate([])
+    assert reply.content == "hi"
+    session = written_session(manager)
+    (call_rec,) = [c for t in session["tasks"] for c in t["llm_calls"]]
+    assert (call_rec["model"], call_rec["prompt_tokens"], call_rec["completion_tokens"]) == ("Bare", 7, 3)
+    assert session["tasks"][0]["implicit"] is True
+
+
+def test_delegating_calls_are_counted_once(manager):
+    class Base(Model):
+        def generate(self, messages, **kwargs):
+            return ChatMessage(role=MessageRole.ASSISTANT, content="x", token_usage=TokenUsage(5, 5))
+
+    class Child(Base):
+        def generate(self, messages, **kwargs):
+            return super().generate(messages, **kwargs)
+
+    class StreamViaGenerate(Base):
+        def generate_stream(self, messages, **kwargs):
+            from smolagents.models import ChatMessageStreamDelta
+
+            message = self.generate(messages, **kwargs)
+            yield ChatMessageStreamDelta(content=message.content, token_usage=message.token_usage)
+
+    Child(model_id="child").generate([])
+    list(StreamViaGenerate(model_id="streamer").generate_stream([]))
+
+    calls = [c for t in written_session(manager)["tasks"] for c in t["llm_calls"]]
+    assert [(c["model"], c["total_tokens"], c["streamed"]) for c in calls] == [
+        ("child", 10, False), ("streamer", 10, True)]
+
+
+def test_duck_typed_model_used_by_an_agent_is_counted(manager):
+    class Duck:  # not a smolagents Model at all
+        model_id = "duck-1"
+
+        def __init__(self):
+            self.inner = ScriptedModel([call("final_answer", answer="quack")], usage=(9, 1))
+
+        def generate(self, messages, **kwargs):
+            return self.inner.generate(messages, **kwargs)
+
+        def parse_tool_calls(self, message):
+            return message
+
+    agent = ToolCallingAgent(tools=[], model=Duck(), verbosity_level=0)
+    assert agent.run("duck") == "quack"
+    task = only_task(written_session(manager))
+    assert [(c["model"], c["prompt_tokens"]) for c in task["llm_calls"]] == [("duck-1", 9)]
+
+
+# -- never change the agent ------------------------------------------------------------------------------------
+def _observe(scenario):
+    """Everything a user can see of a run: result or exception, stream items, memory and monitor figures."""
+    try:
+        agent, outcome = scenario()
+        error = None
+    except Exception as exc:  # noqa: BLE001
+        agent, outcome, error = getattr(exc, "agent", None), None, (type(exc), str(exc))
+    seen = {"outcome": outcome, "error": error}
+    if agent is not None:
+        seen["steps"] = [type(s).__name__ for s in agent.memory.steps]
+        seen["tokens"] = agent.monitor.get_total_token_counts().dict()
+        seen["step_errors"] = [type(getattr(s, "error", None)).__name__ for s in agent.memory.steps]
+    return seen
+
+
+def _tool_calling():
+    model = ScriptedModel([call("add", a=1, b=2), call("explode", reason="x"), call("final_answer", answer="3")])
+    agent = ToolCallingAgent(tools=[add, explode], model=model, verbosity_level=0)
+    return agent, agent.run("t")
+
+
+def _code():
+    model = ScriptedModel([code_reply("final_answer(add(a=1, b=2))")])
+    agent = CodeAgent(tools=[add], model=model, verbosity_level=0)
+    return agent, agent.run("t")
+
+
+def _streamed():
+    model = StreamingScriptedModel([code_reply("final_answer(5)")], usage=(3, 4))
+    agent = CodeAgent(tools=[], model=model, verbosity_level=0, stream_outputs=True)
+    return agent, [repr(getattr(e, "content", type(e).__name__)) for e in agent.run("t", stream=True)]
+
+
+def _failing():
+    model = ScriptedModel([ValueError("model broke")])
+    agent = ToolCallingAgent(tools=[], model=model, verbosity_level=0)
+    try:
+        agent.run("t")
+    except Exception as exc:
+        exc.agent = agent
+        raise
+
+
+def _max_steps():
+    model = ScriptedModel([call("add", a=1, b=1), "final"])
+    agent = ToolCallingAgent(tools=[add], model=model, verbosity_level=0, max_steps=1, return_full_result=True)
+    result = agent.run("t")
+    return agent, (result.output, result.state, result.token_usage.dict())
+
+
+SCENARIOS = [_tool_calling, _code, _streamed, _failing, _max_steps]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize("mode", ["enabled", "disabled", "broken"])
+def test_agent_behaves_identically_with_telemetry(manager, uninstrumented, monkeypatch, scenario, mode):
+    with uninstrumented:
+        expected = _observe(scenario)
+    if mode == "disabled":
+        manager.disable_telemetry()
+    if mode == "broken":
+        def broken(*args, **kwargs):
+            raise RuntimeError("telemetry bug")
+
+        monkeypatch.setattr(TelemetryCollector, "add", broken)
+        monkeypatch.setattr(TelemetryCollector, "open_task", broken)
+    assert _observe(scenario) == expected
+    if mode == "broken":
+        assert get_error_handler().total_errors() > 0
+    if mode == "disabled":
+        assert manager.flush_data() is None
+        manager.enable_telemetry()
+
+
+def test_exception_object_passes_through_unchanged(manager):
+    failure = KeyboardInterrupt()  # not an Exception: smolagents does not wrap it, so the very object must arrive
+    model = ScriptedModel([failure])
+    agent = ToolCallingAgent(tools=[], model=model, verbosity_level=0)
+    with pytest.raises(KeyboardInterrupt) as info:
+        agent.run("interrupted")
+    assert info.value is failure
+    task = only_task(written_session(manager))
+    assert task["status"] == "cancelled"
+
+
+def test_disable_makes_wrappers_pass_through_and_enable_resumes(manager):
+    manager.disable_telemetry()
+    model = ScriptedModel([call("final_answer", answer="1"), call("final_answer", answer="2")])
+    agent = ToolCallingAgent(tools=[], model=model, verbosity_level=0)
+    assert agent.run("off") == "1"
+    assert manager.get_collector().has_records() is False
+    manager.enable_telemetry()
+    assert agent.run("on") == "2"
+    assert [t["description"] for t in written_session(manager)["tasks"]] == ["on"]
+
+
+# -- install / uninstall ---------------------------------------------------------------------------------------
+PATCHED = {"MultiStepAgent": ("run", "_finalize_step"), "Model": ("generate",), "OpenAIModel": ("generate",
+           "generate_stream"), "LiteLLMModel": ("generate", "generate_stream"), "TransformersModel": ("generate",
+           "generate_stream"), "Tool": ("__call__",), "PipelineTool": ("__call__",)}
+
+
+def _patched_attributes():
+    from smolagents import models, tools
+
+    classes = [MultiStepAgent, Model, models.OpenAIModel, models.LiteLLMModel, models.TransformersModel, Tool,
+               tools.PipelineTool]
+    return {(cls, name): vars(cls)[name] for cls in classes for name in PATCHED[cls.__name__]}
+
+
+def test_uninstall_restores_the_exact_originals_and_install_is_idempotent(manager):
+    import wrapt
+
+    patched = _patched_attributes()
+    assert all(isinstance(value, wrapt.FunctionWrapper) for value in patched.values())
+    assert integration.install() is True  # a second install changes nothing
+    assert _patched_attributes() == patched
+
+    integration.uninstall()
+    try:
+        restored = _patched_attributes()
+        assert set(restored) == set(patched)
+        for key, value in restored.items():
+            assert not isinstance(value, wrapt.FunctionWrapper), key
+            assert value is patched[key].__wrapped__, key
+        assert "__init_subclass__" not in vars(Model)
+        integration.uninstall()  # idempotent
+
+        class Later(Model):
+            def generate(self, messages, **kwargs):
+                return ChatMessage(role=MessageRole.ASSISTANT, content="")
+
+        assert not isinstance(vars(Later)["generate"], wrapt.FunctionWrapper)
+    finally:
+        integration.install()
+    assert isinstance(vars(Later)["generate"], wrapt.FunctionWrapper)  # re-install reaches later classes too
+    assert _patched_attributes().keys() == patched.keys()
+
+
+def _python(code: str, tmp_path) -> str:
+    env = {"SOP_TELEMETRY_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_import_does_not_import_smolagents_or_heavy_modules(tmp_path):
+    out = _python("import sys, sop_telemetry; print(sorted(m for m in ('smolagents', 'wrapt', 'pydantic') "
+                  "if m in sys.modules))", tmp_path)
+    assert out == "[]"
+
+
+@pytest.mark.parametrize("order", ["telemetry-first", "smolagents-first"])
+def test_import_order_does_not_matter(tmp_path, order):
+    imports = ["import sop_telemetry", "import smolagents"]
+    if order == "smolagents-first":
+        imports.reverse()
+    code = "; ".join(imports) + (
+        "; import wrapt; from smolagents.models import Model; from smolagents.agents import MultiStepAgent"
+        "; print(isinstance(vars(Model)['generate'], wrapt.FunctionWrapper),"
+        " isinstance(vars(MultiStepAgent)['run'], wrapt.FunctionWrapper))"
+    )
+    assert _python(code, tmp_path) == "True True"
