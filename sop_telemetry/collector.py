@@ -108,6 +108,8 @@ class TelemetryCollector:
         self.max_records_per_task = max_records_per_task
         self.max_string_length = max_string_length
         self._on_change = on_change
+        # Prompts, outputs and tool arguments are kept (truncated) only when the user opts in.
+        self.capture_content = False
         self._lock = threading.RLock()
         self._tasks: List[dict] = []
         self._open: Dict[str, dict] = {}

@@ -97,9 +97,8 @@ class TelemetryManager:
             if self._collector is None:
                 self._collector = self._new_collector()
             else:
-                self._collector.max_records_per_task = cfg.max_records_per_task
-                self._collector.max_string_length = cfg.max_string_length
                 self._written_generation = -1
+            self._apply_limits(self._collector)
             switch.enabled = cfg.enabled
 
     def _ensure(self) -> "TelemetryConfig":
@@ -127,12 +126,16 @@ class TelemetryManager:
     def _new_collector(self) -> TelemetryCollector:
         from .storage import new_session_id
 
-        cfg = self._config
         collector = TelemetryCollector(new_session_id(), on_change=self._on_change)
+        self._apply_limits(collector)
+        return collector
+
+    def _apply_limits(self, collector: TelemetryCollector) -> None:
+        cfg = self._config
         if cfg is not None:
             collector.max_records_per_task = cfg.max_records_per_task
             collector.max_string_length = cfg.max_string_length
-        return collector
+            collector.capture_content = cfg.capture_content
 
     # -- the spec's API ----------------------------------------------------------------------------------------
     def get_collector(self) -> TelemetryCollector:

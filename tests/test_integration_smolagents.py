@@ -534,3 +534,45 @@ def test_import_order_does_not_matter(tmp_path, order):
         " isinstance(vars(MultiStepAgent)['run'], wrapt.FunctionWrapper))"
     )
     assert _python(code, tmp_path) == "True True"
+
+
+# -- content ---------------------------------------------------------------------------------------------------
+def test_content_is_not_recorded_by_default_and_kept_truncated_when_opted_in(manager, storage_dir):
+    def run():
+        model = ScriptedModel([call("slow_echo", text="private words"), call("final_answer", answer="done")])
+        agent = ToolCallingAgent(tools=[SlowEcho()], model=model, verbosity_level=0)
+        agent.run("a task")
+
+    run()
+    raw = manager.flush_data().read_text()
+    assert "private words" not in raw
+
+    manager.initialize({"storage_dir": str(storage_dir), "capture_content": True, "max_string_length": 40,
+                        "auto_cleanup": False, "fsync": False})
+    run()
+    task = written_session(manager)["tasks"][-1]
+    echo = task["tools"][0]
+    assert echo["arguments_preview"] == "{'text': 'private words'}"
+    assert echo["output_preview"] == "private words"
+    assert "New task" in task["llm_calls"][0]["input_preview"] and len(task["llm_calls"][0]["input_preview"]) <= 40
+
+
+def test_unsupported_smolagents_version_is_left_alone_with_one_warning(manager, monkeypatch, caplog):
+    import smolagents
+    import wrapt
+
+    integration.uninstall()
+    monkeypatch.setattr(smolagents, "__version__", "1.12.0")
+    monkeypatch.setattr(integration, "_warned_version", False)
+    try:
+        with caplog.at_level("WARNING", logger="sop_telemetry"):
+            assert integration.install() is False
+            assert integration.install() is False
+        assert not isinstance(vars(Model)["generate"], wrapt.FunctionWrapper)
+        assert [r.getMessage() for r in caplog.records].count(
+            "sop_telemetry: smolagents 1.12.0 is outside the supported range (>=1.23,<1.27); it is not instrumented"
+        ) == 1
+    finally:
+        monkeypatch.undo()
+        integration.install()
+    assert isinstance(vars(Model)["generate"], wrapt.FunctionWrapper)

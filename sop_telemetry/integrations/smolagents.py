@@ -104,7 +104,7 @@ def _step_number(frame: Optional[Frame]) -> Optional[int]:
 
 # -- model calls ---------------------------------------------------------------------------------------------------
 def _record_llm(model: Any, frame: Optional[Frame], start: float, duration: float, usage: Any,
-                exc: Optional[BaseException], streamed: bool) -> None:
+                exc: Optional[BaseException], streamed: bool, content: Any = None) -> None:
     collector = _collector()
     prompt = _int_or_none(getattr(usage, "input_tokens", None)) if usage is not None else None
     completion = _int_or_none(getattr(usage, "output_tokens", None)) if usage is not None else None
@@ -133,6 +133,11 @@ def _record_llm(model: Any, frame: Optional[Frame], start: float, duration: floa
         "step_number": _step_number(frame),
     }
     _error_fields(rec, exc, collector.max_string_length)
+    if collector.capture_content and content is not None:
+        messages, output = content
+        last = messages[-1] if isinstance(messages, (list, tuple)) and messages else None
+        rec["input_preview"] = clip(getattr(last, "content", last), collector.max_string_length)
+        rec["output_preview"] = clip(output, collector.max_string_length)
     collector.add("llm_calls", rec, frame)
     if agent is not None:
         frame.calls_since_step.append(rec)  # type: ignore[union-attr]
@@ -152,7 +157,8 @@ def _wrap_generate(wrapped: Callable[..., Any], instance: Any, args: tuple, kwar
     finally:
         _in_model.reset(token)
     _safe("smolagents.model", _record_llm, instance, current.get(), start, _perf() - t0,
-          getattr(result, "token_usage", None), None, False)
+          getattr(result, "token_usage", None), None, False,
+          (args[0] if args else kwargs.get("messages"), getattr(result, "content", None)))
     return result
 
 
@@ -235,7 +241,8 @@ def _wrap_generate_stream(wrapped: Callable[..., Any], instance: Any, args: tupl
 
 
 # -- tool calls ----------------------------------------------------------------------------------------------------
-def _record_tool(tool: Any, start: float, duration: float, exc: Optional[BaseException]) -> None:
+def _record_tool(tool: Any, start: float, duration: float, exc: Optional[BaseException],
+                 content: Any = None) -> None:
     collector = _collector()
     frame = current.get()
     agent = frame.agent if frame is not None else None
@@ -254,6 +261,11 @@ def _record_tool(tool: Any, start: float, duration: float, exc: Optional[BaseExc
         "step_number": _step_number(frame),
     }
     _error_fields(rec, exc, collector.max_string_length)
+    if collector.capture_content and content is not None:
+        args, kwargs, result = content
+        kwargs = {k: v for k, v in kwargs.items() if k != "sanitize_inputs_outputs"}
+        rec["arguments_preview"] = clip(kwargs if not args else (args, kwargs), collector.max_string_length)
+        rec["output_preview"] = clip(result, collector.max_string_length)
     collector.add("tools", rec, frame)
     if agent is not None:
         frame.tools_since_step.append(rec)  # type: ignore[union-attr]
@@ -273,7 +285,7 @@ def _wrap_tool_call(wrapped: Callable[..., Any], instance: Any, args: tuple, kwa
         raise
     finally:
         _active_tool.reset(token)
-    _safe("smolagents.tool", _record_tool, instance, start, _perf() - t0, None)
+    _safe("smolagents.tool", _record_tool, instance, start, _perf() - t0, None, (args, kwargs, result))
     return result
 
 
