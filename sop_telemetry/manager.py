@@ -99,7 +99,10 @@ class TelemetryManager:
             else:
                 self._written_generation = -1
             self._apply_limits(self._collector)
-            switch.enabled = cfg.enabled
+            # Only an explicit `enabled` (or SOP_TELEMETRY_DISABLED) moves the switch: a lazy default
+            # initialization must not undo an earlier disable_telemetry().
+            if not cfg.enabled or "enabled" in cfg.model_fields_set:
+                switch.enabled = cfg.enabled
 
     def _ensure(self) -> "TelemetryConfig":
         cfg = self._config

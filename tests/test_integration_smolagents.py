@@ -576,3 +576,21 @@ def test_unsupported_smolagents_version_is_left_alone_with_one_warning(manager, 
         monkeypatch.undo()
         integration.install()
     assert isinstance(vars(Model)["generate"], wrapt.FunctionWrapper)
+
+
+def test_disable_before_first_use_survives_lazy_initialization(storage_dir, monkeypatch):
+    from sop_telemetry.collector import switch
+    from sop_telemetry.manager import TelemetryManager
+
+    monkeypatch.setenv("SOP_TELEMETRY_DIR", str(storage_dir))
+    fresh = TelemetryManager._reset_instance()  # not initialized: the first API call configures it lazily
+    try:
+        fresh.disable_telemetry()
+        fresh.get_storage_stats()
+        model = ScriptedModel([call("final_answer", answer="x")])
+        ToolCallingAgent(tools=[], model=model, verbosity_level=0).run("while disabled")
+        assert fresh.is_enabled() is False
+        assert fresh.get_collector().has_records() is False
+    finally:
+        fresh.shutdown(flush=False)
+        switch.enabled = True
