@@ -37,7 +37,7 @@ from types import GeneratorType
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..collector import Frame, clip, current, next_id, switch
-from ..error_handler import get_error_handler
+from ..error_handler import guard as _safe
 from ..manager import TelemetryManager
 from ..status import CallStatus, TaskStatus
 
@@ -60,14 +60,6 @@ _now = time.time
 
 
 # -- guarded bookkeeping -------------------------------------------------------------------------------------------
-def _safe(operation: str, func: Callable[..., Any], *args: Any) -> Any:
-    try:
-        return func(*args)
-    except Exception as exc:  # noqa: BLE001 - telemetry must never raise into the agent
-        get_error_handler().record_error(operation, exc)
-        return None
-
-
 def _collector() -> Any:
     return TelemetryManager.get_instance().get_collector()
 
