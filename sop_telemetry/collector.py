@@ -10,8 +10,9 @@ Usage::
     collector.end_task("custom_task", TaskStatus.COMPLETED)
 
 Records are kept as plain dicts on the hot path (a list append under the GIL, no validation) and become the pydantic
-`TelemetrySession` only when a snapshot is taken for a flush or a reader. Which task and agent a record belongs to
-comes from a context variable (`_current`), so threads and asyncio tasks each see their own run.
+`TelemetrySession` only when a snapshot is taken for a flush or a reader. The manual API above, which accepts any
+keyword, checks each record against its model first, so that a bad value is refused alone. Which task and agent a
+record belongs to comes from a context variable (`_current`), so threads and asyncio tasks each see their own run.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
-from .error_handler import safe_telemetry_operation
+from .error_handler import guard, safe_telemetry_operation
 from .status import TaskStatus
+from .storage import new_session_id
 
 if TYPE_CHECKING:
     from .models import TelemetrySession
@@ -55,7 +57,7 @@ switch = _Switch
 class Frame:
     """What a piece of running code records into: a task, and the agent run (if any) inside it."""
 
-    __slots__ = ("task", "agent", "owner", "parent", "calls_since_step", "tools_since_step")
+    __slots__ = ("task", "agent", "owner", "parent", "calls_since_step", "tools_since_step", "dropped_since_step")
 
     def __init__(self, task: dict, agent: Optional[dict] = None, owner: Any = None, parent: Optional["Frame"] = None):
         self.task = task
@@ -63,9 +65,12 @@ class Frame:
         self.owner = owner
         self.parent = parent
         # The records made by this agent run since its last finished step: a step takes them when it is finalized
-        # (steps of one run are sequential, so "since the last step" is exactly "in this step").
+        # (steps of one run are sequential, so "since the last step" is exactly "in this step"). Only records the
+        # task keeps are listed, so one step with 100,000 calls stays within max_records_per_task; the dropped
+        # ones are only counted (per kind, and their tokens), so that the step's figures stay exact.
         self.calls_since_step: List[dict] = []
         self.tools_since_step: List[dict] = []
+        self.dropped_since_step: Dict[str, int] = {}
 
 
 current: ContextVar[Optional[Frame]] = ContextVar("sop_telemetry_frame", default=None)
@@ -73,6 +78,10 @@ current: ContextVar[Optional[Frame]] = ContextVar("sop_telemetry_frame", default
 _ids = itertools.count(1)
 
 _RECORD_KEYS = ("llm_calls", "tools", "agents", "steps")
+# The model each manual record is checked against, by list name.
+_RECORD_MODELS = {"llm_calls": "LLMCall", "tools": "ToolExecution", "agents": "AgentExecution"}
+# Task fields start_task/end_task take as keywords (besides open_task's `start` and close_task's `end`, `error`).
+_TASK_FIELDS = ("sop_category", "error_type", "error_message", "stop_reason")
 
 
 def next_id(prefix: str) -> str:
@@ -98,16 +107,19 @@ def clip(value: Any, limit: int) -> Optional[str]:
 class TelemetryCollector:
     def __init__(
         self,
-        session_id: str,
+        session_id: Optional[str] = None,
         max_records_per_task: int = DEFAULT_MAX_RECORDS_PER_TASK,
         max_string_length: int = DEFAULT_MAX_STRING_LENGTH,
         on_change: Optional[Callable[[bool], None]] = None,
     ) -> None:
-        self.session_id = session_id
+        # The spec makes a collector with no arguments; the manager's own collector is the one that is written.
+        self.session_id = session_id or new_session_id()
         self.start_time = time.time()
         self.max_records_per_task = max_records_per_task
         self.max_string_length = max_string_length
         self._on_change = on_change
+        # Told (session id, task record) when a task ends; the manager sets it for live OTLP export.
+        self.on_task_end: Optional[Callable[[str, dict], None]] = None
         # Prompts, outputs and tool arguments are kept (truncated) only when the user opts in.
         self.capture_content = False
         self._lock = threading.RLock()
@@ -122,21 +134,46 @@ class TelemetryCollector:
         """Opens a task; records made afterwards in this thread/context go into it until `end_task`."""
         if not switch.enabled:
             return
-        task = self.open_task(str(task_id), description, **extra)
+        task = self.open_task(clip(task_id, self.max_string_length) or "", description, **self._task_extra(extra))
         current.set(Frame(task, parent=current.get()))
 
     @safe_telemetry_operation("collector.end_task")
     def end_task(self, task_id: str, status: TaskStatus | str = TaskStatus.COMPLETED, **extra: Any) -> None:
         if not switch.enabled:
             return
-        task = self._open.get(str(task_id))
+        status = TaskStatus(status)
+        extra = self._task_extra(extra)
+        task_id = clip(task_id, self.max_string_length) or ""
+        frame = current.get()
+        task = self._innermost_open(frame, task_id) or self._open.get(task_id)
         if task is None:
             logger.debug("sop_telemetry: end_task(%r) for a task that is not open", task_id)
             return
-        frame = current.get()
         if frame is not None and frame.task is task and frame.agent is None:
             current.set(frame.parent)
-        self.close_task(task, TaskStatus(status), **extra)
+        self.close_task(task, status, **extra)
+
+    def _innermost_open(self, frame: Optional[Frame], task_id: str) -> Optional[dict]:
+        """The innermost task this context started as `task_id`: a reused id was opened as `task_id#n`, so the
+        plain lookup alone would end the outer task and leave the inner one open."""
+        while frame is not None:
+            task = frame.task
+            name = task["task_id"]
+            if frame.agent is None and (name == task_id or name.startswith(task_id + "#")) \
+                    and self._open.get(name) is task:
+                return task
+            frame = frame.parent
+        return None
+
+    def _task_extra(self, extra: Dict[str, Any]) -> Dict[str, Any]:
+        for key, value in extra.items():
+            if key in _TASK_FIELDS:
+                if value is not None and not isinstance(value, str):
+                    raise TypeError(f"{key} must be a string, not {type(value).__name__}")
+                extra[key] = clip(value, self.max_string_length)
+            elif key not in ("start", "end", "error"):
+                raise TypeError(f"unexpected keyword argument {key!r}")
+        return extra
 
     @safe_telemetry_operation("collector.record_llm_call")
     def record_llm_call(
@@ -151,13 +188,13 @@ class TelemetryCollector:
         if not switch.enabled:
             return
         reported = extra.pop("tokens_reported", prompt_tokens is not None or completion_tokens is not None)
-        total = extra.pop("total_tokens", None)
-        if reported and total is None:
-            total = (prompt_tokens or 0) + (completion_tokens or 0)
         rec = self._manual_record(duration, extra)
-        rec.update(model=str(model), prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                   total_tokens=total, tokens_reported=bool(reported))
+        rec.update(model=clip(model, self.max_string_length), prompt_tokens=prompt_tokens,
+                   completion_tokens=completion_tokens, tokens_reported=bool(reported))
         rec.setdefault("call_id", next_id("c"))
+        rec = self._validated("llm_calls", rec)
+        if rec["tokens_reported"] and rec["total_tokens"] is None:
+            rec["total_tokens"] = (rec["prompt_tokens"] or 0) + (rec["completion_tokens"] or 0)
         self.add("llm_calls", rec)
 
     @safe_telemetry_operation("collector.record_agent_execution")
@@ -165,33 +202,44 @@ class TelemetryCollector:
         if not switch.enabled:
             return
         rec = self._manual_record(duration, extra)
-        rec.update(agent_type=str(agent_type), agent_name=str(agent_name))
+        limit = self.max_string_length
+        rec.update(agent_type=clip(agent_type, limit), agent_name=clip(agent_name, limit))
         rec.setdefault("agent_id", next_id("a"))
         rec.setdefault("status", TaskStatus.COMPLETED.value)
-        self.add("agents", rec)
+        self.add("agents", self._validated("agents", rec))
 
     @safe_telemetry_operation("collector.record_tool_usage")
     def record_tool_usage(self, tool_name: str, duration: float = 0.0, **extra: Any) -> None:
         if not switch.enabled:
             return
         rec = self._manual_record(duration, extra)
-        rec["tool_name"] = str(tool_name)
+        rec["tool_name"] = clip(tool_name, self.max_string_length)
         rec.setdefault("call_id", next_id("c"))
-        self.add("tools", rec)
+        self.add("tools", self._validated("tools", rec))
 
     def _manual_record(self, duration: float, extra: Dict[str, Any]) -> dict:
         end = time.time()
         duration = max(0.0, float(duration or 0.0))
         rec: dict = {"start_time": end - duration, "end_time": end, "duration": duration}
-        for key in ("error_message", "description"):
-            if key in extra:
-                extra[key] = clip(extra[key], self.max_string_length)
-        rec.update(extra)
+        limit = self.max_string_length
+        rec.update({key: clip(value, limit) if isinstance(value, str) else value for key, value in extra.items()})
         frame = current.get()
         if frame is not None and frame.agent is not None:
             rec.setdefault("agent_name", frame.agent.get("agent_name"))
             rec.setdefault("agent_id", frame.agent.get("agent_id"))
         return rec
+
+    def _validated(self, kind: str, rec: dict) -> dict:
+        """The manual API takes any keyword: a bad value must fail here, in its own guarded call, and not when the
+        whole session is validated for a write, where one bad record would stop every later write. Returns the
+        record as the same plain data the instrumentation stores (epoch-second times, enum values)."""
+        from . import models
+
+        record = getattr(models, _RECORD_MODELS[kind]).model_validate(rec)
+        plain = record.model_dump(mode="json")
+        plain["start_time"] = record.start_time.timestamp()
+        plain["end_time"] = record.end_time.timestamp() if record.end_time is not None else None
+        return plain
 
     # -- the instrumentation's API (no guards: the wrappers guard their own bookkeeping) -----------------------
     def open_task(self, task_id: str, description: str = "", start: Optional[float] = None, **extra: Any) -> dict:
@@ -243,25 +291,38 @@ class TelemetryCollector:
                 value = clip(value, self.max_string_length)
             task[key] = value
         with self._lock:
+            # Read while the task is still open: a roll-over (which changes the session id) waits for open tasks.
+            session_id = self.session_id
             self._open.pop(task["task_id"], None)
+        if self.on_task_end is not None:
+            guard("collector.on_task_end", self.on_task_end, session_id, task)
         self._changed(True)
 
-    def add(self, kind: str, rec: dict, frame: Optional[Frame] = None) -> None:
-        """Appends a finished record to the task of `frame` (default: the current one), within the caps."""
+    def add(self, kind: str, rec: dict, frame: Optional[Frame] = None) -> bool:
+        """Appends a finished record to the task of `frame` (default: the current one), within the caps; returns
+        False when the record was over the cap, so only counted."""
         if frame is None:
             frame = current.get()
         task = frame.task if frame is not None else self._fallback_task()
         records = task[kind]
-        if len(records) < self.max_records_per_task:
+        kept = len(records) < self.max_records_per_task
+        if kept:
             records.append(rec)
         else:
-            self._drop(task, kind, rec)
+            self._drop(task, kind, rec, frame)
         self.generation += 1
+        return kept
 
-    def _drop(self, task: dict, kind: str, rec: dict) -> None:
+    def _drop(self, task: dict, kind: str, rec: dict, frame: Optional[Frame] = None) -> None:
         with self._lock:
             dropped = task["dropped_records"]
             dropped[kind] = dropped.get(kind, 0) + 1
+            if frame is not None and frame.agent is not None:
+                step = frame.dropped_since_step
+                step[kind] = step.get(kind, 0) + 1
+                if kind == "llm_calls":
+                    for key in ("prompt_tokens", "completion_tokens"):
+                        step[key] = step.get(key, 0) + (rec.get(key) or 0)
             if kind == "llm_calls":
                 usage = task["dropped_token_usage"]
                 if usage is None:
@@ -282,11 +343,10 @@ class TelemetryCollector:
                         bucket["unreported_calls"] += 1
 
     def _fallback_task(self) -> dict:
-        """Where a record with no current context goes: the only open task if there is exactly one (e.g. a tool
-        called on a thread the framework started without copying the context), else the implicit task."""
+        """Where a record with no current context goes: the implicit task. Not "the only open task": with several
+        threads that would file one thread's records under another thread's task (and the smolagents versions we
+        support copy the context into their tool threads, the case that guess was for)."""
         with self._lock:
-            if len(self._open) == 1:
-                return next(iter(self._open.values()))
             if self._implicit is None:
                 self._implicit = self.open_task("untracked", "Records made outside any task", implicit=True)
             return self._implicit
@@ -294,7 +354,9 @@ class TelemetryCollector:
     def _changed(self, urgent: bool) -> None:
         self.generation += 1
         if self._on_change is not None:
-            self._on_change(urgent)
+            # Guarded here: a failure to start the writer (say, at interpreter shutdown) must not undo the change
+            # that has already been made.
+            guard("collector.on_change", self._on_change, urgent)
 
     # -- reading -----------------------------------------------------------------------------------------------
     def has_records(self) -> bool:
@@ -328,10 +390,13 @@ class TelemetryCollector:
 
     def roll_over(self, new_session_id: str) -> Optional[dict]:
         """Ends this session and goes on as `new_session_id`; returns the ended session's data, or None (and
-        changes nothing) while a task is open, since open tasks' records must stay in one file."""
+        changes nothing) while a task is open, since open tasks' records must stay in one file. The implicit task
+        is closed instead of waited for: it stays open for as long as records arrive outside any task."""
         with self._lock:
-            if self._open:
+            if any(not task.get("implicit") for task in self._open.values()):
                 return None
+            for task in list(self._open.values()):
+                self.close_task(task, TaskStatus.COMPLETED)
             now = time.time()
             old = self.snapshot(end_time=now)
             self._tasks = []

@@ -5,14 +5,15 @@ Usage::
     from sop_telemetry import TelemetryManager
     TelemetryManager.get_instance().initialize({"storage_dir": "/tmp/telemetry", "max_file_age_days": 7})
 
-Environment: ``SOP_TELEMETRY_DISABLED=1`` turns everything off, ``SOP_TELEMETRY_DIR`` sets the storage directory.
-Both win over values given in code, so an operator can always switch telemetry off or move it.
+Environment: ``SOP_TELEMETRY_DISABLED=1`` turns everything off, ``SOP_TELEMETRY_DIR`` sets the storage directory,
+``SOP_TELEMETRY_OTLP=1`` (or ``0``) switches live OpenTelemetry export on (or off).
+They win over values given in code, so an operator can always switch telemetry off or move it.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Dict, List, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -36,7 +37,9 @@ class TelemetryConfig(BaseModel):
     max_file_age_days: float = Field(default=14, gt=0)
     auto_cleanup: bool = True
     # Seconds between background flushes while records are waiting; a task's end is written at once regardless.
-    flush_interval: float = Field(default=30.0, gt=0)
+    # At most a day: the writer thread waits this long at a time, and a wait longer than threading.TIMEOUT_MAX
+    # (or infinite) raises OverflowError there, which would leave nothing written until exit.
+    flush_interval: float = Field(default=30.0, gt=0, le=86_400)
     # How many loaded sessions `get_session_data(id)` keeps in memory.
     max_memory_sessions: int = Field(default=10, ge=0)
     # Caps that keep memory bounded in long runs; what is over them is counted, not kept.
@@ -51,15 +54,36 @@ class TelemetryConfig(BaseModel):
     prices: Dict[str, ModelPrice] = Field(default_factory=dict)
     # Write files with fsync so that a power cut cannot lose a flushed session.
     fsync: bool = True
+    # Live OpenTelemetry export of each task as it ends (needs the `otel` extra); off unless switched on here or by
+    # SOP_TELEMETRY_OTLP=1. The endpoint is a base URL or a full /v1/traces URL; None follows the standard
+    # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT variables (default http://localhost:4318).
+    otlp_enabled: bool = False
+    otlp_endpoint: Optional[str] = None
 
     @field_validator("storage_dir", mode="before")
     @classmethod
     def _expand(cls, value: Any) -> Any:
+        # Checked here rather than at the first write: a path that cannot work is a ConfigError now, not a
+        # counted error on every write later (and no session file ever).
+        if isinstance(value, PurePath) and "\0" in str(value):
+            raise ValueError("storage_dir must not contain a NUL character")
         if isinstance(value, str):
             if not value.strip():
                 raise ValueError("storage_dir must not be empty")
-            return Path(value).expanduser()
+            if "\0" in value:
+                raise ValueError("storage_dir must not contain a NUL character")
+            try:
+                return Path(value).expanduser()
+            except RuntimeError as exc:  # "~name" of an unknown user, or no home directory at all
+                raise ValueError(f"cannot expand {value!r}: {exc}") from None
         return value
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not value.strip().lower().startswith(("http://", "https://")):
+            raise ValueError("otlp_endpoint must be an http:// or https:// URL")
+        return value.strip() if value is not None else None
 
     def resolved_storage_dir(self) -> Path:
         if self.storage_dir is not None:
@@ -78,25 +102,37 @@ def default_storage_dir() -> Path:
     return Path(platformdirs.user_cache_path("ept")) / "sop_agents"
 
 
+def config_items(config: Optional[Mapping[str, Any] | TelemetryConfig] = None) -> Dict[str, Any]:
+    """The keys given in code (for a TelemetryConfig, only those set on it), before any validation."""
+    if isinstance(config, TelemetryConfig):
+        return config.model_dump(exclude_unset=True)
+    if config is None:
+        return {}
+    if isinstance(config, Mapping):
+        return dict(config)
+    raise ConfigError(f"config must be a mapping or TelemetryConfig, not {type(config).__name__}")
+
+
 def build_config(config: Optional[Mapping[str, Any] | TelemetryConfig] = None) -> TelemetryConfig:
     """Validates `config` and applies the environment overrides; raises ConfigError with a readable message."""
-    if isinstance(config, TelemetryConfig):
-        data: Dict[str, Any] = config.model_dump(exclude_unset=True)
-    elif config is None:
-        data = {}
-    elif isinstance(config, Mapping):
-        data = dict(config)
-    else:
-        raise ConfigError(f"config must be a mapping or TelemetryConfig, not {type(config).__name__}")
+    data = config_items(config)
     env_dir = os.environ.get("SOP_TELEMETRY_DIR", "").strip()
     if env_dir:
         data["storage_dir"] = env_dir
     if env_disabled():
         data["enabled"] = False
+    env_otlp = os.environ.get("SOP_TELEMETRY_OTLP", "").strip().lower()
+    if env_otlp:
+        data["otlp_enabled"] = env_otlp in {"1", "true", "yes", "on"}
     try:
         return TelemetryConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(_describe(err) for err in exc.errors())
         raise ConfigError(f"invalid sop_telemetry config: {problems}") from None
+
+
+def _describe(err: Any) -> str:
+    where = ".".join(str(p) for p in err["loc"]) or "config"
+    if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+        return f"{where}: unknown key (known keys: {', '.join(TelemetryConfig.model_fields)})"
+    return f"{where}: {err['msg']}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable, Dict, Optional, TypeVar
@@ -123,6 +124,15 @@ def _describe(exc: BaseException) -> str:
 
 
 _handler = TelemetryErrorHandler()
+
+
+def _after_fork_in_child() -> None:
+    # Another thread may have held the lock at the fork; in the child it would never be released.
+    _handler._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def get_error_handler() -> TelemetryErrorHandler:

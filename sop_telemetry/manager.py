@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from typing import TYPE_CHECKING
 
-from .collector import TelemetryCollector, switch
+from .collector import TelemetryCollector, current, env_disabled, switch
 from .error_handler import get_error_handler, safe_telemetry_operation
 from .status import TaskStatus
 
@@ -60,6 +60,8 @@ class TelemetryManager:
         self._lock = threading.RLock()
         self._write_lock = threading.Lock()
         self._config: Optional[TelemetryConfig] = None
+        # The keys given to initialize() so far: a later call changes only the keys it names.
+        self._given: Dict[str, Any] = {}
         self._store: Optional[TelemetryDataStore] = None
         self._collector: Optional[TelemetryCollector] = None
         self._prices: Any = None
@@ -71,38 +73,73 @@ class TelemetryManager:
         self._cleanup_done = False
         self._atexit_registered = False
         self._loaded: "OrderedDict[str, tuple]" = OrderedDict()
+        self._unreadable: Dict[str, tuple] = {}
         self._pending: List["TelemetrySession"] = []
         self.last_flush_time: Optional[float] = None
         self.last_flush_path: Optional[Path] = None
         # Set by the `sop-telemetry` command: it reads sessions and must never write one of its own.
         self.read_only = False
+        # The live OTLP exporter (sop_telemetry.otel.LiveOtlpExporter) when `otlp_enabled`; None otherwise.
+        self._otlp: Any = None
 
     # -- configuration -----------------------------------------------------------------------------------------
     def initialize(self, config: Optional[Mapping[str, Any] | "TelemetryConfig"] = None) -> None:
         """Applies `config` (the spec's keys); raises ConfigError for unknown keys or bad values.
 
-        Calling it again re-configures: later records and writes follow the new settings; the current session goes
-        on (its file moves to the new storage directory at the next write).
+        Calling it again changes only the keys it names (so the spec's bare `initialize()` keeps an earlier
+        storage_dir): later records and writes follow the new settings; the current session goes on (its file
+        moves to the new storage directory at the next write).
         """
-        from .config import build_config
+        from .config import build_config, config_items
         from .pricing import PriceBook
         from .storage import TelemetryDataStore
 
-        cfg = build_config(config)
+        items = config_items(config)
         with self._lock:
-            self._config = cfg
+            given = {**self._given, **items}
+            cfg = build_config(given)
+            self._given = given
+            self._environment = None  # the allowlist may have changed
             self._store = TelemetryDataStore(cfg.resolved_storage_dir(), fsync=cfg.fsync)
             self._prices = PriceBook(cfg.prices)
             self._loaded.clear()
+            # Set only now: _ensure() on another thread returns as soon as it sees a config, without the lock, and
+            # then uses the store and prices.
+            self._config = cfg
             if self._collector is None:
                 self._collector = self._new_collector()
             else:
                 self._written_generation = -1
             self._apply_limits(self._collector)
-            # Only an explicit `enabled` (or SOP_TELEMETRY_DISABLED) moves the switch: a lazy default
+            # Only an `enabled` given in this call (or SOP_TELEMETRY_DISABLED) moves the switch: a lazy default
             # initialization must not undo an earlier disable_telemetry().
-            if not cfg.enabled or "enabled" in cfg.model_fields_set:
+            if "enabled" in items or env_disabled():
                 switch.enabled = cfg.enabled
+            self._configure_otlp(cfg)
+
+    def _configure_otlp(self, cfg: "TelemetryConfig") -> None:
+        """Live OTLP export is opt-in: only then is sop_telemetry.otel (and OpenTelemetry with it) imported.
+        Without the `otel` extra this logs one warning and records nothing is sent; it never raises."""
+        old = self._otlp
+        wanted = cfg.enabled and cfg.otlp_enabled and not self.read_only
+        if old is not None and wanted and not old.closed and old.configured_endpoint == cfg.otlp_endpoint:
+            return
+        self._otlp = None
+        if old is not None:
+            old.shutdown(timeout=0)
+        if not wanted:
+            return
+        try:
+            from .otel import LiveOtlpExporter
+
+            self._otlp = LiveOtlpExporter(endpoint=cfg.otlp_endpoint, cost=self._prices.cost)
+        except Exception as exc:  # noqa: BLE001 - e.g. ImportError without the otel extra
+            get_error_handler().record_error("otlp.setup", exc)
+
+    def _task_ended(self, session_id: str, task: dict) -> None:
+        otlp = self._otlp
+        if otlp is not None and not self.read_only:
+            otlp.submit(session_id, task)
 
     def _ensure(self) -> "TelemetryConfig":
         cfg = self._config
@@ -130,6 +167,7 @@ class TelemetryManager:
         from .storage import new_session_id
 
         collector = TelemetryCollector(new_session_id(), on_change=self._on_change)
+        collector.on_task_end = self._task_ended
         self._apply_limits(collector)
         return collector
 
@@ -192,8 +230,12 @@ class TelemetryManager:
         except KeyError:
             return None
         except SessionLoadError as exc:
-            logger.warning("sop_telemetry: skipping %s", exc)
+            # Remembered (until the file changes) so that a listing loop warns once per bad file, not per look.
+            if self._unreadable.get(session_id) != key:
+                self._unreadable[session_id] = key
+                logger.warning("sop_telemetry: skipping %s", exc)
             return None
+        self._unreadable.pop(session_id, None)
         limit = self.config.max_memory_sessions
         if limit:
             self._loaded[session_id] = (key, session)
@@ -227,6 +269,7 @@ class TelemetryManager:
             and collector.generation != self._written_generation,
             "dropped_records": dropped,
             "telemetry_errors": get_error_handler().total_errors(),
+            "otlp": self._otlp.stats() if self._otlp is not None else {"enabled": False},
         }
 
     @safe_telemetry_operation("manager.get_all_session_ids", default=[])
@@ -259,6 +302,10 @@ class TelemetryManager:
         switch.enabled = False
 
     def enable_telemetry(self) -> None:
+        """Records again after `disable_telemetry()`; SOP_TELEMETRY_DISABLED, the operator's switch, still wins."""
+        if env_disabled():
+            logger.debug("sop_telemetry: SOP_TELEMETRY_DISABLED is set; enable_telemetry() leaves telemetry off")
+            return
         switch.enabled = True
 
     def is_enabled(self) -> bool:
@@ -346,12 +393,14 @@ class TelemetryManager:
             return None
         with self._write_lock:
             self._write_pending()
+            if not collector.has_records():
+                return None  # rolled over while we waited for the lock: the new session is still empty
             generation = collector.generation
             if generation == self._written_generation and not (final or force):
                 return None
             try:
                 session = self._build_current(final)
-                path = store.write(session.session_id, session.to_json())
+                path = store.write(session.session_id, _file_text(session))
             except Exception as exc:  # noqa: BLE001 - disk full, read-only, deleted directory, a bug
                 get_error_handler().record_error("storage.write", exc)
                 return None
@@ -390,7 +439,7 @@ class TelemetryManager:
         while self._pending and store is not None:
             session = self._pending[0]
             try:
-                store.write(session.session_id, session.to_json())
+                store.write(session.session_id, _file_text(session))
             except Exception as exc:  # noqa: BLE001
                 get_error_handler().record_error("storage.write", exc)
                 return
@@ -405,6 +454,8 @@ class TelemetryManager:
                 if task.get("implicit"):
                     collector.close_task(task, TaskStatus.COMPLETED)
             self._write(final=True)
+            if self._otlp is not None:
+                self._otlp.shutdown()  # a bounded wait for queued tasks; none if the collector is failing
         except Exception as exc:  # noqa: BLE001 - never fail the interpreter's exit
             get_error_handler().record_error("manager.at_exit", exc)
 
@@ -413,6 +464,9 @@ class TelemetryManager:
         by tests that replace the manager; recording afterwards starts the writer again."""
         if flush:
             self._at_exit()
+        otlp, self._otlp = self._otlp, None
+        if otlp is not None:
+            otlp.shutdown(timeout=0)
         self._stopped = True
         self._wake.set()
         writer = self._writer
@@ -440,8 +494,19 @@ class TelemetryManager:
         self._writer = None
         self._written_generation = -1
         self._pending = []
+        self._environment = None  # it holds the parent's pid
         if self._collector is not None:
             self._collector = self._new_collector()
+        # The forking thread's task belongs to the parent's session: the child's records go to its own.
+        current.set(None)
+
+
+def _file_text(session: "TelemetrySession") -> str:
+    """What goes into a session file: the session's JSON with every known credential masked, since error messages
+    and task descriptions are the host's own text and may quote a key (an HTTP error naming the URL, say)."""
+    from .environment import redact_json, secret_values
+
+    return redact_json(session.to_json(), secret_values())
 
 
 def _after_fork() -> None:

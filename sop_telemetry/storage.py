@@ -110,8 +110,9 @@ class TelemetryDataStore:
             return []
 
     def session_ids(self) -> List[str]:
-        """Ids of the stored sessions, oldest first (ids sort by start time)."""
-        return sorted(sid for sid, _ in self._entries())
+        """Ids of the stored sessions, oldest first (ids sort by start time). Like `session_files`, only regular
+        files count: a folder or a link named like a session is not one we can read."""
+        return [sid for sid, _path, _size, _mtime in self.session_files()]
 
     def session_files(self) -> List[Tuple[str, Path, int, float]]:
         """(id, path, size in bytes, mtime) of each regular session file, oldest first; links are left out."""
@@ -133,7 +134,9 @@ class TelemetryDataStore:
         if path is None:
             return None
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            # O_NONBLOCK: opening a FIFO named like a session would otherwise wait for a writer forever (it has no
+            # effect on reading a regular file). O_NOFOLLOW: a link is never followed out of the directory.
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
         except OSError:
             return None
         try:

@@ -1,0 +1,516 @@
+"""The manager: the spec's API, files that reach disk on their own, and a host program that never sees an error."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sop_telemetry import TaskStatus, TelemetryManager, TelemetrySession, get_error_handler
+from sop_telemetry.storage import new_session_id
+
+DAY = 86400.0
+REPO = Path(__file__).resolve().parents[1]
+
+
+def record_task(manager, task_id: str = "t", prompt: int = 10, completion: int = 5) -> None:
+    collector = manager.get_collector()
+    collector.start_task(task_id, f"task {task_id}")
+    collector.record_llm_call("gpt-4", prompt, completion, 0.1)
+    collector.record_tool_usage("file_reader", 0.05)
+    collector.end_task(task_id, TaskStatus.COMPLETED)
+
+
+def files_in(directory: Path) -> list:
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+def session_files(directory: Path) -> list:
+    return [name for name in files_in(directory) if name.endswith(".json") and not name.startswith(".")]
+
+
+def wait_for(predicate, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+def write_session_file(directory: Path, sid: str, tasks: int = 1, days_old: float = 0.0) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    start = time.time() - days_old * DAY
+    session = TelemetrySession.model_validate(
+        {"session_id": sid, "start_time": start,
+         "tasks": [{"task_id": f"old{i}", "start_time": start} for i in range(tasks)]})
+    path = directory / f"{sid}.json"
+    path.write_text(session.to_json())
+    os.utime(path, (start, start))
+    return path
+
+
+def no_temp_files(directory: Path) -> bool:
+    return not [name for name in files_in(directory) if name.endswith(".tmp")]
+
+
+def telemetry_warnings(caplog) -> list:
+    return [r for r in caplog.records if r.name == "sop_telemetry" and r.levelno >= logging.WARNING]
+
+
+# -- the spec's API -------------------------------------------------------------------------------------------------
+def test_get_instance_is_one_object_across_threads(manager):
+    TelemetryManager._instance = None
+    try:
+        seen, barrier = [], threading.Barrier(16)
+
+        def grab():
+            barrier.wait(timeout=10)
+            seen.append(TelemetryManager.get_instance())
+
+        threads = [threading.Thread(target=grab) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(seen) == 16 and len({id(m) for m in seen}) == 1
+    finally:
+        TelemetryManager._instance.shutdown(flush=False)
+        TelemetryManager._instance = manager
+
+
+def test_flush_writes_the_session_privately(manager, storage_dir):
+    record_task(manager)
+    path = manager.flush_data()
+    assert path == storage_dir / f"{manager.get_collector().session_id}.json"
+    assert stat.S_IMODE(storage_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    session = TelemetrySession.from_json(path.read_bytes())
+    assert session == manager.get_session_data(session.session_id)
+    assert session.tasks[0].token_usage.total_tokens == 15
+
+
+def test_a_task_end_reaches_disk_without_a_flush(manager, storage_dir):
+    record_task(manager)
+    sid = manager.get_collector().session_id
+    path = storage_dir / f"{sid}.json"
+    wait_for(lambda: path.exists() and TelemetrySession.from_json(path.read_bytes()).tasks)
+    assert TelemetrySession.from_json(path.read_bytes()).tasks[0].status is TaskStatus.COMPLETED
+
+
+def test_records_outside_a_task_reach_disk_within_the_flush_interval(manager, storage_dir):
+    manager.initialize({"flush_interval": 0.05})
+    collector = manager.get_collector()
+    collector.record_llm_call("gpt-4", 1, 1, 0.1)  # opens the implicit task: the writer starts
+    collector.record_llm_call("gpt-4", 2, 2, 0.1)  # no task ends: only the interval writes this one
+    path = storage_dir / f"{collector.session_id}.json"
+    wait_for(lambda: path.exists() and TelemetrySession.from_json(path.read_bytes()).total_tokens.total_tokens == 6)
+
+
+def test_shutdown_writes_the_session_with_its_end(manager, storage_dir):
+    record_task(manager)
+    manager.shutdown()
+    [name] = session_files(storage_dir)
+    assert TelemetrySession.from_json((storage_dir / name).read_bytes()).end_time is not None
+
+
+def test_get_session_data(manager, storage_dir):
+    current = manager.get_session_data()
+    assert current is not None and current.tasks == []
+    record_task(manager)
+    current = manager.get_session_data()
+    assert current.session_id == manager.get_collector().session_id and len(current.tasks) == 1
+    assert manager.get_session_data(current.session_id) == current
+    assert manager.get_session_data(new_session_id()) is None
+    old = new_session_id(time.time() - 60)
+    write_session_file(storage_dir, old, tasks=2)
+    assert len(manager.get_session_data(old).tasks) == 2
+    assert manager.get_session_data(old) is manager.get_session_data(old)  # kept in memory
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "x\0y", "/etc/passwd", "..", "", "../outside/{sid}", "{outside}",
+                                 "{sid}/../{sid}", 123])
+def test_path_traversal_ids_are_refused_without_touching_the_filesystem(manager, storage_dir, tmp_path, bad,
+                                                                          monkeypatch):
+    sid = new_session_id()
+    outside = tmp_path / "outside"
+    write_session_file(outside, sid)
+    if isinstance(bad, str):
+        bad = bad.format(sid=sid, outside=outside / f"{sid}.json")
+    manager.get_storage_stats()  # initialized before we start watching
+    touched = []
+    for name in ("stat", "lstat", "open", "scandir", "listdir"):
+        real = getattr(os, name)
+
+        def spy(path, *args, _real=real, **kwargs):
+            touched.append(os.fspath(path) if isinstance(path, (str, bytes, os.PathLike)) else path)
+            return _real(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, name, spy)
+    assert manager.get_session_data(bad) is None
+    monkeypatch.undo()
+    assert [p for p in touched if isinstance(p, str) and not p.startswith(str(storage_dir))] == []
+
+
+def test_storage_stats_has_the_specs_keys(manager, storage_dir):
+    stats = manager.get_storage_stats()
+    assert stats["storage_path"] == str(storage_dir)
+    assert stats["active_collectors"] == 0
+    assert stats["total_files"] == 0 and stats["total_bytes"] == 0
+    assert stats["current_session_id"] == manager.get_collector().session_id
+    record_task(manager)
+    path = manager.flush_data()
+    write_session_file(storage_dir, new_session_id(1e9))
+    (storage_dir / "unrelated.txt").write_text("x" * 1000)
+    stats = manager.get_storage_stats()
+    assert stats["active_collectors"] == 1
+    assert stats["total_files"] == 2
+    assert stats["total_bytes"] == sum(p.stat().st_size for p in storage_dir.glob("2*.json"))
+    assert stats["total_bytes"] > path.stat().st_size
+    assert stats["current_session_id"] == path.stem
+
+
+def test_all_session_ids_are_oldest_first_and_include_the_current_one(manager, storage_dir):
+    now = time.time()
+    stored = [new_session_id(now - 300), new_session_id(now - 100), new_session_id(now - 200)]
+    for sid in stored:
+        write_session_file(storage_dir, sid)
+    assert manager.get_all_session_ids() == sorted(stored)
+    record_task(manager)
+    ids = manager.get_all_session_ids()
+    assert ids == sorted(stored) + [manager.get_collector().session_id]
+    manager.flush_data()
+    assert manager.get_all_session_ids() == ids
+
+
+def test_cleanup_old_data_returns_the_count_and_keeps_the_live_session(manager, storage_dir):
+    now = time.time()
+    old = [write_session_file(storage_dir, new_session_id(now - d * DAY), days_old=d) for d in (30, 20, 10)]
+    young = write_session_file(storage_dir, new_session_id(now - DAY), days_old=1)
+    other = storage_dir / "keep.txt"
+    other.write_text("x")
+    os.utime(other, (now - 100 * DAY, now - 100 * DAY))
+    record_task(manager)
+    live = manager.flush_data()
+    os.utime(live, (now - 100 * DAY, now - 100 * DAY))
+    assert manager.cleanup_old_data(max_age_days=7) == 3
+    assert not any(p.exists() for p in old)
+    assert young.exists() and other.exists() and live.exists()
+    assert manager.cleanup_old_data(max_age_days=7) == 0
+    assert manager.cleanup_old_data() == 0  # the config's 14 days
+    assert manager.cleanup_old_data(max_age_days=-1) == 0  # refused, not raised
+
+
+def test_auto_cleanup_runs_off_the_callers_thread(manager, storage_dir):
+    old = write_session_file(storage_dir, new_session_id(time.time() - 30 * DAY), days_old=30)
+    manager.initialize({"auto_cleanup": True, "max_file_age_days": 14})
+    record_task(manager)
+    wait_for(lambda: not old.exists())
+
+
+# -- disabled -------------------------------------------------------------------------------------------------------
+def test_disable_telemetry_records_and_writes_nothing(manager, storage_dir):
+    manager.disable_telemetry()
+    assert manager.is_enabled() is False
+    record_task(manager)
+    assert manager.flush_data() is None
+    assert manager.get_session_data().tasks == []
+    assert not storage_dir.exists()
+    manager.enable_telemetry()
+    assert manager.is_enabled() is True
+    record_task(manager)
+    assert manager.flush_data() is not None
+
+
+def test_initialize_enabled_false_records_nothing(manager, storage_dir):
+    manager.initialize({"enabled": False})
+    assert manager.is_enabled() is False
+    record_task(manager)
+    manager.shutdown()
+    assert not storage_dir.exists()
+
+
+# -- bad disks ------------------------------------------------------------------------------------------------------
+def make_unwritable(directory: Path, monkeypatch, how: str):
+    """A storage folder nothing can be written into. chmod does not stop root, so then the refusal is simulated
+    where the kernel would give it: creating the temp file, or replacing the session file."""
+    if how == "chmod" and getattr(os, "geteuid", lambda: 0)() != 0:
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o500)
+        return lambda: directory.chmod(0o700)
+    if how == "file":
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        if directory.exists():
+            for p in directory.iterdir():
+                p.unlink()
+            directory.rmdir()
+        directory.write_text("a file where the folder should be")
+        return directory.unlink
+    real_open, real_replace = os.open, os.replace
+
+    def refuse_open(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and Path(path).parent == directory:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def refuse_replace(src, dst, *args, **kwargs):
+        if Path(dst).parent == directory:
+            raise PermissionError(errno.EACCES, "Permission denied", str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open" if how == "chmod" else "replace",
+                        refuse_open if how == "chmod" else refuse_replace)
+    return monkeypatch.undo
+
+
+@pytest.mark.parametrize("how", ["chmod", "file", "replace"])
+def test_unwritable_storage_never_raises_and_a_later_flush_succeeds(manager, storage_dir, monkeypatch, caplog, how):
+    record_task(manager, "before")
+    first = manager.flush_data()
+    assert first is not None
+    restore = make_unwritable(storage_dir, monkeypatch, how)
+    try:
+        with caplog.at_level(logging.WARNING, logger="sop_telemetry"):
+            for i in range(8):
+                record_task(manager, f"during-{i}")
+                assert manager.flush_data() is None
+        assert manager.get_storage_stats()["unwritten_changes"] is True
+    finally:
+        restore()
+    assert len(telemetry_warnings(caplog)) == 1
+    assert get_error_handler().get_error_summary()["storage.write"]["count"] >= 8
+    assert len(manager.get_session_data().tasks) == 9  # collection went on in memory
+    path = manager.flush_data()
+    assert path is not None
+    assert [t.task_id for t in TelemetrySession.from_json(path.read_bytes()).tasks] == \
+        ["before"] + [f"during-{i}" for i in range(8)]
+    wait_for(lambda: no_temp_files(storage_dir))
+
+
+def test_a_full_disk_never_raises_keeps_the_old_file_and_a_later_flush_succeeds(manager, storage_dir,
+                                                                                   monkeypatch, caplog):
+    record_task(manager, "before")
+    path = manager.flush_data()
+    before = path.read_bytes()
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with caplog.at_level(logging.WARNING, logger="sop_telemetry"):
+        monkeypatch.setattr(os, "write", full)
+        for i in range(3):
+            record_task(manager, f"during-{i}")
+            assert manager.flush_data() is None
+        assert path.read_bytes() == before
+        # The writer thread may be between creating its temp file and removing it after the failure.
+        wait_for(lambda: no_temp_files(storage_dir))
+        monkeypatch.undo()
+    assert len(telemetry_warnings(caplog)) == 1
+    assert "No space left" in get_error_handler().get_error_summary()["storage.write"]["last_error"]
+    assert manager.flush_data() == path
+    assert len(TelemetrySession.from_json(path.read_bytes()).tasks) == 4
+
+
+def test_corrupt_files_are_skipped_with_one_warning(manager, storage_dir, caplog):
+    good = write_session_file(storage_dir, new_session_id(time.time() - 30))
+    corrupt = storage_dir / f"{new_session_id(time.time() - 20)}.json"
+    corrupt.write_bytes(good.read_bytes()[:-25])
+    with caplog.at_level(logging.WARNING, logger="sop_telemetry"):
+        ids = manager.get_all_session_ids()
+        assert ids == [good.stem, corrupt.stem]
+        sessions = [manager.get_session_data(sid) for sid in ids]
+        assert [s.session_id if s else None for s in sessions] == [good.stem, None]
+        assert manager.get_session_data(corrupt.stem) is None
+    warned = telemetry_warnings(caplog)
+    assert len(warned) == 1 and corrupt.stem in warned[0].getMessage()
+    # A repaired file is read again.
+    corrupt.write_bytes(good.read_bytes().replace(good.stem.encode(), corrupt.stem.encode()))
+    assert manager.get_session_data(corrupt.stem).session_id == corrupt.stem
+
+
+# -- secrets, caps, implicit tasks, roll-over -----------------------------------------------------------------------
+def test_secrets_never_reach_the_file(manager, storage_dir, monkeypatch):
+    monkeypatch.setenv("MY_API_KEY", "sk-secret-123")
+    monkeypatch.setenv("MY_DEPLOYMENT", "blue")
+    manager.initialize({"environment_allowlist": ["MY_API_KEY", "MY_DEPLOYMENT"]})
+    record_task(manager)
+    path = manager.flush_data()
+    manager.shutdown()
+    env = json.loads(path.read_bytes())["environment"]["environment_variables"]
+    assert env["MY_API_KEY"] == "***" and env["MY_DEPLOYMENT"] == "blue"
+    for p in storage_dir.iterdir():
+        assert b"sk-secret-123" not in p.read_bytes()
+
+
+def test_memory_caps_apply_from_the_config(manager):
+    manager.initialize({"max_records_per_task": 3, "max_string_length": 20})
+    collector = manager.get_collector()
+    collector.start_task("t", "x" * 1000)
+    for _ in range(10):
+        collector.record_llm_call("gpt-4", 10, 1, 0.1)
+    collector.end_task("t")
+    path = manager.flush_data()
+    data = json.loads(path.read_bytes())
+    task = data["tasks"][0]
+    assert len(task["llm_calls"]) == 3 and task["dropped_records"] == {"llm_calls": 7}
+    assert len(task["description"]) <= 20
+    assert data["total_tokens"]["total_tokens"] == 110
+    assert manager.get_storage_stats()["dropped_records"] == {"llm_calls": 7}
+
+
+def test_records_outside_any_task_are_kept(manager, storage_dir):
+    collector = manager.get_collector()
+    collector.record_llm_call("gpt-4", 7, 3, 0.2)
+    collector.record_tool_usage("grep", 0.1)
+    session = TelemetrySession.from_json(manager.flush_data().read_bytes())
+    [task] = session.tasks
+    assert task.implicit and len(task.llm_calls) == 1 and len(task.tools) == 1
+    assert session.total_tokens.total_tokens == 10
+    manager.shutdown()
+    [name] = session_files(storage_dir)
+    final = TelemetrySession.from_json((storage_dir / name).read_bytes())
+    assert final.tasks[0].status is TaskStatus.COMPLETED and final.tasks[0].end_time is not None
+
+
+def test_a_full_session_rolls_over_to_a_new_one(manager, storage_dir):
+    manager.initialize({"max_tasks_per_session": 3})
+    collector = manager.get_collector()
+    first_id = collector.session_id
+    collector.record_tool_usage("loose", 0.1)  # an open implicit task must not block the roll-over
+    for i in range(2):
+        record_task(manager, f"a{i}")
+    manager.flush_data()
+    assert collector.session_id != first_id
+    assert session_files(storage_dir) == [f"{first_id}.json"]
+    first = manager.get_session_data(first_id)
+    assert len(first.tasks) == 3 and first.end_time is not None
+    record_task(manager, "b0")
+    second = manager.flush_data()
+    assert second.stem == collector.session_id
+    assert manager.get_all_session_ids() == [first_id, second.stem]
+    assert [t.task_id for t in manager.get_session_data().tasks] == ["b0"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_its_own_session(manager, storage_dir):
+    record_task(manager, "parent")
+    parent_id = manager.get_collector().session_id
+    assert manager.get_session_data().environment.pid == os.getpid()  # the environment is known before the fork
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, and leave without running pytest's cleanup
+        code = 1
+        try:
+            os.close(read_end)
+            child = TelemetryManager.get_instance()
+            record_task(child, "child")
+            path = child.flush_data()
+            os.write(write_end, json.dumps({"sid": child.get_collector().session_id, "path": str(path)}).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = json.loads(pipe.read() or b"{}")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert report["sid"] != parent_id
+    child_session = TelemetrySession.from_json(Path(report["path"]).read_bytes())
+    assert [t.task_id for t in child_session.tasks] == ["child"]
+    assert child_session.environment.pid == pid
+    parent = manager.get_session_data()
+    assert parent.session_id == parent_id and [t.task_id for t in parent.tasks] == ["parent"]
+    assert TelemetrySession.from_json(manager.flush_data().read_bytes()).environment.pid == os.getpid()
+
+
+# -- real processes -------------------------------------------------------------------------------------------------
+def run_python(code: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh interpreter whose HOME and cache are inside tmp_path, so nothing reaches ~/.cache."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("SOP_TELEMETRY_", "XDG_"))}
+    environ.update(HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "xdg"), PYTHONPATH=str(REPO))
+    environ.update(env)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=environ, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+
+
+RECORD_ONE_TASK = """
+    from sop_telemetry import TelemetryManager, TaskStatus
+    collector = TelemetryManager.get_instance().get_collector()
+    collector.start_task("job", "one task")
+    collector.record_llm_call("gpt-4", 150, 75, 3.2)
+    collector.end_task("job", TaskStatus.COMPLETED)
+    collector.record_tool_usage("after_the_task", 0.1)
+"""
+
+
+@pytest.mark.parametrize(("ending", "exit_code"), [("", 0), ("import sys; sys.exit(3)", 3),
+                                                   ("raise RuntimeError('crash')", 1)])
+def test_a_process_that_never_flushes_leaves_a_complete_file(tmp_path, ending, exit_code):
+    out = tmp_path / "store"
+    result = run_python(RECORD_ONE_TASK + f"\n    {ending}\n", tmp_path, SOP_TELEMETRY_DIR=str(out))
+    assert result.returncode == exit_code, result.stderr
+    [name] = session_files(out)
+    session = TelemetrySession.from_json((out / name).read_bytes())
+    job = [t for t in session.tasks if t.task_id == "job"][0]
+    assert job.status is TaskStatus.COMPLETED and job.token_usage.total_tokens == 225
+    assert [t.tools[0].tool_name for t in session.tasks if t.implicit] == ["after_the_task"]
+    assert session.end_time is not None
+    assert files_in(out) == [name]
+    assert not (tmp_path / "xdg").exists() and not (tmp_path / "home").exists()
+
+
+def test_sop_telemetry_disabled_in_the_environment_records_and_writes_nothing(tmp_path):
+    out = tmp_path / "store"
+    code = RECORD_ONE_TASK + """
+    manager = TelemetryManager.get_instance()
+    manager.enable_telemetry()
+    collector.record_llm_call("gpt-4", 1, 1, 0.1)
+    assert manager.is_enabled() is False
+    assert manager.get_session_data().tasks == []
+    assert manager.flush_data() is None
+    """
+    result = run_python(code, tmp_path, SOP_TELEMETRY_DIR=str(out), SOP_TELEMETRY_DISABLED="1")
+    assert result.returncode == 0, result.stderr
+    assert not out.exists()
+
+
+def test_a_process_that_records_nothing_leaves_no_file(tmp_path):
+    out = tmp_path / "store"
+    code = """
+    from sop_telemetry import TelemetryManager
+    manager = TelemetryManager.get_instance()
+    manager.initialize()
+    manager.get_collector()
+    assert manager.flush_data() is None
+    assert manager.get_session_data().tasks == []
+    assert manager.get_storage_stats()["total_files"] == 0
+    assert manager.get_all_session_ids() == []
+    """
+    result = run_python(code, tmp_path, SOP_TELEMETRY_DIR=str(out))
+    assert result.returncode == 0, result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="XDG_CACHE_HOME is the Linux convention")
+def test_the_default_folder_honours_xdg_cache_home(tmp_path):
+    result = run_python(RECORD_ONE_TASK + """
+    import platformdirs
+    print(TelemetryManager.get_instance().get_storage_stats()["storage_path"])
+    print(platformdirs.user_cache_path("ept") / "sop_agents")
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    expected = tmp_path / "xdg" / "ept" / "sop_agents"
+    assert result.stdout.split() == [str(expected), str(expected)]
+    assert len(session_files(expected)) == 1
+    assert stat.S_IMODE(expected.stat().st_mode) == 0o700
