@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .error_handler import guard, safe_telemetry_operation
 from .status import TaskStatus
@@ -387,6 +387,13 @@ class TelemetryCollector:
             "end_time": end_time,
             "tasks": tasks,
         }
+
+    def snapshot_with_open_ids(self, end_time: Optional[float] = None) -> Tuple[dict, Set[str]]:
+        """`snapshot()` and the ids of the tasks open at that moment, under one lock. A task that is not open has
+        every field final: `close_task` sets them all before the task leaves the open set (the writer relies on
+        this to reuse a finished task's JSON from one write to the next)."""
+        with self._lock:
+            return self.snapshot(end_time), set(self._open)
 
     def roll_over(self, new_session_id: str) -> Optional[dict]:
         """Ends this session and goes on as `new_session_id`; returns the ended session's data, or None (and
