@@ -38,6 +38,10 @@ _EXPORTS = {
     "CallStatus": "status",
     "get_error_handler": "error_handler",
     "safe_telemetry_operation": "error_handler",
+    "load_sessions": "analysis",
+    "analyze_token_usage": "analysis",
+    "analyze_performance": "analysis",
+    "summarize_sessions": "analysis",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

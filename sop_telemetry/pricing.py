@@ -7,8 +7,10 @@ Usage::
     book.cost("my-model", 1_000_000, 0)                               # 1.0, the user's price wins
     book.cost("no-such-model", 10, 10)                                # None: unknown is not zero
 
-genai-prices ships its data inside the package; it is used offline (never asked to update) and imported only
-when a price is first needed, because importing it takes longer than everything else we do at start.
+genai-prices ships its data inside the package and only goes to the network when `genai_prices.UpdatePrices` is
+started, which this module never does: `calc_price` reads the bundled snapshot (or one the host program installed
+itself). It is imported only when a price is first needed, because importing it takes longer than everything else
+we do at start.
 """
 
 from __future__ import annotations
@@ -46,9 +48,12 @@ class PriceBook:
         return calc(int(prompt_tokens or 0), int(completion_tokens or 0))
 
     def _resolve(self, model: str) -> Optional[_Calc]:
-        if model in self._overrides:
-            inp, out = self._overrides[model]
-            return lambda p, c: (p * inp + c * out) / 1_000_000
+        # The user's prices win over the database for every spelling of the id ("openai/gpt-4o" finds a price
+        # given for "gpt-4o").
+        for ref, _provider in _candidates(model):
+            if ref in self._overrides:
+                inp, out = self._overrides[ref]
+                return lambda p, c: (p * inp + c * out) / 1_000_000
         return _database_calc(model)
 
 
