@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional, Sequence
 
 PROG = "sop-telemetry"
-_FORMATS = ("json", "csv", "mermaid", "text")
+_FORMATS = ("json", "csv", "mermaid", "text", "otlp")
 _REPORT_ENV = "_SOP_TELEMETRY_RUN_REPORT"
 
 
@@ -123,14 +123,22 @@ def _parser() -> argparse.ArgumentParser:
     show = command("show", _cmd_show, "a session's summary, token and time tables, and task trees")
     show.add_argument("session", metavar="ID", help="a session id, a unique prefix of one, or 'latest'")
 
-    export = command("export", _cmd_export, "export a session as JSON, CSV tables, a Mermaid gantt or a text tree")
-    export.add_argument("session", metavar="ID", help="a session id, a unique prefix of one, or 'latest'")
+    export = command("export", _cmd_export,
+                     "export a session as JSON, CSV tables, a Mermaid gantt or a text tree, or send it over OTLP")
+    export.add_argument("session", metavar="ID", nargs="?",
+                        help="a session id, a unique prefix of one, or 'latest' (otlp: or --since/--until)")
     export.add_argument("--format", "-f", choices=_FORMATS, default="json")
     export.add_argument("-o", "--output", metavar="PATH",
                         help="file to write (for csv: a directory, which gets one file per table); default stdout")
     export.add_argument("--task", metavar="TASK_ID", help="only this task (mermaid, text)")
     export.add_argument("--table", metavar="NAME",
                         help="csv to stdout: which table (tasks, agents, tools, llm_calls, steps; default tasks)")
+    export.add_argument("--endpoint", metavar="URL",
+                        help="otlp: collector URL (default: OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT)")
+    export.add_argument("--header", metavar="KEY=VALUE", action="append", help="otlp: a request header (repeatable)")
+    export.add_argument("--timeout", type=_non_negative_float, metavar="SECONDS", default=10.0,
+                        help="otlp: seconds per request (default 10)")
+    _filters(export)
 
     report = command("report", _cmd_report, "figures across sessions: per day, model, tool and agent")
     _filters(report)
@@ -397,6 +405,10 @@ def _cmd_show(args: argparse.Namespace, out: _Output) -> int:
 def _cmd_export(args: argparse.Namespace, out: _Output) -> int:
     from . import exports
 
+    if args.format == "otlp":
+        return _export_otlp(args, out)
+    if args.session is None:
+        raise UserError("give a session ID (or 'latest')")
     session = _load(_store(args), args.session)
     target = None if args.output in (None, "-") else Path(args.output).expanduser()
     if args.task is not None and args.format not in ("mermaid", "text"):
@@ -430,6 +442,37 @@ def _cmd_export(args: argparse.Namespace, out: _Output) -> int:
         for path in written:
             out.line(f"Wrote {path}")
     return 0
+
+
+def _export_otlp(args: argparse.Namespace, out: _Output) -> int:
+    """Backfill: sends stored sessions to an OTLP/HTTP collector. Ids are derived from the records, so sending a
+    session twice gives the same trace, which backends recognise."""
+    try:
+        from .otel import export_sessions_otlp
+    except ImportError as exc:  # the message names the extra to install
+        raise UserError(str(exc)) from None
+    store = _store(args)
+    if args.session is not None:
+        sessions: Any = [_load(store, args.session)]
+    elif args.since is None and args.until is None:
+        raise UserError("give a session ID or --since/--until")
+    else:
+        _check_filters(args)
+        sessions = _sessions(args, store)
+    headers = {}
+    for item in args.header or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--header takes KEY=VALUE, not {item!r}")
+        headers[key.strip()] = value
+    result = export_sessions_otlp(sessions, endpoint=args.endpoint, headers=headers or None, timeout=args.timeout)
+    if out.json:
+        out.data({"endpoint": result.endpoint, "sessions": result.sessions, "tasks": result.tasks,
+                  "spans": result.spans, "failed_spans": result.failed_spans, "errors": list(result.errors),
+                  "ok": result.ok})
+    else:
+        out.line(result.summary())
+    return 0 if result.ok else 1
 
 
 def _cmd_report(args: argparse.Namespace, out: _Output) -> int:

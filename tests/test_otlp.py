@@ -756,3 +756,42 @@ def test_phoenix_receives_a_backfilled_session_with_its_token_counts(manager, ph
     (root,) = [r for r in rows if r["name"] == "task"]
     assert datetime.fromisoformat(root["start_time"]) == task.start_time
     assert datetime.fromisoformat(root["end_time"]) == task.end_time
+
+
+# -- the command line --------------------------------------------------------------------------------------------
+def _cli(*args: str, directory: Any) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sop_telemetry", "--dir", str(directory), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_backfill_by_id_and_by_time_range_sends_the_same_trace(manager, receiver, storage_dir):
+    run_small("cli one")
+    data = written_session(manager)
+
+    by_id = _cli("--json", "export", "latest", "--format", "otlp", "--endpoint", receiver.endpoint,
+                 directory=storage_dir)
+    assert by_id.returncode == 0, by_id.stderr
+    assert json.loads(by_id.stdout)["ok"] is True
+    first = receiver.spans()
+    assert {s["trace_id"] for s in first} == {
+        f"{otel.trace_id_for(data['session_id'], t['task_id']):032x}" for t in data["tasks"]}
+
+    receiver.clear()
+    by_range = _cli("export", "--format", "otlp", "--since", "1d", "--endpoint", receiver.endpoint,
+                    directory=storage_dir)
+    assert by_range.returncode == 0, by_range.stderr
+    assert by_range.stdout.startswith(f"sent {len(first)} spans (1 tasks, 1 sessions)")
+    assert _identity(receiver.spans()) == _identity(first)
+
+
+def test_cli_backfill_errors_are_one_line_and_status_one(manager, storage_dir):
+    run_small("cli")
+    written_session(manager)
+    missing = _cli("export", "--format", "otlp", directory=storage_dir)
+    assert (missing.returncode, missing.stderr.count("\n")) == (1, 1)
+    assert "give a session ID or --since/--until" in missing.stderr
+    bad_header = _cli("export", "latest", "--format", "otlp", "--header", "nokey", directory=storage_dir)
+    assert bad_header.returncode == 1 and "KEY=VALUE" in bad_header.stderr
+    dead = _cli("export", "latest", "--format", "otlp", "--endpoint", _closed_port(), "--timeout", "2",
+                directory=storage_dir)
+    assert dead.returncode == 1 and "failed" in dead.stdout and "Traceback" not in dead.stderr
