@@ -217,28 +217,39 @@ class TelemetrySession(_Model):
 
 
 def _sum_calls(calls: List[LLMCall], dropped: Optional[TokenUsage]) -> TokenUsage:
-    total = TokenUsage()
-    breakdown = total.model_breakdown
+    # Summed in plain lists, then made into TokenUsage once per model: `usage.x += n` on a pydantic model is a
+    # validated __setattr__ (~1 µs), and this runs for every task at every write and read. Same order of float
+    # additions as adding call by call, so the costs are bit for bit the same.
+    sums = [0, 0, 0, 0, None]  # prompt, completion, total, unreported calls, cost
+    per_model: Dict[str, list] = {}
     for call in calls:
-        per_model = breakdown.get(call.model)
-        if per_model is None:
-            per_model = breakdown[call.model] = TokenUsage()
+        mine = per_model.get(call.model)
+        if mine is None:
+            mine = per_model[call.model] = [0, 0, 0, 0, None]
         if not call.tokens_reported:
-            total.unreported_calls += 1
-            per_model.unreported_calls += 1
+            sums[3] += 1
+            mine[3] += 1
             continue
         prompt = call.prompt_tokens or 0
         completion = call.completion_tokens or 0
         tokens = call.total_tokens if call.total_tokens is not None else prompt + completion
-        for usage in (total, per_model):
-            usage.prompt_tokens += prompt
-            usage.completion_tokens += completion
-            usage.total_tokens += tokens
-            if call.cost_estimate is not None:
-                usage.cost_estimate = (usage.cost_estimate or 0.0) + call.cost_estimate
+        cost = call.cost_estimate
+        for acc in (sums, mine):
+            acc[0] += prompt
+            acc[1] += completion
+            acc[2] += tokens
+            if cost is not None:
+                acc[4] = (acc[4] or 0.0) + cost
+    total = _usage(sums)
+    total.model_breakdown = {model: _usage(acc) for model, acc in per_model.items()}
     if dropped is not None:
         total.add(dropped)
     return total
+
+
+def _usage(acc: list) -> TokenUsage:
+    return TokenUsage(prompt_tokens=acc[0], completion_tokens=acc[1], total_tokens=acc[2], unreported_calls=acc[3],
+                      cost_estimate=acc[4])
 
 
 TokenUsage.model_rebuild()

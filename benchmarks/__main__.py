@@ -1,0 +1,142 @@
+"""`python -m benchmarks`: runs every section, prints the tables and the targets, writes the figures as JSON.
+
+Usage::
+
+    python -m benchmarks                 # the full run (a few minutes), figures in benchmarks/results/latest.json
+    python -m benchmarks --quick         # seconds: every section with tiny repetitions (CI smoke; figures meaningless)
+    python -m benchmarks --json out.json --only agent,per_call
+
+Nothing here asserts a timing: the exit status is 0 whenever the benchmark ran, whatever the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+SECTIONS = ("agent", "per_call", "flush", "memory", "imports", "sessions")
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
+
+FULL = {
+    "agent_tool_calling": {"iterations": 200, "warmup": 10},
+    "agent_code": {"iterations": 60, "warmup": 5},
+    "per_call": {"calls": 5_000, "batches": 20, "run_calls": 1_000},
+    "flush": {"sizes": (1_000, 10_000), "repeats": 5},
+    "memory": {"agent_runs": 50, "big_calls": 100_000},
+    "imports": {"runs": 15},
+    "sessions": {"sessions": 1_000, "repeats": 3},
+}
+QUICK = {
+    "agent_tool_calling": {"iterations": 4, "warmup": 1},
+    "agent_code": {"iterations": 2, "warmup": 1},
+    "per_call": {"calls": 200, "batches": 2, "run_calls": 50},
+    "flush": {"sizes": (1_000,), "repeats": 1},
+    "memory": {"agent_runs": 2, "big_calls": 22_000},
+    "imports": {"runs": 2},
+    "sessions": {"sessions": 20, "repeats": 1},
+}
+
+
+def _parse(argv: List[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run of every section")
+    parser.add_argument("--json", metavar="PATH", type=Path, default=None,
+                        help="where to write the figures (default: benchmarks/results/latest.json)")
+    parser.add_argument("--only", metavar="SECTIONS", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {','.join(SECTIONS)}")
+    return parser.parse_args(argv)
+
+
+def main(argv: List[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    wanted = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(wanted) - set(SECTIONS)
+    if unknown:
+        print(f"unknown section(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    plan = QUICK if args.quick else FULL
+    # OpenInference's LLM spans carry more attributes than OpenTelemetry's default limit (128), and the SDK warns once
+    # per span; printing thousands of warnings would be charged to OpenInference's runs, so they are silenced.
+    logging.getLogger("opentelemetry.attributes").setLevel(logging.ERROR)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    import sop_telemetry  # noqa: F401 - before smolagents, as a user would
+    from sop_telemetry import TelemetryManager
+    import smolagents
+
+    started = time.perf_counter()
+    results: Dict[str, Any] = {"meta": {
+        "mode": "quick" if args.quick else "full",
+        "python": platform.python_version(),
+        "smolagents": smolagents.__version__,
+        "platform": platform.platform(terse=True),
+        "cpus": os.cpu_count(),
+        "command": "python -m benchmarks" + (" --quick" if args.quick else ""),
+        "plan": {k: {kk: list(vv) if isinstance(vv, tuple) else vv for kk, vv in v.items()} for k, v in plan.items()},
+    }}
+    with tempfile.TemporaryDirectory(prefix="sop_bench_") as tmp:
+        tmp_path = Path(tmp)
+        manager = TelemetryManager.get_instance()
+        manager.initialize({"storage_dir": str(tmp_path / "telemetry"), "auto_cleanup": False})
+        try:
+            if "agent" in wanted:
+                from .agent_run import run_agent_overhead
+
+                for kind in ("tool_calling", "code"):
+                    log(f"1. agent run overhead: {kind}")
+                    results[f"agent_{kind}"] = run_agent_overhead(kind, log=log, **plan[f"agent_{kind}"])
+            if "per_call" in wanted:
+                from .per_call import run_per_call
+
+                log("2. per-call cost")
+                results["per_call"] = run_per_call(log=log, **plan["per_call"])
+            if "flush" in wanted:
+                from .flush import run_flush
+
+                log("3. flush")
+                results["flush"] = run_flush(tmp_path / "telemetry", log=log, **plan["flush"])
+            if "memory" in wanted:
+                from .memory import run_memory
+
+                log("4. memory")
+                results["memory"] = run_memory(log=log, **plan["memory"])
+            if "imports" in wanted:
+                from .imports import run_imports
+
+                log("5. import")
+                results["imports"] = run_imports(**plan["imports"])
+            if "sessions" in wanted:
+                from .sessions import run_sessions
+
+                log("6. many sessions")
+                results["sessions"] = run_sessions(tmp_path / "many", log=log, **plan["sessions"])
+        finally:
+            manager.shutdown(flush=False)
+    results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
+
+    from .report import render, targets
+
+    results["targets"] = [{"target": what, "measured": measured, "limit": limit,
+                           "result": None if ok is None or args.quick else ("PASS" if ok else "FAIL")}
+                          for what, measured, limit, ok in targets(results)]
+    print(render(results))
+    print(f"\n({results['meta']['seconds']} s)")
+    out = args.json or DEFAULT_JSON
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    log(f"figures written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,306 @@
+"""Section 1: what telemetry adds to a whole agent run, side by side with no telemetry and with OpenInference.
+
+Usage::
+
+    from benchmarks.agent_run import run_agent_overhead
+    result = run_agent_overhead("tool_calling", iterations=200, warmup=10)
+    result["cpu"]["setups"]["sop"]["added_pct"]
+
+All setups live in one process and are switched before every run (the order shuffled per iteration), so each
+iteration gives one paired sample per setup: its run time minus the uninstrumented run's time in the same iteration.
+Both the wall time and the process CPU time (every thread) of `agent.run` are taken; the CPU figure is the headline
+because on a shared machine wall time also measures the neighbours. Switching is outside the timed region, and so
+is a young-generation GC (the heap is frozen first, so that collections stay cheap and out of the runs):
+
+- ``none``: sop_telemetry's integration uninstalled, OpenInference uninstrumented;
+- ``sop``: ``install()``, telemetry enabled; the session file, written by the background thread woken at the task's
+  end, is outside the timing (the run returns before it);
+- ``sop_with_write``: the same, timed until that file is written, so the writer's CPU time for the run counts;
+- ``sop_disabled``: ``install()`` then ``disable_telemetry()``;
+- ``openinference`` / ``openinference_batch``: ``SmolagentsInstrumentor().instrument(tracer_provider=...)`` with an
+  SDK TracerProvider and an InMemorySpanExporter behind a SimpleSpanProcessor (as the OpenInference docs show, minus
+  the network) or a BatchSpanProcessor.
+
+OpenInference wraps `generate` only on the model classes smolagents exports, so a user's own Model subclass gets no
+LLM spans; to compare like with like, its own `_ModelWrapper` is also applied to the scripted model class here (what
+it does for every exported model). Its `uninstrument()` restores originals by `setattr` on each class, which leaves
+copies of inherited methods on subclasses; every attribute either tool touches is snapshotted while clean and put
+back after each switch, and checked, so no setup runs with another's leftovers.
+
+Background work is kept out of the next setup's timing: after a run, the writer's own write of the session is waited
+for (not forced: a forced extra write would leave the writer a stale wake-up that lands in a later run), and
+OpenInference's batch processor is force-flushed.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .fake import ScriptedCodeModel, ScriptedToolModel, code_agent, tool_calling_agent
+from .stats import bootstrap_ci, cpu_time, freeze_heap, median, perf, quiet_gc, trimmed_mean
+
+_ATTRS = ("run", "_step_stream", "_finalize_step", "generate", "generate_stream", "__call__", "__init_subclass__")
+_ABSENT = object()
+
+
+def openinference_available() -> Optional[str]:
+    """None if OpenInference and the OpenTelemetry SDK can be imported, else why not."""
+    try:
+        import openinference.instrumentation.smolagents  # noqa: F401
+        import opentelemetry.sdk.trace  # noqa: F401
+    except ImportError as exc:
+        return f"OpenInference column skipped: {exc} (pip install -e '.[bench]')"
+    return None
+
+
+class _Snapshot:
+    """What the smolagents classes and the executor module look like with no instrumentation, to restore exactly."""
+
+    def __init__(self, classes: List[type]) -> None:
+        from smolagents import local_python_executor
+
+        self.entries: List[Tuple[Any, str, Any]] = [
+            (cls, attr, vars(cls).get(attr, _ABSENT)) for cls in classes for attr in _ATTRS
+        ]
+        self.entries += [(local_python_executor, attr, vars(local_python_executor).get(attr, _ABSENT))
+                         for attr in ("timeout", "ThreadPoolExecutor")]
+
+    def restore(self) -> int:
+        """Puts every attribute back; returns how many had to be fixed (0 when the last uninstall was exact)."""
+        fixed = 0
+        for owner, attr, value in self.entries:
+            now = vars(owner).get(attr, _ABSENT)
+            if now is value:
+                continue
+            fixed += 1
+            if value is _ABSENT:
+                delattr(owner, attr)
+            else:
+                setattr(owner, attr, value)
+        return fixed
+
+
+def _all_subclasses(*bases: type) -> List[type]:
+    seen: List[type] = []
+    todo = list(bases)
+    while todo:
+        cls = todo.pop()
+        if cls not in seen:
+            seen.append(cls)
+            todo.extend(type.__subclasses__(cls))
+    return seen
+
+
+class Setups:
+    """Switches the process between the setups; `activate(name)` always starts from the clean snapshot."""
+
+    def __init__(self, model_classes: List[type], use_openinference: bool) -> None:
+        from smolagents.agents import MultiStepAgent
+        from smolagents.models import Model
+        from smolagents.tools import Tool
+
+        from sop_telemetry import TelemetryManager
+        from sop_telemetry.integrations import smolagents as integration
+
+        self.integration = integration
+        self.manager = TelemetryManager.get_instance()
+        self.model_classes = model_classes
+        integration.uninstall()
+        self.snapshot = _Snapshot(_all_subclasses(Model, Tool, MultiStepAgent))
+        self.active = "none"
+        self.leftovers: Dict[str, int] = {}
+        self.names = ["none", "sop", "sop_with_write", "sop_disabled"]
+        self._written = threading.Event()
+        self._oi: Dict[str, Any] = {}
+        if use_openinference:
+            self._setup_openinference()
+            self.names += ["openinference", "openinference_batch"]
+
+    def _setup_openinference(self) -> None:
+        from openinference.instrumentation.smolagents import SmolagentsInstrumentor
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        for name, processor_class in (("openinference", SimpleSpanProcessor),
+                                      ("openinference_batch", BatchSpanProcessor)):
+            exporter = InMemorySpanExporter()
+            provider = TracerProvider()
+            provider.add_span_processor(processor_class(exporter))
+            self._oi[name] = (provider, exporter)
+        self._instrumentor = SmolagentsInstrumentor()
+
+    def activate(self, name: str) -> None:
+        self._deactivate()
+        if name in ("sop", "sop_with_write", "sop_disabled"):
+            self.integration.install()
+            if name == "sop_disabled":
+                self.manager.disable_telemetry()
+            else:
+                self.manager.enable_telemetry()
+            if name != "sop_disabled":
+                self._spy_writes()
+        elif name.startswith("openinference"):
+            import wrapt
+            from openinference.instrumentation.smolagents._wrappers import _ModelWrapper
+
+            provider, _ = self._oi[name]
+            self._instrumentor.instrument(tracer_provider=provider, skip_dep_check=True)
+            for cls in self.model_classes:
+                wrapt.wrap_function_wrapper(cls, "generate", _ModelWrapper(tracer=self._instrumentor._tracer))
+        self.active = name
+
+    def _spy_writes(self) -> None:
+        """Sets `_written` when the session file has been written (by the writer thread, woken at the task's end)."""
+        from sop_telemetry.storage import TelemetryDataStore
+
+        original, written = TelemetryDataStore.write, self._written
+        written.clear()
+
+        def write(store: Any, session_id: str, payload: Any) -> Any:
+            try:
+                return original(store, session_id, payload)
+            finally:
+                written.set()
+
+        self._unspy = lambda: setattr(TelemetryDataStore, "write", original)
+        TelemetryDataStore.write = write  # type: ignore[method-assign]
+
+    def wait(self, name: str) -> None:
+        """Inside the timed region of `sop_with_write`: until the run's session is on disk, so that the writer
+        thread's CPU time for it is counted (process CPU time counts every thread)."""
+        if name == "sop_with_write":
+            self._await_write()
+
+    def _await_write(self) -> None:
+        if not self._written.wait(timeout=10):
+            raise RuntimeError("the writer did not write the session within 10 s")
+        self._written.clear()
+
+    def _deactivate(self) -> None:
+        name = self.active
+        if name in ("sop", "sop_with_write"):
+            self._unspy()
+        if name in ("sop", "sop_with_write", "sop_disabled"):
+            self.integration.uninstall()
+            self.manager.enable_telemetry()
+        elif name.startswith("openinference"):
+            self._instrumentor.uninstrument()
+        fixed = self.snapshot.restore()
+        if fixed:
+            self.leftovers[name] = self.leftovers.get(name, 0) + fixed
+        self.active = "none"
+
+    def after_run(self, name: str) -> Dict[str, int]:
+        """Outside the timed region: drains background work and counts what the run recorded."""
+        if name in ("sop", "sop_with_write"):
+            from sop_telemetry.storage import new_session_id
+
+            collector = self.manager.get_collector()
+            tasks = collector.snapshot()["tasks"]
+            counts = {kind: sum(len(t[kind]) for t in tasks) for kind in ("llm_calls", "tools", "steps", "agents")}
+            # The writer was woken when the task ended: its write is waited for here (sop_with_write waited inside
+            # the timing), not forced, so that nothing of it spills into the next run. Then a fresh session, so that
+            # every run is a short script's.
+            if name == "sop":
+                self._await_write()
+            collector.roll_over(new_session_id())
+            return counts
+        if name.startswith("openinference"):
+            provider, exporter = self._oi[name]
+            provider.force_flush()
+            spans = len(exporter.get_finished_spans())
+            exporter.clear()
+            return {"spans": spans}
+        return {}
+
+    def close(self) -> None:
+        self._deactivate()
+        self.integration.install()
+        self.manager.enable_telemetry()
+        for provider, _ in self._oi.values():
+            provider.shutdown()
+
+
+def run_agent_overhead(kind: str, iterations: int, warmup: int, seed: int = 1,
+                       log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
+    """Times `agent.run` for every setup, `iterations` times each, interleaved; returns the figures."""
+    skipped = openinference_available()
+    if kind == "tool_calling":
+        model = ScriptedToolModel(tool_calls=20)
+        agent = tool_calling_agent(model)
+    else:
+        model = ScriptedCodeModel(code_steps=20)
+        agent = code_agent(model)
+    setups = Setups([type(model)], use_openinference=skipped is None)
+    freeze_heap()
+    names = setups.names
+    wall: Dict[str, List[float]] = {n: [] for n in names}
+    cpu: Dict[str, List[float]] = {n: [] for n in names}
+    recorded: Dict[str, Dict[str, int]] = {}
+    rng = random.Random(seed)
+    try:
+        for i in range(warmup + iterations):
+            order = list(names)
+            rng.shuffle(order)
+            row: Dict[str, Tuple[float, float]] = {}
+            for name in order:
+                setups.activate(name)
+                with quiet_gc():
+                    c0, t0 = cpu_time(), perf()
+                    agent.run("Add the numbers.")
+                    setups.wait(name)
+                    t1, c1 = perf(), cpu_time()
+                row[name] = (t1 - t0, c1 - c0)
+                counts = setups.after_run(name)
+                if counts and name not in recorded:
+                    recorded[name] = counts
+            if i >= warmup:
+                for name, (w, c) in row.items():
+                    wall[name].append(w)
+                    cpu[name].append(c)
+            if i and i % 50 == 0:
+                log(f"  {kind}: {i}/{warmup + iterations} iterations")
+    finally:
+        setups.close()
+    out: Dict[str, Any] = {"wall": summarize(wall), "cpu": summarize(cpu), "recorded": recorded,
+                           "runs": len(wall["none"])}
+    if setups.leftovers:
+        out["leftovers_restored"] = setups.leftovers
+    if skipped:
+        out["openinference_skipped"] = skipped
+    return out
+
+
+def summarize(times: Dict[str, List[float]]) -> Dict[str, Any]:
+    """Per setup: median and trimmed mean of its run times, and of its paired differences with `none`."""
+    base = times["none"]
+    base_median = median(base)
+    setups: Dict[str, Any] = {}
+    for name, values in times.items():
+        entry: Dict[str, Any] = {"median_ms": median(values) * 1e3, "trimmed_mean_ms": trimmed_mean(values) * 1e3}
+        if name != "none":
+            diffs = [v - b for v, b in zip(values, base)]
+            added = trimmed_mean(diffs)
+            low, high = bootstrap_ci(diffs)
+            entry.update(
+                added_ms=added * 1e3,
+                added_ms_median=median(diffs) * 1e3,
+                added_ms_ci95=[low * 1e3, high * 1e3],
+                added_pct=added / base_median * 100.0,
+                ratio=median(values) / base_median,
+            )
+        setups[name] = entry
+    out: Dict[str, Any] = {"setups": setups}
+    sop = setups["sop"]
+    for name in ("openinference", "openinference_batch"):
+        if name in setups:
+            # Against the upper end of sop_telemetry's interval too: when sop's cost is near the noise, the point
+            # ratio is unstable and the conservative one is what can be claimed.
+            oi = setups[name]
+            out[f"{name}_over_sop"] = oi["added_ms"] / sop["added_ms"] if sop["added_ms"] > 0 else None
+            high = sop["added_ms_ci95"][1]
+            out[f"{name}_over_sop_conservative"] = oi["added_ms_ci95"][0] / high if high > 0 else None
+    return out

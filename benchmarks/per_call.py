@@ -1,0 +1,160 @@
+"""Section 2: what each wrapper costs per call, in microseconds, against a bare wrapt pass-through as the floor.
+
+Usage::
+
+    from benchmarks.per_call import run_per_call
+    result = run_per_call(calls=5000, batches=20, run_calls=1000)
+    result["model_generate"]["enabled_added_us"]
+
+For each wrapped method (model `generate`, tool `__call__`, agent `run`, agent `_finalize_step`) four variants are
+timed on the same objects: ``bare`` (nothing installed), ``wrapt`` (a `wrapt.FunctionWrapper` that only calls the
+original: the floor any wrapt-based instrumentation pays), ``disabled`` (sop_telemetry installed,
+`disable_telemetry()`) and ``enabled`` (recording). Calls are made inside a running agent, as in real use, so the
+enabled wrappers see a task, an agent and a step number: the timing loop is the body of an agent's `run` (a
+`ToolCallingAgent` subclass whose `run` sop_telemetry patches like any other). `agent_run` itself is timed as
+top-level runs of such an agent whose `run` returns at once: each one opens and closes a task. Figures are process
+CPU time per call, the median over batches, variants interleaved batch by batch.
+
+Each batch of calls is its own agent run, so a task holds at most `calls` records (below the per-task cap: dropping
+is a different, rarer path, covered by the memory section). The session is rolled over between batches and the
+background writer is kept asleep (`read_only`) so that writing, measured in the flush section, does not land in
+these loops.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List
+
+from .fake import TrivialModel, add
+from .stats import median, per_call_us
+
+VARIANTS = ("bare", "wrapt", "disabled", "enabled")
+
+
+def _loop_agent_class() -> type:
+    from smolagents import ToolCallingAgent
+
+    class LoopAgent(ToolCallingAgent):
+        """An agent whose `run` executes `self.body` instead of a model loop."""
+
+        body: Callable[[], Any] = staticmethod(lambda: None)
+
+        def run(self, task: str, **kwargs: Any) -> Any:  # noqa: D102 - see class docstring
+            return self.body()
+
+    return LoopAgent
+
+
+def _passthrough(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
+    return wrapped(*args, **kwargs)
+
+
+class _Targets:
+    """The classes and attributes timed here, and a way to put a bare wrapt wrapper on exactly those."""
+
+    def __init__(self) -> None:
+        from smolagents.agents import MultiStepAgent
+        from smolagents.tools import Tool
+
+        self.loop_class = _loop_agent_class()
+        self.wrapt_targets = [(TrivialModel, "generate"), (Tool, "__call__"), (self.loop_class, "run"),
+                              (MultiStepAgent, "_finalize_step")]
+        self._saved: List[Any] = []
+
+    def wrap_floor(self) -> None:
+        import wrapt
+
+        for owner, attr in self.wrapt_targets:
+            self._saved.append((owner, attr, vars(owner)[attr]))
+            wrapt.wrap_function_wrapper(owner, attr, _passthrough)
+
+    def unwrap_floor(self) -> None:
+        while self._saved:
+            owner, attr, original = self._saved.pop()
+            setattr(owner, attr, original)
+
+
+def run_per_call(calls: int, batches: int, run_calls: int, log: Callable[[str], None] = lambda s: None
+                 ) -> Dict[str, Any]:
+    from smolagents.memory import ActionStep
+    from smolagents.monitoring import Timing
+
+    from sop_telemetry import TelemetryManager
+    from sop_telemetry.integrations import smolagents as integration
+    from sop_telemetry.storage import new_session_id
+
+    manager = TelemetryManager.get_instance()
+    integration.uninstall()
+    targets = _Targets()
+    model = TrivialModel()
+    outer = targets.loop_class(tools=[add], model=model, verbosity_level=0)
+    inner = targets.loop_class(tools=[add], model=model, verbosity_level=0)
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    step = ActionStep(step_number=1, timing=Timing(start_time=0.0), observations_images=None)
+
+    def gen() -> None:
+        model.generate(messages)
+
+    def tool() -> None:
+        add(a=1, b=2)
+
+    def run() -> None:
+        inner.run("top-level run")
+
+    def finalize() -> None:
+        outer._finalize_step(step)
+
+    bodies: Dict[str, Callable[[], None]] = {"model_generate": gen, "tool_call": tool, "agent_run": run,
+                                             "finalize_step": finalize}
+    results: Dict[str, Dict[str, List[float]]] = {name: {v: [] for v in VARIANTS} for name in bodies}
+    was_read_only = manager.read_only
+    manager.read_only = True
+    try:
+        # Interleaved by batch: each variant gets one batch per round, so drift (the other core busy) is shared.
+        for round_no in range(batches):
+            for variant in VARIANTS:
+                _switch(variant, integration, manager, targets)
+                for name, body in bodies.items():
+                    n = run_calls if name == "agent_run" else calls
+                    if name == "agent_run":
+                        # A top-level run: the timing loop itself runs outside any agent, each call opens a task.
+                        figures = per_call_us(run, n, 1)
+                    else:
+                        outer.body = lambda body=body, n=n: per_call_us(body, n, 1)
+                        figures = outer.run("timing loop")
+                    results[name][variant] += figures
+                collector = manager.get_collector()
+                if collector.has_records():
+                    collector.roll_over(new_session_id())
+            if round_no and round_no % 5 == 0:
+                log(f"  per-call: round {round_no}/{batches}")
+    finally:
+        targets.unwrap_floor()
+        integration.install()
+        manager.enable_telemetry()
+        manager.read_only = was_read_only
+    out: Dict[str, Any] = {}
+    for name, per_variant in results.items():
+        med = {v: median(vals) for v, vals in per_variant.items()}
+        out[name] = {
+            **{f"{v}_us": med[v] for v in VARIANTS},
+            "wrapt_floor_added_us": med["wrapt"] - med["bare"],
+            "disabled_over_floor_us": med["disabled"] - med["wrapt"],
+            "enabled_added_us": med["enabled"] - med["bare"],
+            "enabled_over_floor_us": med["enabled"] - med["wrapt"],
+            "calls_per_batch": run_calls if name == "agent_run" else calls,
+            "batches": batches,
+        }
+    return out
+
+
+def _switch(variant: str, integration: Any, manager: Any, targets: _Targets) -> None:
+    targets.unwrap_floor()
+    integration.uninstall()
+    manager.enable_telemetry()
+    if variant == "wrapt":
+        targets.wrap_floor()
+    elif variant in ("disabled", "enabled"):
+        integration.install()
+        if variant == "disabled":
+            manager.disable_telemetry()

@@ -1,0 +1,200 @@
+"""Turns the figures into the printed tables and the target verdicts.
+
+Usage::
+
+    from benchmarks.report import targets, render
+    print(render(results))          # every section's table, then the targets: measured, target, PASS/FAIL
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+Row = Sequence[str]
+
+
+def table(title: str, header: Row, rows: List[Row]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
+    line = lambda cells: "  ".join(  # noqa: E731 - a local formatter
+        str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    out = [title, line(header), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def _f(value: Optional[float], digits: int = 2) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def targets(r: Dict[str, Any]) -> List[Tuple[str, str, str, Optional[bool]]]:
+    """(what, measured, target, passed or None when not measured) for every target of the issue."""
+    out: List[Tuple[str, str, str, Optional[bool]]] = []
+    for kind, label in (("agent_tool_calling", "ToolCallingAgent"), ("agent_code", "CodeAgent")):
+        a = r.get(kind)
+        if not a:
+            continue
+        cpu, wall = a["cpu"], a["wall"]
+        sop, sop_wall = cpu["setups"]["sop"], wall["setups"]["sop"]
+        out.append((f"{label} run overhead, sop_telemetry enabled (CPU time)",
+                    f"{_f(sop['added_pct'])}% (+{_f(sop['added_ms'], 3)} ms; wall {_f(sop_wall['added_pct'])}%)",
+                    "<= 2%", sop["added_pct"] <= 2.0))
+        ratio = cpu.get("openinference_over_sop")
+        if "openinference" not in cpu["setups"]:
+            out.append((f"{label}: OpenInference added / sop_telemetry added", "skipped", ">= 20x", None))
+        elif ratio is None:
+            out.append((f"{label}: OpenInference added / sop_telemetry added", "sop adds nothing measurable",
+                        ">= 20x", True))
+        else:
+            cons = cpu.get("openinference_over_sop_conservative")
+            out.append((f"{label}: OpenInference added / sop_telemetry added (CPU)",
+                        f"{_f(ratio, 1)}x (conservative {_f(cons, 1)}x; wall "
+                        f"{_f(wall.get('openinference_over_sop'), 1)}x)", ">= 20x", ratio >= 20.0))
+    calls = r.get("per_call")
+    if calls:
+        for name, label in (("model_generate", "model generate"), ("tool_call", "tool call"),
+                            ("agent_run", "agent run"), ("finalize_step", "step")):
+            c = calls[name]
+            out.append((f"per call, enabled ({label}), added over no wrapper", f"{_f(c['enabled_added_us'])} µs",
+                        "<= 5 µs", c["enabled_added_us"] <= 5.0))
+        for name, label in (("model_generate", "model generate"), ("tool_call", "tool call"),
+                            ("agent_run", "agent run"), ("finalize_step", "step")):
+            c = calls[name]
+            out.append((f"per call, disabled ({label}), above the wrapt floor", f"{_f(c['disabled_over_floor_us'])} µs",
+                        "<= 1 µs", c["disabled_over_floor_us"] <= 1.0))
+    flush = r.get("flush")
+    if flush:
+        big = flush.get("10000")
+        if big:
+            out.append(("flush of a 10,000-record session (each write after the first)", f"{_f(big['flush_ms'], 1)} ms",
+                        "< 100 ms", big["flush_ms"] < 100.0))
+            out.append(("flush of a 10,000-record session, first write (nothing cached)",
+                        f"{_f(big['flush_cold_ms'], 1)} ms", "< 100 ms", big["flush_cold_ms"] < 100.0))
+        else:
+            out.append(("flush of a 10,000-record session", "not run (--quick)", "< 100 ms", None))
+        wt = flush["write_thread"]
+        out.append(("session written off the agent's thread", f"{wt['thread']}", "not the agent's thread",
+                    bool(wt["off_agent_thread"])))
+    mem = r.get("memory")
+    if mem:
+        per = mem["per_record"]["bytes_per_record"]
+        out.append(("memory held per recorded call", f"{_f(per, 0)} B", "< 1 KB (1024 B)", per < 1024))
+        cap = mem["capped"]
+        out.append((f"{cap['calls']:,}-call task: caps hold, drops counted",
+                    f"kept {cap['kept']}, peak {_f(cap['peak_mb'], 1)} MB", "kept <= cap, drops counted",
+                    bool(cap["drops_counted"]) and all(v <= cap["max_records_per_task"] for v in cap["kept"].values())))
+    imp = r.get("imports")
+    if imp:
+        out.append(("import sop_telemetry (-X importtime, cumulative)", f"{_f(imp['importtime_ms'])} ms", "< 30 ms",
+                    imp["importtime_ms"] < 30.0))
+        out.append(("import sop_telemetry loads smolagents / wrapt / pydantic",
+                    ", ".join(imp["heavy_modules_loaded"]) or "none of them", "no smolagents",
+                    not imp["imports_smolagents"]))
+    ses = r.get("sessions")
+    if ses:
+        if "cli_list_ms" in ses:
+            out.append((f"`sop-telemetry list` over {ses['sessions']:,} sessions", f"{_f(ses['cli_list_ms'], 0)} ms",
+                        "< 1 s", ses["cli_list_ms"] < 1000.0))
+        else:
+            out.append((f"`sop-telemetry list` over {ses['sessions']:,} sessions", "skipped", "< 1 s", None))
+    return out
+
+
+def render(r: Dict[str, Any]) -> str:
+    parts: List[str] = []
+    meta = r.get("meta", {})
+    parts.append(f"sop_telemetry benchmarks ({meta.get('mode', '?')}): python {meta.get('python')}, "
+                 f"smolagents {meta.get('smolagents')}, {meta.get('cpus')} CPUs, {meta.get('platform')}")
+    names = {"none": "no telemetry", "sop": "sop_telemetry enabled",
+             "sop_with_write": "sop_telemetry enabled + its file write", "sop_disabled": "sop_telemetry disabled",
+             "openinference": "OpenInference (SimpleSpanProcessor)",
+             "openinference_batch": "OpenInference (BatchSpanProcessor)"}
+    for kind, label in (("agent_tool_calling", "ToolCallingAgent"), ("agent_code", "CodeAgent")):
+        a = r.get(kind)
+        if not a:
+            continue
+        rows = []
+        for name, c in a["cpu"]["setups"].items():
+            w = a["wall"]["setups"][name]
+            if name == "none":
+                rows.append([names[name], _f(w["median_ms"]), _f(c["median_ms"]), "-", "-", "-", "-", "-"])
+            else:
+                rows.append([names[name], _f(w["median_ms"]), _f(c["median_ms"]), _f(c["added_ms"], 3),
+                             _f(c["added_ms_median"], 3), f"{_f(c['added_pct'], 1)}%", _f(w["added_ms"], 3),
+                             f"{_f(w['added_pct'], 1)}%"])
+        what = "20 tool calls + final answer" if kind == "agent_tool_calling" else "20 code steps calling a tool + final answer"
+        parts.append(table(f"\n1. Agent run: {label}, {what}; {a['runs']} interleaved runs per setup",
+                           ["setup", "wall ms", "CPU ms", "+CPU ms (trim. mean)", "+CPU ms (median)", "+CPU %",
+                            "+wall ms (trim. mean)", "+wall %"], rows))
+        notes = []
+        for name in ("openinference", "openinference_batch"):
+            ratio = a["cpu"].get(f"{name}_over_sop")
+            if ratio is not None:
+                notes.append(f"{names[name]} adds {_f(ratio, 1)}x the CPU time sop_telemetry adds "
+                             f"(conservative: {_f(a['cpu'].get(f'{name}_over_sop_conservative'), 1)}x; "
+                             f"wall: {_f(a['wall'].get(f'{name}_over_sop'), 1)}x)")
+        if a.get("openinference_skipped"):
+            notes.append(a["openinference_skipped"])
+        rec = a.get("recorded", {})
+        if rec:
+            notes.append("recorded per run: " + "; ".join(f"{k}: {v}" for k, v in rec.items()))
+        parts.append("\n".join("   " + n for n in notes))
+    calls = r.get("per_call")
+    if calls:
+        rows = [[name, _f(c["bare_us"]), _f(c["wrapt_us"]), _f(c["disabled_us"]), _f(c["enabled_us"]),
+                 _f(c["disabled_over_floor_us"]), _f(c["enabled_added_us"])] for name, c in calls.items()]
+        parts.append(table("\n2. Per call (CPU µs, median of batches; calls made inside an agent run)",
+                           ["wrapper", "bare", "wrapt floor", "disabled", "enabled", "disabled - floor",
+                            "enabled - bare"], rows))
+    flush = r.get("flush")
+    if flush:
+        rows = []
+        for label, f in flush.items():
+            if label == "write_thread":
+                continue
+            st = f["stages_ms"]
+            rows.append([label, f"{f['records']:,}", str(f["tasks"]), _f(f["flush_ms"], 1), _f(f["flush_cold_ms"], 1),
+                         _f(f["file_bytes"] / 1e3, 1),
+                         _f(f["bytes_per_record"], 0), _f(st["build_session"], 1), _f(st["to_json"], 1),
+                         _f(f["load_ms"], 1)])
+        fsync = "on" if all(f["fsync"] for k, f in flush.items() if k != "write_thread") else "off"
+        parts.append(table(f"\n3. Flush with flush_data() (fsync {fsync}) and load with store.load()",
+                           ["session", "records", "tasks", "flush ms", "first write ms", "file KB", "B/record",
+                            "uncached: build ms",
+                            "to_json ms", "load ms"], rows))
+        wt = flush["write_thread"]
+        parts.append(f"   written by thread {wt['thread']!r} (agent thread: {wt['agent_thread']!r})")
+    mem = r.get("memory")
+    if mem:
+        p, c = mem["per_record"], mem["capped"]
+        parts.append(table("\n4. Memory (tracemalloc)", ["measure", "value"], [
+            ["bytes held per record", f"{_f(p['bytes_per_record'], 0)} B ({p['records']:,} records)"],
+            [f"{c['calls']:,}-call task, cap {c['max_records_per_task']:,}: kept", str(c["kept"])],
+            ["  dropped (counted)", f"{c['dropped']} ({'ok' if c['drops_counted'] else 'MISMATCH'})"],
+            ["  held after / peak during", f"{_f(c['held_mb'], 1)} MB / {_f(c['peak_mb'], 1)} MB"],
+        ]))
+    imp = r.get("imports")
+    if imp:
+        parts.append(table(f"\n5. Import (median of {imp['runs']} interpreters)", ["measure", "value"], [
+            ["-X importtime, sop_telemetry cumulative", f"{_f(imp['importtime_ms'])} ms"],
+            ["python -c pass / -c 'import sop_telemetry'", f"{_f(imp['wall_pass_ms'], 1)} / "
+                                                           f"{_f(imp['wall_import_ms'], 1)} ms"],
+            ["heavy modules loaded by the import", ", ".join(imp["heavy_modules_loaded"]) or "none"],
+        ]))
+    ses = r.get("sessions")
+    if ses:
+        rows = [["get_all_session_ids()", _f(ses["get_all_session_ids_ms"], 1)]]
+        rows.append(["analysis.load_sessions()", _f(ses["load_sessions_ms"], 1) if "load_sessions_ms" in ses
+                     else ses.get("load_sessions_skipped", "skipped")])
+        rows.append(["sop-telemetry list (subprocess)", _f(ses["cli_list_ms"], 1) if "cli_list_ms" in ses
+                     else ses.get("cli_list_skipped", "skipped")])
+        parts.append(table(f"\n6. {ses['sessions']:,} stored sessions ({_f(ses['bytes_per_file'] / 1e3, 1)} KB each)",
+                           ["operation", "ms"], rows))
+    verdicts = targets(r)
+    quick = meta.get("mode") == "quick"
+    rows = [[what, measured, target,
+             "skipped" if ok is None else ("not judged (--quick)" if quick else ("PASS" if ok else "FAIL"))]
+            for what, measured, target, ok in verdicts]
+    parts.append(table("\nTargets (issue 6)", ["target", "measured", "target", "result"], rows))
+    return "\n".join(parts)
