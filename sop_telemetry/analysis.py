@@ -210,29 +210,34 @@ class TokenFigures(_Result):
     # Calls with tokens but no known price: when > 0, `cost` is a lower bound.
     unpriced_calls: int = 0
 
+    # add_call runs once per model call per grouping (hundreds of thousands of times over many sessions), and a
+    # pydantic __setattr__ costs ~1 µs: the sums go straight into the instance dict (all fields have defaults, so
+    # nothing reads model_fields_set here).
     def add_call(self, call: LLMCall) -> None:
-        self.calls += 1
+        d = self.__dict__
+        d["calls"] += 1
         if not call.tokens_reported:
-            self.unreported_calls += 1
+            d["unreported_calls"] += 1
             return
         prompt = call.prompt_tokens or 0
         completion = call.completion_tokens or 0
-        self.prompt_tokens += prompt
-        self.completion_tokens += completion
-        self.total_tokens += call.total_tokens if call.total_tokens is not None else prompt + completion
+        d["prompt_tokens"] += prompt
+        d["completion_tokens"] += completion
+        d["total_tokens"] += call.total_tokens if call.total_tokens is not None else prompt + completion
         if call.cost_estimate is None:
-            self.unpriced_calls += 1
+            d["unpriced_calls"] += 1
         else:
-            self.cost = (self.cost or 0.0) + call.cost_estimate
+            d["cost"] = (d["cost"] or 0.0) + call.cost_estimate
 
     def add_usage(self, usage: TokenUsage) -> None:
         """Adds an aggregate with no per-call records (a task's dropped records)."""
-        self.prompt_tokens += usage.prompt_tokens
-        self.completion_tokens += usage.completion_tokens
-        self.total_tokens += usage.total_tokens
-        self.unreported_calls += usage.unreported_calls
+        d = self.__dict__
+        d["prompt_tokens"] += usage.prompt_tokens
+        d["completion_tokens"] += usage.completion_tokens
+        d["total_tokens"] += usage.total_tokens
+        d["unreported_calls"] += usage.unreported_calls
         if usage.cost_estimate is not None:
-            self.cost = (self.cost or 0.0) + usage.cost_estimate
+            d["cost"] = (d["cost"] or 0.0) + usage.cost_estimate
 
     def merge(self, other: "TokenFigures") -> None:
         self.calls += other.calls
