@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import secrets
+import random
 import threading
 import time
 from contextvars import ContextVar, copy_context
@@ -57,6 +57,9 @@ _seen_model_classes: set = set()
 _ABSENT = object()
 _perf = time.perf_counter
 _now = time.time
+# The hot path writes these plain strings: an Enum member's `.value` is a descriptor call, ~0.2 µs each time.
+_SUCCESS = CallStatus.SUCCESS.value
+_RUNNING = TaskStatus.RUNNING.value
 
 
 # -- guarded bookkeeping -------------------------------------------------------------------------------------------
@@ -64,19 +67,29 @@ def _collector() -> Any:
     return TelemetryManager.get_instance().get_collector()
 
 
+def _attr(obj: Any, name: str) -> Any:
+    """`getattr(obj, name, None)` that also survives a property raising something other than AttributeError: the
+    objects read here (models, tools, their replies, usage) come from user code, and one odd attribute must cost
+    that one value, not the whole record, nor ever an exception outside a guard."""
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def _model_name(model: Any) -> str:
-    model_id = getattr(model, "model_id", None)
-    if model_id:
-        return clip(model_id, 200) or type(model).__name__
-    return type(model).__name__
+    model_id = _attr(model, "model_id")
+    return (clip(model_id, 200) if model_id is not None else None) or type(model).__name__
 
 
 def _int_or_none(value: Any) -> Optional[int]:
+    if value.__class__ is int:
+        return value  # the usual case; bool (an int subclass) is not a count and takes the path below
     if value is None or isinstance(value, bool):
         return None
     try:
         return int(value)
-    except (TypeError, ValueError, OverflowError):
+    except Exception:  # noqa: BLE001 - NaN, a str that is not a number, an __int__ that raises
         return None
 
 
@@ -90,20 +103,41 @@ def _error_fields(rec: dict, exc: Optional[BaseException], limit: int) -> None:
 def _step_number(frame: Optional[Frame]) -> Optional[int]:
     if frame is None or frame.owner is None:
         return None
-    number = getattr(frame.owner, "step_number", None)
+    number = _attr(frame.owner, "step_number")
     return number if isinstance(number, int) else None
+
+
+def _tokens(usage: Any) -> Tuple[Optional[int], Optional[int], Optional[int], bool]:
+    """(prompt, completion, total, reported) from a usage object. One guarded block reads all three attributes (the
+    hot path: one call instead of six); an attribute that raises sends it through `_attr` one by one."""
+    try:
+        prompt, completion = usage.input_tokens, usage.output_tokens
+        total = getattr(usage, "total_tokens", None)
+    except Exception:  # noqa: BLE001 - AttributeError or a property raising: read each one carefully
+        prompt, completion = _attr(usage, "input_tokens"), _attr(usage, "output_tokens")
+        total = _attr(usage, "total_tokens")
+    if prompt.__class__ is not int:
+        prompt = _int_or_none(prompt)
+    if completion.__class__ is not int:
+        completion = _int_or_none(completion)
+    if prompt is None and completion is None:
+        return None, None, None, False
+    if total.__class__ is not int:
+        total = _int_or_none(total)
+    if total is None:
+        total = (prompt or 0) + (completion or 0)
+    return prompt, completion, total, True
 
 
 # -- model calls ---------------------------------------------------------------------------------------------------
 def _record_llm(model: Any, frame: Optional[Frame], start: float, duration: float, usage: Any,
                 exc: Optional[BaseException], streamed: bool, content: Any = None) -> None:
     collector = _collector()
-    prompt = _int_or_none(getattr(usage, "input_tokens", None)) if usage is not None else None
-    completion = _int_or_none(getattr(usage, "output_tokens", None)) if usage is not None else None
-    reported = prompt is not None or completion is not None
-    total = _int_or_none(getattr(usage, "total_tokens", None)) if reported else None
-    if reported and total is None:
-        total = (prompt or 0) + (completion or 0)
+    if usage is not None:
+        prompt, completion, total, reported = _tokens(usage)
+    else:
+        prompt = completion = total = None
+        reported = False
     agent = frame.agent if frame is not None else None
     rec = {
         "call_id": next_id("c"),
@@ -115,7 +149,7 @@ def _record_llm(model: Any, frame: Optional[Frame], start: float, duration: floa
         "completion_tokens": completion,
         "total_tokens": total,
         "tokens_reported": reported,
-        "status": CallStatus.SUCCESS.value,
+        "status": _SUCCESS,
         "error_type": None,
         "error_message": None,
         "streamed": streamed,
@@ -124,14 +158,16 @@ def _record_llm(model: Any, frame: Optional[Frame], start: float, duration: floa
         "agent_id": agent["agent_id"] if agent is not None else None,
         "step_number": _step_number(frame),
     }
-    _error_fields(rec, exc, collector.max_string_length)
+    if exc is not None:
+        _error_fields(rec, exc, collector.max_string_length)
     if collector.capture_content and content is not None:
-        messages, output = content
+        # (args, kwargs, reply) of the call, unpacked only here: with capture off the hot path reads nothing.
+        args, kwargs, reply = content
+        messages = args[0] if args else kwargs.get("messages")
         last = messages[-1] if isinstance(messages, (list, tuple)) and messages else None
         rec["input_preview"] = clip(getattr(last, "content", last), collector.max_string_length)
-        rec["output_preview"] = clip(output, collector.max_string_length)
-    collector.add("llm_calls", rec, frame)
-    if agent is not None:
+        rec["output_preview"] = clip(_attr(reply, "content"), collector.max_string_length)
+    if collector.add("llm_calls", rec, frame) and agent is not None:
         frame.calls_since_step.append(rec)  # type: ignore[union-attr]
 
 
@@ -149,8 +185,7 @@ def _wrap_generate(wrapped: Callable[..., Any], instance: Any, args: tuple, kwar
     finally:
         _in_model.reset(token)
     _safe("smolagents.model", _record_llm, instance, current.get(), start, _perf() - t0,
-          getattr(result, "token_usage", None), None, False,
-          (args[0] if args else kwargs.get("messages"), getattr(result, "content", None)))
+          _attr(result, "token_usage"), None, False, (args, kwargs, result))
     return result
 
 
@@ -165,8 +200,8 @@ class _Usage:
         self.output_tokens: Optional[int] = None
 
     def add(self, usage: Any) -> None:
-        inp = _int_or_none(getattr(usage, "input_tokens", None))
-        out = _int_or_none(getattr(usage, "output_tokens", None))
+        inp = _int_or_none(_attr(usage, "input_tokens"))
+        out = _int_or_none(_attr(usage, "output_tokens"))
         if inp is not None:
             self.input_tokens = (self.input_tokens or 0) + inp
         if out is not None:
@@ -187,7 +222,7 @@ def _traced_stream(iterator: Any, model: Any, frame: Optional[Frame], start: flo
                 return
             finally:
                 _in_model.reset(token)
-            delta_usage = getattr(delta, "token_usage", None)
+            delta_usage = _attr(delta, "token_usage")
             if delta_usage is not None:
                 _safe("smolagents.model_stream", usage.add, delta_usage)
             yield delta
@@ -222,8 +257,9 @@ def _wrap_generate_stream(wrapped: Callable[..., Any], instance: Any, args: tupl
         def count_now() -> None:
             usage = _Usage()
             for delta in stream:
-                if getattr(delta, "token_usage", None) is not None:
-                    usage.add(delta.token_usage)
+                delta_usage = _attr(delta, "token_usage")
+                if delta_usage is not None:
+                    usage.add(delta_usage)
             reported = usage.input_tokens is not None or usage.output_tokens is not None
             _record_llm(instance, current.get(), start, _perf() - t0, usage if reported else None, None, True)
 
@@ -238,28 +274,28 @@ def _record_tool(tool: Any, start: float, duration: float, exc: Optional[BaseExc
     collector = _collector()
     frame = current.get()
     agent = frame.agent if frame is not None else None
-    name = getattr(tool, "name", None)
+    name = _attr(tool, "name")
     rec = {
         "call_id": next_id("c"),
         "tool_name": name if isinstance(name, str) and name else type(tool).__name__,
         "start_time": start,
         "end_time": start + duration,
         "duration": duration,
-        "status": CallStatus.SUCCESS.value,
+        "status": _SUCCESS,
         "error_type": None,
         "error_message": None,
         "agent_name": agent["agent_name"] if agent is not None else None,
         "agent_id": agent["agent_id"] if agent is not None else None,
         "step_number": _step_number(frame),
     }
-    _error_fields(rec, exc, collector.max_string_length)
+    if exc is not None:
+        _error_fields(rec, exc, collector.max_string_length)
     if collector.capture_content and content is not None:
         args, kwargs, result = content
         kwargs = {k: v for k, v in kwargs.items() if k != "sanitize_inputs_outputs"}
         rec["arguments_preview"] = clip(kwargs if not args else (args, kwargs), collector.max_string_length)
         rec["output_preview"] = clip(result, collector.max_string_length)
-    collector.add("tools", rec, frame)
-    if agent is not None:
+    if collector.add("tools", rec, frame) and agent is not None:
         frame.tools_since_step.append(rec)  # type: ignore[union-attr]
 
 
@@ -282,18 +318,34 @@ def _wrap_tool_call(wrapped: Callable[..., Any], instance: Any, args: tuple, kwa
 
 
 # -- agent runs ----------------------------------------------------------------------------------------------------
+def _remember_credentials(model: Any) -> None:
+    """A model's key (`api_key` or `token` on LiteLLM-style models, in `client_kwargs` on OpenAI, Azure, Bedrock and
+    Inference Providers models) is masked in session files: a failed call's error message may quote it."""
+    from ..environment import looks_secret, remember_secret
+
+    for name in ("api_key", "token"):
+        remember_secret(_attr(model, name))
+    kwargs = _attr(model, "client_kwargs")
+    if isinstance(kwargs, dict):
+        for name, value in list(kwargs.items()):
+            if isinstance(name, str) and looks_secret(name):
+                remember_secret(value)
+
+
 def _begin_run(agent: Any, args: tuple, kwargs: dict, parent: Optional[Frame]) -> Frame:
     collector = _collector()
-    model = getattr(agent, "model", None)
+    model = _attr(agent, "model")
     if model is not None:
         _ensure_model_class(type(model))
+        _remember_credentials(model)
     agent_type = type(agent).__name__
-    name = getattr(agent, "name", None)
+    name = _attr(agent, "name")
     agent_name = name if isinstance(name, str) and name else agent_type
     now = _now()
     if parent is None:
         description = args[0] if args else kwargs.get("task", "")
-        task = collector.open_task(f"{agent_name}-{secrets.token_hex(6)}", description, start=now)
+        # Unique, not secret: the Mersenne Twister (reseeded in forked children) costs no system call per run.
+        task = collector.open_task(f"{agent_name}-{random.getrandbits(48):012x}", description, start=now)
     else:
         task = parent.task
     rec = {
@@ -305,7 +357,7 @@ def _begin_run(agent: Any, args: tuple, kwargs: dict, parent: Optional[Frame]) -
         "start_time": now,
         "end_time": None,
         "duration": None,
-        "status": TaskStatus.RUNNING.value,
+        "status": _RUNNING,
         "error_type": None,
         "error_message": None,
         "steps": 0,
@@ -336,6 +388,7 @@ def _end_run(frame: Frame, exc: Optional[BaseException]) -> None:
     # Calls made after the last finalized step (e.g. a run that failed outside a step) keep their step number.
     frame.calls_since_step = []
     frame.tools_since_step = []
+    frame.dropped_since_step = {}
     if frame.parent is None:
         extra = {"stop_reason": "max_steps"} if rec["max_steps_reached"] else {}
         collector.close_task(frame.task, status, error=None if isinstance(exc, GeneratorExit) else exc,
@@ -349,11 +402,24 @@ def _record_step(frame: Frame, step: Any) -> None:
     collector = _collector()
     agent = frame.agent
     assert agent is not None
-    error = getattr(step, "error", None)
+    try:
+        # One guarded block for the step's attributes (the hot path); a property that raises sends them through
+        # `_attr` one by one, so it costs only its own value.
+        error = getattr(step, "error", None)
+        step_number = getattr(step, "step_number", None)
+        timing = getattr(step, "timing", None)
+        start = getattr(timing, "start_time", None)
+        end = getattr(timing, "end_time", None)
+        is_final = getattr(step, "is_final_answer", None)
+        code = getattr(step, "code_action", None)
+    except Exception:  # noqa: BLE001
+        error, step_number, timing = _attr(step, "error"), _attr(step, "step_number"), _attr(step, "timing")
+        start, end = _attr(timing, "start_time"), _attr(timing, "end_time")
+        is_final, code = _attr(step, "is_final_answer"), _attr(step, "code_action")
     if kind == "PlanningStep":
         step_type, number = "planning", _step_number(frame)
     else:
-        number = getattr(step, "step_number", None)
+        number = step_number
         if not isinstance(number, int):
             number = _step_number(frame)
         if error is not None and type(error).__name__ == "AgentMaxStepsError":
@@ -363,7 +429,8 @@ def _record_step(frame: Frame, step: Any) -> None:
             step_type = "action"
     calls, frame.calls_since_step = frame.calls_since_step, []
     tools, frame.tools_since_step = frame.tools_since_step, []
-    prompt = completion = 0
+    dropped, frame.dropped_since_step = frame.dropped_since_step, {}
+    prompt, completion = dropped.get("prompt_tokens", 0), dropped.get("completion_tokens", 0)
     for call in calls:
         call["purpose"] = step_type
         call["step_number"] = number
@@ -371,9 +438,6 @@ def _record_step(frame: Frame, step: Any) -> None:
         completion += call["completion_tokens"] or 0
     for tool in tools:
         tool["step_number"] = number
-    timing = getattr(step, "timing", None)
-    start = getattr(timing, "start_time", None)
-    end = getattr(timing, "end_time", None)
     now = _now()
     start = start if isinstance(start, (int, float)) else now
     end = end if isinstance(end, (int, float)) else now
@@ -387,15 +451,14 @@ def _record_step(frame: Frame, step: Any) -> None:
         "duration": max(0.0, end - start),
         "prompt_tokens": prompt,
         "completion_tokens": completion,
-        "llm_calls": len(calls),
-        "tool_calls": len(tools),
+        "llm_calls": len(calls) + dropped.get("llm_calls", 0),
+        "tool_calls": len(tools) + dropped.get("tools", 0),
         "error_type": type(error).__name__ if error is not None else None,
         "error_message": clip(error, collector.max_string_length) if error is not None else None,
-        "is_final_answer": bool(getattr(step, "is_final_answer", False)),
+        "is_final_answer": bool(is_final),
     }
     collector.add("steps", rec, frame)
     agent["steps"] += 1
-    code = getattr(step, "code_action", None)
     if isinstance(code, str) and code:
         metrics = frame.task["code_changes"]
         metrics["code_actions"] += 1
