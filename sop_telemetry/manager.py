@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("sop_telemetry")
 
+_WRITE_BACKOFF = 20.0  # the writer spends at most about 1/21 of the time writing
+_MAX_WRITE_PAUSE = 2.0
+
 # Recording must start without pydantic (≈40 ms to import): the collector is made at once, and the configuration,
 # storage and models are imported on first use by the API below or by the writer thread.
 
@@ -71,6 +74,7 @@ class TelemetryManager:
         # task is validated and serialized once, not at every write (see _session_text).
         self._task_json: Dict[tuple, tuple] = {}
         self._wake = threading.Event()
+        self._halt = threading.Event()  # set by shutdown(): ends the writer's pause between writes at once
         self._stopped = False
         self._writer: Optional[threading.Thread] = None
         self._written_generation = -1
@@ -334,6 +338,7 @@ class TelemetryManager:
     def _start_writer(self) -> None:
         with self._lock:
             self._stopped = False
+            self._halt.clear()
             if self._writer is not None and self._writer.is_alive():
                 return
             self._writer = threading.Thread(target=self._writer_loop, name="sop_telemetry-writer", daemon=True)
@@ -346,11 +351,20 @@ class TelemetryManager:
             self._wake.clear()
             if self._stopped:
                 return
+            began = time.perf_counter()
             try:
                 self._maybe_cleanup()
                 self._write(final=False)
             except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
                 get_error_handler().record_error("manager.writer", exc)
+            # Rewriting the file costs time in proportion to the session, and it holds the GIL the agents need.
+            # After a write that took d seconds the next waits _WRITE_BACKOFF * d: a small session (≈1 ms a write)
+            # is still written at each task's end, while a large one with short tasks ending back to back is
+            # written every few hundred ms instead of after every task. Task ends during the pause are kept by
+            # `_wake` and written right after it.
+            pause = min(_WRITE_BACKOFF * (time.perf_counter() - began), _MAX_WRITE_PAUSE)
+            if pause > 0.002:
+                self._halt.wait(pause)
 
     def _maybe_cleanup(self) -> None:
         cfg = self._config
@@ -517,6 +531,7 @@ class TelemetryManager:
         if otlp is not None:
             otlp.shutdown(timeout=0)
         self._stopped = True
+        self._halt.set()
         self._wake.set()
         writer = self._writer
         if writer is not None and writer is not threading.current_thread():
@@ -540,6 +555,7 @@ class TelemetryManager:
         self._lock = threading.RLock()
         self._write_lock = threading.Lock()
         self._wake = threading.Event()
+        self._halt = threading.Event()
         self._writer = None
         self._written_generation = -1
         self._pending = []

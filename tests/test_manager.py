@@ -514,3 +514,34 @@ def test_the_default_folder_honours_xdg_cache_home(tmp_path):
     assert result.stdout.split() == [str(expected), str(expected)]
     assert len(session_files(expected)) == 1
     assert stat.S_IMODE(expected.stat().st_mode) == 0o700
+
+
+def test_writer_coalesces_writes_of_a_slow_session_and_loses_nothing(manager, monkeypatch):
+    """Each background write here takes 10 ms; tasks end every 5 ms for half a second. Writing after every task end
+    would take the writer (and the GIL) all the time; it pauses 20x the last write's duration instead, and the
+    file still ends up with every task."""
+    import time as _time
+
+    from sop_telemetry.storage import TelemetryDataStore
+
+    writes = []
+    real_write = TelemetryDataStore.write
+
+    def slow_write(self, session_id, payload):
+        _time.sleep(0.01)
+        writes.append(_time.perf_counter())
+        return real_write(self, session_id, payload)
+
+    monkeypatch.setattr(TelemetryDataStore, "write", slow_write)
+    collector = manager.get_collector()
+    for i in range(100):
+        collector.start_task(f"t{i}", "quick")
+        collector.record_llm_call("m", 1, 1, 0.0)
+        collector.end_task(f"t{i}")
+        _time.sleep(0.005)
+    assert 1 <= len(writes) <= 20, len(writes)  # ~100 without the pause; ~3 with it
+    gaps = [b - a for a, b in zip(writes, writes[1:])]
+    assert all(gap >= 0.15 for gap in gaps), gaps  # 20 x (10 ms write + building the file)
+    manager.flush_data()
+    assert len(manager.get_session_data().tasks) == 100
+    assert len(TelemetrySession.from_json(manager.last_flush_path.read_text()).tasks) == 100
