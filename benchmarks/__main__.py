@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-SECTIONS = ("agent", "per_call", "flush", "memory", "imports", "sessions")
+SECTIONS = ("agent", "per_call", "flush", "memory", "imports", "sessions", "otlp")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
 FULL = {
@@ -33,6 +33,7 @@ FULL = {
     "memory": {"agent_runs": 50, "big_calls": 100_000},
     "imports": {"runs": 15},
     "sessions": {"sessions": 1_000, "repeats": 3},
+    "otlp": {"iterations": 100, "warmup": 10},
 }
 QUICK = {
     "agent_tool_calling": {"iterations": 4, "warmup": 1},
@@ -42,6 +43,7 @@ QUICK = {
     "memory": {"agent_runs": 2, "big_calls": 22_000},
     "imports": {"runs": 2},
     "sessions": {"sessions": 20, "repeats": 1},
+    "otlp": {"iterations": 3, "warmup": 1},
 }
 
 
@@ -120,6 +122,16 @@ def main(argv: List[str] | None = None) -> int:
 
                 log("6. many sessions")
                 results["sessions"] = run_sessions(tmp_path / "many", log=log, **plan["sessions"])
+            if "otlp" in wanted:
+                try:
+                    import opentelemetry.exporter.otlp.proto.http  # noqa: F401
+                except ImportError:
+                    log("7. live OTLP export skipped: pip install -e '.[otel]'")
+                else:
+                    from .otlp_dead_collector import run_otlp_dead_collector
+
+                    log("7. live OTLP export to a healthy, dead and silent collector")
+                    results["otlp"] = run_otlp_dead_collector(**plan["otlp"])
         finally:
             manager.shutdown(flush=False)
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
@@ -130,6 +142,10 @@ def main(argv: List[str] | None = None) -> int:
                            "result": None if ok is None or args.quick else ("PASS" if ok else "FAIL")}
                           for what, measured, limit, ok in targets(results)]
     print(render(results))
+    if "otlp" in results:
+        from .otlp_dead_collector import _table as otlp_table
+
+        print("\n7. " + otlp_table(results["otlp"]))
     print(f"\n({results['meta']['seconds']} s)")
     out = args.json or DEFAULT_JSON
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -35,39 +35,10 @@ SETUPS = ("off", "healthy", "dead", "silent")
 
 
 def _agent() -> Any:
-    from smolagents import ToolCallingAgent, tool
-    from smolagents.models import (ChatMessage, ChatMessageToolCall, ChatMessageToolCallFunction, MessageRole,
-                                   Model)
-    from smolagents.monitoring import TokenUsage
+    """A ToolCallingAgent whose scripted model makes 3 tool calls, then the final answer (benchmarks/fake.py)."""
+    from .fake import ScriptedToolModel, tool_calling_agent
 
-    @tool
-    def add(a: int, b: int) -> int:
-        """Adds two numbers.
-
-        Args:
-            a: The first number.
-            b: The second number.
-        """
-        return a + b
-
-    class Scripted(Model):
-        """Three `add` calls, then the final answer; starts over on every run."""
-
-        def __init__(self) -> None:
-            super().__init__(model_id="bench-model")
-            self.turn = 0
-
-        def generate(self, messages: Any, stop_sequences: Any = None, response_format: Any = None,
-                     tools_to_call_from: Any = None, **kwargs: Any) -> ChatMessage:
-            self.turn += 1
-            name, args = ("add", {"a": 1, "b": 2}) if self.turn % 4 else ("final_answer", {"answer": "3"})
-            return ChatMessage(
-                role=MessageRole.ASSISTANT, content="",
-                tool_calls=[ChatMessageToolCall(id=f"call_{self.turn}", type="function",
-                                                function=ChatMessageToolCallFunction(name=name, arguments=args))],
-                token_usage=TokenUsage(input_tokens=100, output_tokens=10))
-
-    return ToolCallingAgent(tools=[add], model=Scripted(), verbosity_level=0)
+    return tool_calling_agent(ScriptedToolModel(tool_calls=3, model_id="bench-model"))
 
 
 class _Healthy:
