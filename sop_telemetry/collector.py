@@ -57,7 +57,8 @@ switch = _Switch
 class Frame:
     """What a piece of running code records into: a task, and the agent run (if any) inside it."""
 
-    __slots__ = ("task", "agent", "owner", "parent", "calls_since_step", "tools_since_step", "dropped_since_step")
+    __slots__ = ("task", "agent", "owner", "parent", "calls_since_step", "tools_since_step", "dropped_since_step",
+                 "outer_error")
 
     def __init__(self, task: dict, agent: Optional[dict] = None, owner: Any = None, parent: Optional["Frame"] = None):
         self.task = task
@@ -71,6 +72,9 @@ class Frame:
         self.calls_since_step: List[dict] = []
         self.tools_since_step: List[dict] = []
         self.dropped_since_step: Dict[str, int] = {}
+        # The exception the caller was handling when this run began (code may run an agent inside an `except`):
+        # sys.exc_info() shows it everywhere below, so it must not be taken for an error of this run.
+        self.outer_error: Optional[BaseException] = None
 
 
 current: ContextVar[Optional[Frame]] = ContextVar("sop_telemetry_frame", default=None)

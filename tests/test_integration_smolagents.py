@@ -144,6 +144,21 @@ def test_model_failure_ends_the_task_and_the_next_run_is_separate(manager):
     assert (second["description"], second["status"]) == ("second", "completed")
     assert len(second["agents"]) == 1 and second["agents"][0]["parent_agent_id"] is None
     assert tokens(second) == (100, 10)
+    # The step that died of the model's error says so (smolagents re-raises it instead of storing it on the step).
+    assert [(st["step_type"], st["error_type"]) for st in first["steps"]] == [("action", type(info.value).__name__)]
+    assert [st["error_type"] for st in second["steps"]] == [None]
+
+
+def test_a_run_inside_an_except_block_does_not_take_the_handled_error_for_its_own(manager):
+    model = ScriptedModel([call("add", a=1, b=2), call("final_answer", answer="3")])
+    agent = ToolCallingAgent(tools=[add], model=model, verbosity_level=0)
+    try:
+        raise LookupError("the caller's own, already handled")
+    except LookupError:
+        assert agent.run("recover") == "3"
+    task = only_task(written_session(manager))
+    assert task["status"] == "completed"
+    assert [st["error_type"] for st in task["steps"]] == [None, None]
 
 
 def test_managed_agent_is_nested_with_its_own_calls(manager):

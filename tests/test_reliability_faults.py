@@ -269,9 +269,11 @@ def test_a_broken_directory_loses_nothing_and_heals(manager, storage_dir, monkey
     assert manager.flush_data() is None
     manager._at_exit()  # even the final write at exit fails quietly
     assert disk.hits >= 2
-    # The last complete file is still there, untouched, and no temp file was left behind.
-    assert (storage_dir / f"{manager.get_collector().session_id}.json").read_bytes() == before
-    assert [p.name for p in storage_dir.iterdir() if p.name.endswith(".tmp")] == []
+    # The last complete file is still there, untouched, and no temp file was left behind. (Looked at under the
+    # write lock: the background writer may be retrying at this very moment, with its temp file in the directory.)
+    with manager._write_lock:
+        assert (storage_dir / f"{manager.get_collector().session_id}.json").read_bytes() == before
+        assert [p.name for p in storage_dir.iterdir() if p.name.endswith(".tmp")] == []
     summary = assert_counted_and_logged_once(caplog, min_count=2)
     assert summary["storage.write"]["last_error_type"] in ("OSError", "PermissionError")
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import sys
 import threading
 import time
 from contextvars import ContextVar, copy_context
@@ -364,6 +365,7 @@ def _begin_run(agent: Any, args: tuple, kwargs: dict, parent: Optional[Frame]) -
         "max_steps_reached": False,
     }
     frame = Frame(task, rec, owner=agent, parent=parent)
+    frame.outer_error = sys.exc_info()[1]
     collector.add("agents", rec, frame)
     return frame
 
@@ -395,7 +397,7 @@ def _end_run(frame: Frame, exc: Optional[BaseException]) -> None:
                              end=now, **extra)
 
 
-def _record_step(frame: Frame, step: Any) -> None:
+def _record_step(frame: Frame, step: Any, unwinding: Optional[BaseException] = None) -> None:
     kind = type(step).__name__
     if kind == "FinalAnswerStep":
         return  # carries only the output; the action step that produced it is already recorded
@@ -416,6 +418,8 @@ def _record_step(frame: Frame, step: Any) -> None:
         error, step_number, timing = _attr(step, "error"), _attr(step, "step_number"), _attr(step, "timing")
         start, end = _attr(timing, "start_time"), _attr(timing, "end_time")
         is_final, code = _attr(step, "is_final_answer"), _attr(step, "code_action")
+    if error is None:
+        error = unwinding
     if kind == "PlanningStep":
         step_type, number = "planning", _step_number(frame)
     else:
@@ -471,11 +475,15 @@ def _wrap_finalize_step(wrapped: Callable[..., Any], instance: Any, args: tuple,
     frame = current.get()
     if frame is None or frame.owner is not instance:
         return wrapped(*args, **kwargs)
+    # smolagents finalizes a step in a `finally`: when a step dies of an error it re-raises (a model failure,
+    # AgentGenerationError), that error is on its way out, not on the step object, and only sys.exc_info() has it.
+    unwinding = sys.exc_info()[1]
     try:
         return wrapped(*args, **kwargs)
     finally:
         step = args[0] if args else kwargs.get("memory_step")
-        _safe("smolagents.step", _record_step, frame, step)
+        _safe("smolagents.step", _record_step, frame, step,
+              None if unwinding is frame.outer_error else unwinding)
 
 
 def _traced_run_class() -> type:
