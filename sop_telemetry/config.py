@@ -113,10 +113,12 @@ def config_items(config: Optional[Mapping[str, Any] | TelemetryConfig] = None) -
     raise ConfigError(f"config must be a mapping or TelemetryConfig, not {type(config).__name__}")
 
 
-def build_config(config: Optional[Mapping[str, Any] | TelemetryConfig] = None) -> TelemetryConfig:
-    """Validates `config` and applies the environment overrides; raises ConfigError with a readable message."""
+def build_config(config: Optional[Mapping[str, Any] | TelemetryConfig] = None,
+                 use_env_dir: bool = True) -> TelemetryConfig:
+    """Validates `config` and applies the environment overrides; raises ConfigError with a readable message.
+    `use_env_dir=False` leaves SOP_TELEMETRY_DIR out (the manager's fallback when that variable is unusable)."""
     data = config_items(config)
-    env_dir = os.environ.get("SOP_TELEMETRY_DIR", "").strip()
+    env_dir = os.environ.get("SOP_TELEMETRY_DIR", "").strip() if use_env_dir else ""
     if env_dir:
         data["storage_dir"] = env_dir
     if env_disabled():

@@ -10,7 +10,8 @@ Usage::
     session = manager.get_session_data()                     # the current session
     print(manager.get_storage_stats()["storage_path"])
 
-Writing happens on a background thread: at once when a task ends, every `flush_interval` seconds while records
+Writing happens on a background thread: when a task ends (at once, unless the last write was so recent that
+rewriting now would keep the writer busy more than ~5% of the time), every `flush_interval` seconds while records
 arrive, and once more, synchronously, at interpreter exit. A process that records nothing writes nothing.
 """
 
@@ -24,9 +25,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
 from .collector import TelemetryCollector, current, env_disabled, switch
 from .error_handler import get_error_handler, safe_telemetry_operation
@@ -66,6 +65,7 @@ class TelemetryManager:
         self._config: Optional[TelemetryConfig] = None
         # The keys given to initialize() so far: a later call changes only the keys it names.
         self._given: Dict[str, Any] = {}
+        self._use_env_dir = True
         self._store: Optional[TelemetryDataStore] = None
         self._collector: Optional[TelemetryCollector] = None
         self._prices: Any = None
@@ -105,7 +105,7 @@ class TelemetryManager:
         items = config_items(config)
         with self._lock:
             given = {**self._given, **items}
-            cfg = build_config(given)
+            cfg = build_config(given, use_env_dir=self._use_env_dir)
             self._given = given
             self._environment = None  # the allowlist may have changed
             self._task_json = {}  # and the prices: costs are computed again
@@ -160,9 +160,10 @@ class TelemetryManager:
                     try:
                         self.initialize()
                     except ConfigError as exc:
-                        # A bad SOP_TELEMETRY_DIR must not break the program: fall back to the default place.
+                        # A bad SOP_TELEMETRY_DIR must not break the program: fall back to the default place
+                        # (without touching the program's environment).
                         logger.warning("sop_telemetry: %s; using the defaults", exc)
-                        os.environ.pop("SOP_TELEMETRY_DIR", None)
+                        self._use_env_dir = False
                         self.initialize()
                 cfg = self._config
         assert cfg is not None

@@ -299,6 +299,7 @@ def test_a_bad_sop_telemetry_dir_falls_back_to_the_default_and_still_records(mon
         _run_and_capture(ScriptedModel([call("final_answer", answer="ok")]), [])
         path = manager.flush_data()
         assert path is not None and path.parent == tmp_path / "cache" / "ept" / "sop_agents"
+        assert os.environ["SOP_TELEMETRY_DIR"] == "~nosuchuser_sop/telemetry"  # the program's environment is its own
     finally:
         manager.shutdown(flush=False)
         TelemetryManager._reset_instance()
