@@ -25,7 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from pydantic import BaseModel, Field, computed_field
 
@@ -445,6 +445,17 @@ class PerformanceReport(_Result):
         return tables
 
 
+def _tally(records: Iterable[Any], key: str, failed: Any, times: Dict[str, List[float]],
+           errors: Dict[str, int]) -> None:
+    """Durations and failures of `records`, grouped by their `key` field."""
+    for record in records:
+        name = getattr(record, key)
+        if record.duration is not None:
+            times[name].append(record.duration)
+        if record.status == failed:
+            errors[name] += 1
+
+
 def analyze_performance(session: TelemetrySession, slowest: int = 5) -> PerformanceReport:
     """Durations per task, agent, tool and model (count, mean, p50, p95, max, errors), the `slowest` steps, and
     the split of task time between model calls, tools and the agents' own work."""
@@ -458,21 +469,9 @@ def analyze_performance(session: TelemetrySession, slowest: int = 5) -> Performa
     timings: List[TaskTiming] = []
     split = TimeSplit()
     for task in session.tasks:
-        for agent in task.agents:
-            if agent.duration is not None:
-                agent_times[agent.agent_name].append(agent.duration)
-            if TaskStatus(agent.status) is TaskStatus.FAILED:
-                agent_errors[agent.agent_name] += 1
-        for tool in task.tools:
-            if tool.duration is not None:
-                tool_times[tool.tool_name].append(tool.duration)
-            if CallStatus(tool.status) is CallStatus.ERROR:
-                tool_errors[tool.tool_name] += 1
-        for call in task.llm_calls:
-            if call.duration is not None:
-                model_times[call.model].append(call.duration)
-            if CallStatus(call.status) is CallStatus.ERROR:
-                model_errors[call.model] += 1
+        _tally(task.agents, "agent_name", TaskStatus.FAILED, agent_times, agent_errors)
+        _tally(task.tools, "tool_name", CallStatus.ERROR, tool_times, tool_errors)
+        _tally(task.llm_calls, "model", CallStatus.ERROR, model_times, model_errors)
         for step in task.steps:
             if step.duration is not None:
                 steps.append(StepTiming(task_id=task.task_id, agent_name=step.agent_name,
