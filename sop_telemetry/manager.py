@@ -379,13 +379,17 @@ class TelemetryManager:
         except OSError as exc:
             get_error_handler().record_error("storage.cleanup", exc)
 
-    def _build_current(self, final: bool) -> "TelemetrySession":
-        from .environment import collect_environment
-
-        collector = self.get_collector()
+    def _environment_info(self) -> Any:
+        """The session's EnvironmentInfo, collected once (again after initialize(): the allowlist may change)."""
         if self._environment is None:
+            from .environment import collect_environment
+
             self._environment = collect_environment(self.config.environment_allowlist)
-        session = collector.build_session(self._environment, end_time=time.time() if final else None)
+        return self._environment
+
+    def _build_current(self, final: bool) -> "TelemetrySession":
+        collector = self.get_collector()
+        session = collector.build_session(self._environment_info(), end_time=time.time() if final else None)
         self._apply_costs(session)
         return session
 
@@ -406,15 +410,13 @@ class TelemetryManager:
         each finished task is validated and serialized once and its JSON reused by later writes. The writer runs
         at every task end and rewrites the whole file, so without this a long-lived process pays for all its
         earlier tasks again at each one (≈25 µs a record: 0.25 s for 10,000), holding the GIL its agents need."""
-        from .environment import collect_environment, redact_json, secret_values
         from .models import TaskExecution, TelemetrySession, TokenUsage
 
         collector = self.get_collector()
-        if self._environment is None:
-            self._environment = collect_environment(self.config.environment_allowlist)
+        environment = self._environment_info()
         data, open_ids = collector.snapshot_with_open_ids(end_time=time.time() if final else None)
         tasks = data.pop("tasks")
-        shell = TelemetrySession.model_validate({**data, "environment": self._environment})
+        shell = TelemetrySession.model_validate({**data, "environment": environment})
         session_id = shell.session_id
         cache, kept = self._task_json, {}
         parts, total, ends = [], TokenUsage(), []
@@ -440,7 +442,7 @@ class TelemetryManager:
         head = shell.model_dump_json(exclude={"tasks", "total_tokens", "total_duration"})
         text = "".join((head[:-1], ',"tasks":[', ",".join(parts), '],"total_tokens":', total.model_dump_json(),
                         ',"total_duration":', json.dumps(duration), "}"))
-        return session_id, redact_json(text, secret_values())
+        return session_id, _redacted(text)
 
     def _write(self, final: bool, force: bool = False) -> Optional[Path]:
         """Writes the current session if it changed since the last write. Errors are counted, logged once and
@@ -489,7 +491,7 @@ class TelemetryManager:
         old = collector.roll_over(new_session_id())
         if old is None:
             return
-        old["environment"] = self._environment
+        old["environment"] = self._environment_info()
         session = TelemetrySession.model_validate(old)
         self._apply_costs(session)
         self._pending.append(session)
@@ -578,11 +580,16 @@ def _finished_task_state(task: dict) -> tuple:
 
 
 def _file_text(session: "TelemetrySession") -> str:
-    """What goes into a session file: the session's JSON with every known credential masked, since error messages
-    and task descriptions are the host's own text and may quote a key (an HTTP error naming the URL, say)."""
+    """What goes into a session file: the session's JSON with every known credential masked."""
+    return _redacted(session.to_json())
+
+
+def _redacted(text: str) -> str:
+    """`text` (a session's JSON) with every known credential masked, since error messages and task descriptions are
+    the host's own text and may quote a key (an HTTP error naming the URL, say)."""
     from .environment import redact_json, secret_values
 
-    return redact_json(session.to_json(), secret_values())
+    return redact_json(text, secret_values())
 
 
 def _after_fork() -> None:
