@@ -9,10 +9,12 @@ Usage::
     collector.record_tool_usage("file_reader", 0.8)
     collector.end_task("custom_task", TaskStatus.COMPLETED)
 
-Records are kept as plain dicts on the hot path (a list append under the GIL, no validation) and become the pydantic
-`TelemetrySession` only when a snapshot is taken for a flush or a reader. The manual API above, which accepts any
-keyword, checks each record against its model first, so that a bad value is refused alone. Which task and agent a
-record belongs to comes from a context variable (`_current`), so threads and asyncio tasks each see their own run.
+Records are kept as plain dicts and become the pydantic `TelemetrySession` only when a snapshot is taken for a flush
+or a reader. The instrumentation does not even build the dicts on the agent's thread: it queues each finished call as
+a tuple of what it observed (`pending`), and the records are built from those by `materialize()`, which every reader
+calls first and the background writer runs after a task ends. The manual API above, which accepts any keyword, checks
+each record against its model first, so that a bad value is refused alone. Which task and agent a record belongs to
+comes from a context variable (`current`), so threads and asyncio tasks each see their own run.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
 
-from .error_handler import guard, safe_telemetry_operation
+from .error_handler import get_error_handler, guard, safe_telemetry_operation
 from .status import TaskStatus
 from .storage import new_session_id
 
@@ -38,6 +40,9 @@ logger = logging.getLogger("sop_telemetry")
 # Defaults of the caps, shared with TelemetryConfig: recording starts with these before any config is validated.
 DEFAULT_MAX_RECORDS_PER_TASK = 10_000
 DEFAULT_MAX_STRING_LENGTH = 500
+# Queued events are turned into records on the queuing thread once this many wait, so that memory stays bounded when
+# nothing reads (one task with 100,000 calls); below it they wait for the writer, which runs when a task ends.
+PENDING_LIMIT = 4096
 
 
 def env_disabled() -> bool:
@@ -57,14 +62,18 @@ switch = _Switch
 class Frame:
     """What a piece of running code records into: a task, and the agent run (if any) inside it."""
 
-    __slots__ = ("task", "agent", "owner", "parent", "calls_since_step", "tools_since_step", "dropped_since_step",
-                 "outer_error")
+    __slots__ = ("task", "agent", "owner", "parent", "collector", "calls_since_step", "tools_since_step",
+                 "dropped_since_step", "outer_error", "max_steps")
 
-    def __init__(self, task: dict, agent: Optional[dict] = None, owner: Any = None, parent: Optional["Frame"] = None):
+    def __init__(self, task: Optional[dict], agent: Optional[dict] = None, owner: Any = None,
+                 parent: Optional["Frame"] = None, collector: Optional["TelemetryCollector"] = None):
+        # An agent run's frame is made with neither task nor agent: both are set when its first queued event is
+        # built. `collector` is where the events of code running in this frame are queued.
         self.task = task
         self.agent = agent
         self.owner = owner
         self.parent = parent
+        self.collector = collector
         # The records made by this agent run since its last finished step: a step takes them when it is finalized
         # (steps of one run are sequential, so "since the last step" is exactly "in this step"). Only records the
         # task keeps are listed, so one step with 100,000 calls stays within max_records_per_task; the dropped
@@ -75,11 +84,13 @@ class Frame:
         # The exception the caller was handling when this run began (code may run an agent inside an `except`):
         # sys.exc_info() shows it everywhere below, so it must not be taken for an error of this run.
         self.outer_error: Optional[BaseException] = None
+        self.max_steps = False  # the run stopped at max_steps (set when its last step is finalized)
 
 
 current: ContextVar[Optional[Frame]] = ContextVar("sop_telemetry_frame", default=None)
 
 _ids = itertools.count(1)
+_CURRENT: Any = object()  # `add`'s default frame: the current context's
 
 _RECORD_KEYS = ("llm_calls", "tools", "agents", "steps")
 # The model each manual record is checked against, by list name.
@@ -131,6 +142,11 @@ class TelemetryCollector:
         self._open: Dict[str, dict] = {}
         self._implicit: Optional[dict] = None
         self.generation = 0  # bumped on every change, so a writer knows whether it has something new
+        # Events queued by the instrumentation, oldest first: (operation, builder, *arguments); `materialize()`
+        # calls builder(self, *arguments) under the guard named `operation`. Appended to without the lock (a list
+        # append is atomic), drained under it.
+        self.pending: List[tuple] = []
+        self.pending_limit = PENDING_LIMIT
 
     # -- the spec's API ----------------------------------------------------------------------------------------
     @safe_telemetry_operation("collector.start_task")
@@ -139,7 +155,7 @@ class TelemetryCollector:
         if not switch.enabled:
             return
         task = self.open_task(clip(task_id, self.max_string_length) or "", description, **self._task_extra(extra))
-        current.set(Frame(task, parent=current.get()))
+        current.set(Frame(task, parent=current.get(), collector=self))
 
     @safe_telemetry_operation("collector.end_task")
     def end_task(self, task_id: str, status: TaskStatus | str = TaskStatus.COMPLETED, **extra: Any) -> None:
@@ -148,6 +164,7 @@ class TelemetryCollector:
         status = TaskStatus(status)
         extra = self._task_extra(extra)
         task_id = clip(task_id, self.max_string_length) or ""
+        self.materialize()  # the agent runs around this context may not have their tasks yet
         frame = current.get()
         task = self._innermost_open(frame, task_id) or self._open.get(task_id)
         if task is None:
@@ -162,8 +179,8 @@ class TelemetryCollector:
         plain lookup alone would end the outer task and leave the inner one open."""
         while frame is not None:
             task = frame.task
-            name = task["task_id"]
-            if frame.agent is None and (name == task_id or name.startswith(task_id + "#")) \
+            name = task["task_id"] if task is not None else None
+            if name is not None and frame.agent is None and (name == task_id or name.startswith(task_id + "#")) \
                     and self._open.get(name) is task:
                 return task
             frame = frame.parent
@@ -223,6 +240,7 @@ class TelemetryCollector:
 
     def _manual_record(self, duration: float, extra: Dict[str, Any]) -> dict:
         end = time.time()
+        self.materialize()  # so that the agent run this is made in has its task and agent record
         duration = max(0.0, float(duration or 0.0))
         rec: dict = {"start_time": end - duration, "end_time": end, "duration": duration}
         limit = self.max_string_length
@@ -246,7 +264,10 @@ class TelemetryCollector:
         return plain
 
     # -- the instrumentation's API (no guards: the wrappers guard their own bookkeeping) -----------------------
-    def open_task(self, task_id: str, description: str = "", start: Optional[float] = None, **extra: Any) -> dict:
+    def open_task(self, task_id: str, description: str = "", start: Optional[float] = None, notify: bool = True,
+                  **extra: Any) -> dict:
+        """A new open task. `notify=False` when building queued events: whoever queued them has already told the
+        manager (which starts the writer), and the writer itself may be the one building them."""
         task = {
             "task_id": task_id,
             "description": clip(description, self.max_string_length) or "",
@@ -272,7 +293,10 @@ class TelemetryCollector:
                 task["task_id"] = task_id = f"{task_id}#{next_id('')}"
             self._tasks.append(task)
             self._open[task_id] = task
-        self._changed(False)
+        if notify:
+            self.changed(False)
+        else:
+            self.generation += 1
         return task
 
     def close_task(
@@ -281,8 +305,11 @@ class TelemetryCollector:
         status: TaskStatus,
         error: Optional[BaseException] = None,
         end: Optional[float] = None,
+        notify: bool = True,
         **extra: Any,
     ) -> None:
+        """Ends a task. `notify=False` as for `open_task`: a task ended while building queued events must not
+        wake the writer that is building them (it would write the file a second time for nothing)."""
         end = time.time() if end is None else end
         task["end_time"] = end
         task["duration"] = max(0.0, end - task["start_time"])
@@ -300,14 +327,20 @@ class TelemetryCollector:
             self._open.pop(task["task_id"], None)
         if self.on_task_end is not None:
             guard("collector.on_task_end", self.on_task_end, session_id, task)
-        self._changed(True)
+        if notify:
+            self.changed(True)
+        else:
+            self.generation += 1
 
-    def add(self, kind: str, rec: dict, frame: Optional[Frame] = None) -> bool:
-        """Appends a finished record to the task of `frame` (default: the current one), within the caps; returns
-        False when the record was over the cap, so only counted."""
-        if frame is None:
+    def add(self, kind: str, rec: dict, frame: Any = _CURRENT) -> bool:
+        """Appends a finished record to the task of `frame` (default: the current context's; None: outside any
+        task, the implicit one), within the caps; returns False when the record was over the cap, so only counted.
+        Records built from queued events name their frame: they may be built on another thread."""
+        if frame is _CURRENT:
             frame = current.get()
-        task = frame.task if frame is not None else self._fallback_task()
+        task = frame.task if frame is not None else None
+        if task is None:
+            task = self.open_fallback_task()  # outside any task (or in a run whose task could not be opened)
         records = task[kind]
         kept = len(records) < self.max_records_per_task
         if kept:
@@ -346,7 +379,24 @@ class TelemetryCollector:
                     else:
                         bucket["unreported_calls"] += 1
 
-    def _fallback_task(self) -> dict:
+    def materialize(self) -> None:
+        """Builds the records of every queued event, in the order they were queued. One event that fails costs only
+        its own record (counted and logged under its operation)."""
+        pending = self.pending
+        if not pending:
+            return
+        with self._lock:
+            count = len(pending)
+            events = pending[:count]
+            del pending[:count]  # (events queued meanwhile by other threads stay, after `count`)
+            for event in events:
+                try:
+                    event[1](self, *event[2:])
+                except Exception as exc:  # noqa: BLE001 - the guard (inline: this runs for every record)
+                    get_error_handler().record_error(event[0], exc)
+            self.generation += 1
+
+    def open_fallback_task(self) -> dict:
         """Where a record with no current context goes: the implicit task. Not "the only open task": with several
         threads that would file one thread's records under another thread's task (and the smolagents versions we
         support copy the context into their tool threads, the case that guess was for)."""
@@ -355,7 +405,7 @@ class TelemetryCollector:
                 self._implicit = self.open_task("untracked", "Records made outside any task", implicit=True)
             return self._implicit
 
-    def _changed(self, urgent: bool) -> None:
+    def changed(self, urgent: bool) -> None:
         self.generation += 1
         if self._on_change is not None:
             # Guarded here: a failure to start the writer (say, at interpreter shutdown) must not undo the change
@@ -364,7 +414,7 @@ class TelemetryCollector:
 
     # -- reading -----------------------------------------------------------------------------------------------
     def has_records(self) -> bool:
-        return bool(self._tasks)
+        return bool(self._tasks) or bool(self.pending)
 
     def open_task_count(self) -> int:
         return len(self._open)
@@ -376,6 +426,7 @@ class TelemetryCollector:
         """A consistent plain-data copy of the session: lists are copied under the lock, records are shared
         (finished records are never changed; open ones only have values reassigned, never keys added)."""
         with self._lock:
+            self.materialize()
             tasks = []
             for task in self._tasks:
                 copy = dict(task)
@@ -404,6 +455,7 @@ class TelemetryCollector:
         changes nothing) while a task is open, since open tasks' records must stay in one file. The implicit task
         is closed instead of waited for: it stays open for as long as records arrive outside any task."""
         with self._lock:
+            self.materialize()
             if any(not task.get("implicit") for task in self._open.values()):
                 return None
             for task in list(self._open.values()):

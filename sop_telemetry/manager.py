@@ -77,6 +77,7 @@ class TelemetryManager:
         self._halt = threading.Event()  # set by shutdown(): ends the writer's pause between writes at once
         self._stopped = False
         self._writer: Optional[threading.Thread] = None
+        self._writer_running = False  # set by _start_writer, cleared by the writer thread as it ends
         self._written_generation = -1
         self._cleanup_done = False
         self._atexit_registered = False
@@ -142,8 +143,14 @@ class TelemetryManager:
             from .otel import LiveOtlpExporter
 
             self._otlp = LiveOtlpExporter(endpoint=cfg.otlp_endpoint, cost=self._prices.cost)
+            self._otlp.collect = self._materialize
         except Exception as exc:  # noqa: BLE001 - e.g. ImportError without the otel extra
             get_error_handler().record_error("otlp.setup", exc)
+
+    def _materialize(self) -> None:
+        collector = self._collector
+        if collector is not None:
+            collector.materialize()
 
     def _task_ended(self, session_id: str, task: dict) -> None:
         otlp = self._otlp
@@ -330,8 +337,7 @@ class TelemetryManager:
                 if not self._atexit_registered:
                     atexit.register(self._at_exit)
                     self._atexit_registered = True
-        writer = self._writer
-        if writer is None or not writer.is_alive():
+        if not self._writer_running:  # (a flag, not Thread.is_alive(): this runs twice in every agent run)
             self._start_writer()
         if urgent:
             self._wake.set()
@@ -343,9 +349,20 @@ class TelemetryManager:
             if self._writer is not None and self._writer.is_alive():
                 return
             self._writer = threading.Thread(target=self._writer_loop, name="sop_telemetry-writer", daemon=True)
-            self._writer.start()
+            self._writer_running = True
+            try:
+                self._writer.start()
+            except BaseException:
+                self._writer_running = False
+                raise
 
     def _writer_loop(self) -> None:
+        try:
+            self._write_until_stopped()
+        finally:
+            self._writer_running = False
+
+    def _write_until_stopped(self) -> None:
         while not self._stopped:
             interval = self._config.flush_interval if self._config is not None else 30.0
             self._wake.wait(interval)
@@ -461,6 +478,7 @@ class TelemetryManager:
             self._write_pending()
             if not collector.has_records():
                 return None  # rolled over while we waited for the lock: the new session is still empty
+            collector.materialize()  # queued events are changes too (they bump the generation when built)
             generation = collector.generation
             if generation == self._written_generation and not (final or force):
                 return None
@@ -516,6 +534,7 @@ class TelemetryManager:
             collector = self._collector
             if collector is None or not collector.has_records() or self.read_only:
                 return
+            collector.materialize()
             for task in list(collector._open.values()):
                 if task.get("implicit"):
                     collector.close_task(task, TaskStatus.COMPLETED)
@@ -560,6 +579,7 @@ class TelemetryManager:
         self._wake = threading.Event()
         self._halt = threading.Event()
         self._writer = None
+        self._writer_running = False
         self._written_generation = -1
         self._pending = []
         self._environment = None  # it holds the parent's pid

@@ -471,6 +471,10 @@ class LiveOtlpExporter:
         self._cost = cost
         self._batch_spans = max(1, batch_spans)
         self._environment = _this_process()
+        # Called by `flush` first: a run's task ends (and is submitted here) when the collector builds the records
+        # of its queued events (sop_telemetry.collector), usually on the writer thread; the manager points this at
+        # that step, so that a flush also covers runs that have returned but are still queued.
+        self.collect: Optional[Callable[[], None]] = None
         self._init_state()
         _live.add(self)
 
@@ -592,6 +596,8 @@ class LiveOtlpExporter:
 
     def flush(self, timeout: float) -> bool:
         """Waits up to `timeout` seconds until every queued task has been sent (or has failed)."""
+        if self.collect is not None:
+            self.collect()
         with self._cond:
             return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
 

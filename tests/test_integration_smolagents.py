@@ -366,6 +366,60 @@ def test_delegating_calls_are_counted_once(manager):
         ("child", 10, False), ("streamer", 10, True)]
 
 
+def test_a_tool_subclass_calling_super_is_one_call_and_a_tool_calling_a_tool_is_two(manager):
+    class Loud(SlowEcho):
+        name = "loud"
+
+        def __call__(self, *args, **kwargs):  # wrapped by sop_telemetry too; calls the wrapped Tool.__call__
+            return super().__call__(*args, **kwargs).upper()
+
+    class Twice(SlowEcho):
+        name = "twice"
+
+        def __init__(self):
+            super().__init__()
+            self.inner = SlowEcho()
+
+        def forward(self, text: str) -> str:
+            return self.inner(text=text) + self.inner(text=text)
+
+    model = ScriptedModel([call("loud", text="a"), call("twice", text="b"), call("final_answer", answer="done")])
+    ToolCallingAgent(tools=[Loud(), Twice()], model=model, verbosity_level=0).run("echo")
+    (task,) = written_session(manager)["tasks"]
+    assert [(t["tool_name"], t["step_number"]) for t in task["tools"]] == [
+        ("loud", 1), ("slow_echo", 2), ("slow_echo", 2), ("twice", 2), ("final_answer", 3)]
+
+
+def test_records_are_built_after_the_run_and_building_them_does_not_wake_the_writer(manager):
+    collector = manager.get_collector()
+    told = []
+    collector._on_change = told.append  # the manager's hook: starts and wakes the writer thread
+    model = ScriptedModel([call("add", a=1, b=2), call("final_answer", answer="3")])
+    assert ToolCallingAgent(tools=[add], model=model, verbosity_level=0).run("add") == "3"
+    # The run queued what it saw and told the manager twice: a task began (False), a task ended (True, urgent).
+    assert told == [False, True]
+    assert collector.pending and collector.has_records()
+    collector.materialize()
+    assert not collector.pending and told == [False, True]  # opening and closing the task while building: silent
+    (task,) = collector.snapshot()["tasks"]
+    assert (task["status"], len(task["llm_calls"]), len(task["tools"]), len(task["steps"])) == ("completed", 2, 2, 2)
+
+
+def test_a_manual_record_made_inside_an_agent_run_names_the_agent(manager):
+    class Reporter(SlowEcho):
+        name = "reporter"
+
+        def forward(self, text: str) -> str:
+            manager.get_collector().record_llm_call("side-model", prompt_tokens=3, completion_tokens=4)
+            return text
+
+    model = ScriptedModel([call("reporter", text="x"), call("final_answer", answer="done")])
+    ToolCallingAgent(tools=[Reporter()], model=model, verbosity_level=0, name="boss").run("report")
+    (task,) = written_session(manager)["tasks"]
+    side = [c for c in task["llm_calls"] if c["model"] == "side-model"]
+    assert [(c["agent_name"], c["total_tokens"]) for c in side] == [("boss", 7)]
+
+
 def test_duck_typed_model_used_by_an_agent_is_counted(manager):
     class Duck:  # not a smolagents Model at all
         model_id = "duck-1"
@@ -454,6 +508,7 @@ def test_agent_behaves_identically_with_telemetry(manager, uninstrumented, monke
         monkeypatch.setattr(TelemetryCollector, "open_task", broken)
     assert _observe(scenario) == expected
     if mode == "broken":
+        manager.get_collector().materialize()  # records (and so these failures) are built after the run
         assert get_error_handler().total_errors() > 0
     if mode == "disabled":
         assert manager.flush_data() is None
@@ -497,10 +552,8 @@ def _patched_attributes():
 
 
 def test_uninstall_restores_the_exact_originals_and_install_is_idempotent(manager):
-    import wrapt
-
     patched = _patched_attributes()
-    assert all(isinstance(value, wrapt.FunctionWrapper) for value in patched.values())
+    assert all(integration._is_ours(value) for value in patched.values())
     assert integration.install() is True  # a second install changes nothing
     assert _patched_attributes() == patched
 
@@ -509,7 +562,7 @@ def test_uninstall_restores_the_exact_originals_and_install_is_idempotent(manage
         restored = _patched_attributes()
         assert set(restored) == set(patched)
         for key, value in restored.items():
-            assert not isinstance(value, wrapt.FunctionWrapper), key
+            assert not integration._is_ours(value), key
             assert value is patched[key].__wrapped__, key
         assert "__init_subclass__" not in vars(Model)
         integration.uninstall()  # idempotent
@@ -518,10 +571,10 @@ def test_uninstall_restores_the_exact_originals_and_install_is_idempotent(manage
             def generate(self, messages, **kwargs):
                 return ChatMessage(role=MessageRole.ASSISTANT, content="")
 
-        assert not isinstance(vars(Later)["generate"], wrapt.FunctionWrapper)
+        assert not integration._is_ours(vars(Later)["generate"])
     finally:
         integration.install()
-    assert isinstance(vars(Later)["generate"], wrapt.FunctionWrapper)  # re-install reaches later classes too
+    assert integration._is_ours(vars(Later)["generate"])  # re-install reaches later classes too
     assert _patched_attributes().keys() == patched.keys()
 
 
@@ -544,9 +597,9 @@ def test_import_order_does_not_matter(tmp_path, order):
     if order == "smolagents-first":
         imports.reverse()
     code = "; ".join(imports) + (
-        "; import wrapt; from smolagents.models import Model; from smolagents.agents import MultiStepAgent"
-        "; print(isinstance(vars(Model)['generate'], wrapt.FunctionWrapper),"
-        " isinstance(vars(MultiStepAgent)['run'], wrapt.FunctionWrapper))"
+        "; from sop_telemetry.integrations.smolagents import _is_ours"
+        "; from smolagents.models import Model; from smolagents.agents import MultiStepAgent"
+        "; print(_is_ours(vars(Model)['generate']), _is_ours(vars(MultiStepAgent)['run']))"
     )
     assert _python(code, tmp_path) == "True True"
 
@@ -574,7 +627,6 @@ def test_content_is_not_recorded_by_default_and_kept_truncated_when_opted_in(man
 
 def test_unsupported_smolagents_version_is_left_alone_with_one_warning(manager, monkeypatch, caplog):
     import smolagents
-    import wrapt
 
     integration.uninstall()
     monkeypatch.setattr(smolagents, "__version__", "1.12.0")
@@ -583,14 +635,14 @@ def test_unsupported_smolagents_version_is_left_alone_with_one_warning(manager, 
         with caplog.at_level("WARNING", logger="sop_telemetry"):
             assert integration.install() is False
             assert integration.install() is False
-        assert not isinstance(vars(Model)["generate"], wrapt.FunctionWrapper)
+        assert not integration._is_ours(vars(Model)["generate"])
         assert [r.getMessage() for r in caplog.records].count(
             "sop_telemetry: smolagents 1.12.0 is outside the supported range (>=1.23,<1.27); it is not instrumented"
         ) == 1
     finally:
         monkeypatch.undo()
         integration.install()
-    assert isinstance(vars(Model)["generate"], wrapt.FunctionWrapper)
+    assert integration._is_ours(vars(Model)["generate"])
 
 
 def test_disable_before_first_use_survives_lazy_initialization(storage_dir, monkeypatch):

@@ -31,6 +31,7 @@ from smolagents import ToolCallingAgent
 
 from sop_telemetry.collector import TelemetryCollector
 from sop_telemetry.error_handler import get_error_handler
+from sop_telemetry.integrations import _smolagents_records as records
 from sop_telemetry.integrations import smolagents as integration
 from sop_telemetry.manager import TelemetryManager
 from sop_telemetry.storage import TelemetryDataStore, parse_session
@@ -63,37 +64,56 @@ def assert_counted_and_logged_once(caplog: pytest.LogCaptureFixture, min_count: 
 
 
 # -- every internal step raising in turn --------------------------------------------------------------------------
-# (owner, attribute): what a run goes through, from the wrappers down to the disk.
+# (owner, attribute): what a run goes through, from the wrappers down to the disk. On the agent's thread the
+# wrappers queue events (`integration._queue_*`, which are guards themselves, so the faults go into what they call);
+# the records are built from the queue by `records.*`, when the collector materializes it (the writer, a reader).
 FAULT_POINTS = {
     "collector.add": (TelemetryCollector, "add"),
     "collector.open_task": (TelemetryCollector, "open_task"),
     "collector.close_task": (TelemetryCollector, "close_task"),
+    "collector.open_fallback_task": (TelemetryCollector, "open_fallback_task"),
+    "collector.materialize": (TelemetryCollector, "materialize"),
     "collector.snapshot": (TelemetryCollector, "snapshot"),
     "collector.snapshot_with_open_ids": (TelemetryCollector, "snapshot_with_open_ids"),
     "collector.build_session": (TelemetryCollector, "build_session"),
-    "collector.next_id": (integration, "next_id"),
-    "collector.clip": (integration, "clip"),
     "manager.get_collector": (TelemetryManager, "get_collector"),
     "manager._on_change": ("the live collector", "_on_change"),  # bound into the collector when it is made
     "manager._write": (TelemetryManager, "_write"),
     "manager._build_current": (TelemetryManager, "_build_current"),
     "manager._session_text": (TelemetryManager, "_session_text"),
     "storage.write": (TelemetryDataStore, "write"),
-    "integration._record_llm": (integration, "_record_llm"),
-    "integration._record_tool": (integration, "_record_tool"),
-    "integration._record_step": (integration, "_record_step"),
+    "integration._collector": (integration, "_collector"),
+    "integration._outside": (integration, "_outside"),
+    "integration._queue": (integration, "_queue"),
+    "integration._error": (integration, "_error"),
     "integration._begin_run": (integration, "_begin_run"),
     "integration._end_run": (integration, "_end_run"),
     "integration._trace_run_stream": (integration, "_trace_run_stream"),
     "integration._ensure_model_class": (integration, "_ensure_model_class"),
     "integration._Usage.add": (integration._Usage, "add"),
-    "integration._step_number": (integration, "_step_number"),
+    "records.begin_run": (records, "begin_run"),
+    "records.end_run": (records, "end_run"),
+    "records.record_llm": (records, "record_llm"),
+    "records.record_tool": (records, "record_tool"),
+    "records.record_step": (records, "record_step"),
+    "records.remember_credentials": (records, "remember_credentials"),
+    "records.tokens": (records, "tokens"),
+    "records.next_id": (records, "next_id"),
+    "records.clip": (records, "clip"),
 }
 # Fault points a scenario never reaches (asserted below, so that the matrix cannot quietly go hollow).
+_ERRORS = ("tool_calling", "failing_model", "failing_callback", "direct_calls")  # where something raises
 NOT_REACHED = (
     {("integration._trace_run_stream", s) for s in SCENARIOS if s != "stream"}
     | {("integration._Usage.add", s) for s in SCENARIOS if s not in ("stream", "direct_calls")}
-    | {(f"integration.{p}", "direct_calls") for p in ("_begin_run", "_end_run", "_record_step", "_ensure_model_class")}
+    | {("integration._error", s) for s in SCENARIOS if s not in _ERRORS}
+    | {(p, s) for p in ("collector.open_fallback_task", "integration._outside") for s in SCENARIOS
+       if s != "direct_calls"}
+    | {(p, "direct_calls") for p in ("integration._begin_run", "integration._end_run", "integration._queue",
+                                     "records.begin_run",
+                                     "records.end_run",
+                                     "records.record_step", "records.remember_credentials",
+                                     "integration._ensure_model_class")}
 )
 
 
@@ -132,9 +152,10 @@ def test_a_failing_internal_step_never_changes_the_run(manager, monkeypatch, cap
 
 def test_repeated_faults_are_logged_once_not_once_per_call(manager, monkeypatch, caplog):
     caplog.set_level(logging.WARNING, logger="sop_telemetry")
-    monkeypatch.setattr(integration, "_record_llm", lambda *a: (_ for _ in ()).throw(Injected("again")))
+    monkeypatch.setattr(records, "record_llm", lambda *a: (_ for _ in ()).throw(Injected("again")))
     for _ in range(5):
         assert_same_outcome(uninstrumented(SCENARIOS["tool_calling"]), SCENARIOS["tool_calling"]())
+    manager.get_collector().materialize()  # the records (and so the faults) of the last runs may still be queued
     summary = assert_counted_and_logged_once(caplog, min_count=15)
     assert summary["smolagents.model"]["count"] == 15  # 3 model calls per run
 

@@ -7,47 +7,67 @@ Usage::
     integration.uninstall()                    # every patched attribute back to the original object
     integration.install()
 
-What is patched (all through wrapt, all undone by `uninstall()`):
+What is patched (all undone by `uninstall()`):
 - `run` of MultiStepAgent and of every subclass that defines its own: a top-level run is a task, a run inside
   another run (a managed agent) is an AgentExecution nested under its parent. `run(stream=True)` returns a proxy of
   the generator that ends the task when the generator is exhausted, closed, raises or is dropped.
 - `_finalize_step` of MultiStepAgent: called by smolagents at the end of every planning, action and max-steps step
   with the finished memory step, so one hook sees every step's timing and error.
 - `generate` / `generate_stream` of Model and of every subclass that defines them, including subclasses created
-  later (an `__init_subclass__` hook) and model classes first seen on an agent. A context flag makes a call that
+  later (an `__init_subclass__` hook) and model classes first seen on an agent. A per-thread flag makes a call that
   delegates to another patched method (super().generate, generate_stream -> generate) count once.
-- `__call__` of Tool and of every subclass that defines it.
+- `__call__` of Tool and of every subclass that defines it (a subclass's that calls super() counts once).
 - `local_python_executor.timeout` (smolagents >= 1.24): it runs CodeAgent code on a fresh thread without copying
   the context; the patch runs that code in a copy of the caller's context, so tools and managed agents called from
   code know their task, agent and step.
 
-Every wrapper checks `switch.enabled` first and then calls the original; bookkeeping runs in guards that count and
-log errors and never raise. The original's result and exception pass through untouched.
+Why plain functions and not `wrapt.FunctionWrapper`: a FunctionWrapper in a class builds a bound wrapper object at
+every attribute access and calls through it; on a 21-step ToolCallingAgent run with a scripted model, wrappers that
+did nothing but call the original added 1.6% to the run as FunctionWrappers and nothing measurable as plain
+functions (the two timed side by side in one process, as in benchmarks/, section 1). Each patch here is
+a function closing over the original, marked as ours, with `functools.update_wrapper` (so `__wrapped__`, the name
+and the signature are the original's); `uninstall()` restores by identity as before. wrapt is still what proxies
+the generator of `run(stream=True)`.
+
+Every wrapper checks `switch.enabled` first and then calls the original. What it records is queued, not built: a
+tuple of timestamps and the objects at hand goes on the collector's queue, and the record dicts are built later by
+`_smolagents_records` (see TelemetryCollector.materialize). The queuing is guarded (counted, logged once, never
+raised); the original's result and exception pass through untouched.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import random
 import sys
 import threading
 import time
-from contextvars import ContextVar, copy_context
-from types import GeneratorType
+from contextvars import copy_context
+from types import FunctionType, GeneratorType
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..collector import Frame, clip, current, next_id, switch
+from ..collector import Frame, clip, current, switch
+from ..error_handler import get_error_handler
 from ..error_handler import guard as _safe
 from ..manager import TelemetryManager
-from ..status import CallStatus, TaskStatus
+from ..status import TaskStatus
+from . import _smolagents_records as records
 
 logger = logging.getLogger("sop_telemetry")
 
 SUPPORTED_VERSIONS = ((1, 23), (1, 27))  # >= 1.23 (copies context into tool threads), < 1.27 (tested up to 1.26)
 
-_in_model: ContextVar[bool] = ContextVar("sop_telemetry_in_model", default=False)
-_active_tool: ContextVar[Any] = ContextVar("sop_telemetry_active_tool", default=None)
+
+class _ModelCall(threading.local):
+    """Set while this thread is inside a recorded model call, so that one that delegates to another patched method
+    (super().generate, generate_stream -> generate, a model wrapping a model) counts once. Per thread rather than
+    a context variable: setting a ContextVar allocates a new context each time (≈0.5 µs a call inside a run), and
+    model calls are synchronous, so a thread is exactly one chain of them."""
+
+    busy = False
+
+
+_model_call = _ModelCall()
 
 _lock = threading.RLock()
 _installed = False
@@ -56,138 +76,134 @@ _warned_version = False
 _patched: List[Tuple[Any, str, Any, Any]] = []
 _seen_model_classes: set = set()
 _ABSENT = object()
+_MARK = "__sop_telemetry_wrapper__"
 _perf = time.perf_counter
 _now = time.time
-# The hot path writes these plain strings: an Enum member's `.value` is a descriptor call, ~0.2 µs each time.
-_SUCCESS = CallStatus.SUCCESS.value
-_RUNNING = TaskStatus.RUNNING.value
+# Wall-clock time minus perf_counter: a call's start is its perf_counter reading plus this (one clock read a call
+# instead of two). Taken again when a top-level run begins and for every call outside a run, so that a change of
+# the system clock reaches the records within a run.
+_epoch = _now() - _perf()
+_COMPLETED, _CANCELLED, _FAILED = TaskStatus.COMPLETED, TaskStatus.CANCELLED, TaskStatus.FAILED
 
 
-# -- guarded bookkeeping -------------------------------------------------------------------------------------------
+# -- queuing -------------------------------------------------------------------------------------------------------
+# Each wrapper queues one event per call. For a model reply or a tool result (the calls an agent makes dozens of
+# times a run) the wrapper does it in its own body rather than through `_queue_llm` / `_queue_tool`, which serve the
+# rarer cases (errors, streams, content capture): inside a run, smolagents' own work leaves our code cache-cold, and
+# every extra Python call there costs close to a microsecond.
 def _collector() -> Any:
     return TelemetryManager.get_instance().get_collector()
 
 
-def _attr(obj: Any, name: str) -> Any:
-    """`getattr(obj, name, None)` that also survives a property raising something other than AttributeError: the
-    objects read here (models, tools, their replies, usage) come from user code, and one odd attribute must cost
-    that one value, not the whole record, nor ever an exception outside a guard."""
-    try:
-        return getattr(obj, name, None)
-    except Exception:  # noqa: BLE001
-        return None
+def _outside(frame: Optional[Frame]) -> Any:
+    """The collector for a call made in no agent run's frame; with no task at all, the implicit task is opened now
+    (inside a task that happened when the task was opened), which also starts the writer and hooks exit."""
+    global _epoch
+    _epoch = _now() - _perf()
+    collector = _collector()
+    if frame is None:
+        collector.open_fallback_task()
+    return collector
 
 
-def _model_name(model: Any) -> str:
-    model_id = _attr(model, "model_id")
-    return (clip(model_id, 200) if model_id is not None else None) or type(model).__name__
+def _queue(collector: Any, event: tuple) -> None:
+    pending = collector.pending
+    pending.append(event)
+    if len(pending) >= collector.pending_limit:
+        collector.materialize()
 
 
-def _int_or_none(value: Any) -> Optional[int]:
-    if value.__class__ is int:
-        return value  # the usual case; bool (an int subclass) is not a count and takes the path below
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return int(value)
-    except Exception:  # noqa: BLE001 - NaN, a str that is not a number, an __int__ that raises
-        return None
+def _failed(operation: str, exc: Exception) -> None:
+    get_error_handler().record_error(operation, exc)
 
 
-def _error_fields(rec: dict, exc: Optional[BaseException], limit: int) -> None:
-    if exc is not None:
-        rec["status"] = CallStatus.ERROR.value
-        rec["error_type"] = type(exc).__name__
-        rec["error_message"] = clip(exc, limit)
-
-
-def _step_number(frame: Optional[Frame]) -> Optional[int]:
-    if frame is None or frame.owner is None:
-        return None
-    number = _attr(frame.owner, "step_number")
-    return number if isinstance(number, int) else None
-
-
-def _tokens(usage: Any) -> Tuple[Optional[int], Optional[int], Optional[int], bool]:
-    """(prompt, completion, total, reported) from a usage object. One guarded block reads all three attributes (the
-    hot path: one call instead of six); an attribute that raises sends it through `_attr` one by one."""
-    try:
-        prompt, completion = usage.input_tokens, usage.output_tokens
-        total = getattr(usage, "total_tokens", None)
-    except Exception:  # noqa: BLE001 - AttributeError or a property raising: read each one carefully
-        prompt, completion = _attr(usage, "input_tokens"), _attr(usage, "output_tokens")
-        total = _attr(usage, "total_tokens")
-    if prompt.__class__ is not int:
-        prompt = _int_or_none(prompt)
-    if completion.__class__ is not int:
-        completion = _int_or_none(completion)
-    if prompt is None and completion is None:
-        return None, None, None, False
-    if total.__class__ is not int:
-        total = _int_or_none(total)
-    if total is None:
-        total = (prompt or 0) + (completion or 0)
-    return prompt, completion, total, True
+def _error(exc: BaseException, collector: Any) -> Tuple[str, Optional[str]]:
+    # Taken at once: the exception holds its traceback (and every frame's locals) for as long as it is kept.
+    return type(exc).__name__, clip(exc, collector.max_string_length)
 
 
 # -- model calls ---------------------------------------------------------------------------------------------------
-def _record_llm(model: Any, frame: Optional[Frame], start: float, duration: float, usage: Any,
-                exc: Optional[BaseException], streamed: bool, content: Any = None) -> None:
-    collector = _collector()
-    if usage is not None:
-        prompt, completion, total, reported = _tokens(usage)
-    else:
-        prompt = completion = total = None
-        reported = False
-    agent = frame.agent if frame is not None else None
-    rec = {
-        "call_id": next_id("c"),
-        "model": _model_name(model),
-        "start_time": start,
-        "end_time": start + duration,
-        "duration": duration,
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": total,
-        "tokens_reported": reported,
-        "status": _SUCCESS,
-        "error_type": None,
-        "error_message": None,
-        "streamed": streamed,
-        "purpose": None,
-        "agent_name": agent["agent_name"] if agent is not None else None,
-        "agent_id": agent["agent_id"] if agent is not None else None,
-        "step_number": _step_number(frame),
-    }
-    if exc is not None:
-        _error_fields(rec, exc, collector.max_string_length)
-    if collector.capture_content and content is not None:
-        # (args, kwargs, reply) of the call, unpacked only here: with capture off the hot path reads nothing.
-        args, kwargs, reply = content
-        messages = args[0] if args else kwargs.get("messages")
-        last = messages[-1] if isinstance(messages, (list, tuple)) and messages else None
-        rec["input_preview"] = clip(getattr(last, "content", last), collector.max_string_length)
-        rec["output_preview"] = clip(_attr(reply, "content"), collector.max_string_length)
-    if collector.add("llm_calls", rec, frame) and agent is not None:
-        frame.calls_since_step.append(rec)  # type: ignore[union-attr]
-
-
-def _wrap_generate(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-    if not switch.enabled or _in_model.get():
-        return wrapped(*args, **kwargs)
-    token = _in_model.set(True)
-    start = _now()
-    t0 = _perf()
+def _queue_llm(model: Any, frame: Optional[Frame], start: float, duration: float, usage: Any,
+               exc: Optional[BaseException], streamed: bool, content: Any = None) -> None:
     try:
-        result = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        _safe("smolagents.model", _record_llm, instance, current.get(), start, _perf() - t0, None, exc, False)
-        raise
-    finally:
-        _in_model.reset(token)
-    _safe("smolagents.model", _record_llm, instance, current.get(), start, _perf() - t0,
-          _attr(result, "token_usage"), None, False, (args, kwargs, result))
-    return result
+        collector = frame.collector if frame is not None else None
+        if collector is None:
+            collector = _outside(frame)
+        try:
+            model_id = model.model_id
+        except Exception:  # noqa: BLE001 - duck-typed models may have none
+            model_id = None
+        try:
+            # The agent's step counter now: it moves on as the run goes, so it cannot be read later.
+            step = frame.owner.step_number  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - no frame, no agent, or a user's agent class that makes this anything
+            step = None
+        previews = None
+        if content is not None and collector.capture_content:
+            previews = _llm_previews(content, collector.max_string_length)
+        pending = collector.pending
+        pending.append(("smolagents.model", records.record_llm, frame, model, model_id, step, start, duration,
+                        usage, None if exc is None else _error(exc, collector), streamed, previews))
+        if len(pending) >= collector.pending_limit:
+            collector.materialize()
+    except Exception as error:  # noqa: BLE001 - this is the guard
+        _failed("smolagents.model", error)
+
+
+def _llm_previews(content: Any, limit: int) -> Tuple[Optional[str], Optional[str]]:
+    # (args, kwargs, reply) of the call, read only with capture on, and at once (the messages are the agent's).
+    args, kwargs, reply = content
+    messages = args[0] if args else kwargs.get("messages")
+    last = messages[-1] if isinstance(messages, (list, tuple)) and messages else None
+    return clip(getattr(last, "content", last), limit), clip(records.attr(reply, "content"), limit)
+
+
+def _generate_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
+    def generate(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not switch.enabled or _model_call.busy:
+            return original(self, *args, **kwargs)
+        _model_call.busy = True
+        t0 = _perf()
+        try:
+            result = original(self, *args, **kwargs)
+        except BaseException as exc:
+            _queue_llm(self, current.get(), t0 + _epoch, _perf() - t0, None, exc, False)
+            raise
+        finally:
+            _model_call.busy = False
+        duration = _perf() - t0
+        start = t0 + _epoch
+        # The usual case, `_queue_llm` written out (see "queuing" above); content capture takes the general path.
+        try:
+            frame = current.get()
+            collector = frame.collector if frame is not None else None
+            if collector is None:
+                collector = _outside(frame)
+            try:
+                usage = result.token_usage
+            except Exception:  # noqa: BLE001 - a reply without usage (or whose property raises): not reported
+                usage = None
+            if collector.capture_content:
+                _queue_llm(self, frame, start, duration, usage, None, False, (args, kwargs, result))
+                return result
+            try:
+                model_id = self.model_id
+            except Exception:  # noqa: BLE001
+                model_id = None
+            try:
+                step = frame.owner.step_number  # type: ignore[union-attr]
+            except Exception:  # noqa: BLE001
+                step = None
+            pending = collector.pending
+            pending.append(("smolagents.model", records.record_llm, frame, self, model_id, step, start, duration,
+                            usage, None, False, None))
+            if len(pending) >= collector.pending_limit:
+                collector.materialize()
+        except Exception as error:  # noqa: BLE001 - this is the guard
+            _failed("smolagents.model", error)
+        return result
+
+    return generate
 
 
 class _Usage:
@@ -201,12 +217,15 @@ class _Usage:
         self.output_tokens: Optional[int] = None
 
     def add(self, usage: Any) -> None:
-        inp = _int_or_none(_attr(usage, "input_tokens"))
-        out = _int_or_none(_attr(usage, "output_tokens"))
+        inp = records.int_or_none(records.attr(usage, "input_tokens"))
+        out = records.int_or_none(records.attr(usage, "output_tokens"))
         if inp is not None:
             self.input_tokens = (self.input_tokens or 0) + inp
         if out is not None:
             self.output_tokens = (self.output_tokens or 0) + out
+
+    def reported(self) -> Optional["_Usage"]:
+        return self if self.input_tokens is not None or self.output_tokens is not None else None
 
 
 def _traced_stream(iterator: Any, model: Any, frame: Optional[Frame], start: float, t0: float) -> Any:
@@ -216,14 +235,14 @@ def _traced_stream(iterator: Any, model: Any, frame: Optional[Frame], start: flo
     try:
         while True:
             # Flagged while the model produces a delta, so that a generate_stream built on generate counts once.
-            token = _in_model.set(True)
+            was, _model_call.busy = _model_call.busy, True
             try:
                 delta = next(iterator)
             except StopIteration:
                 return
             finally:
-                _in_model.reset(token)
-            delta_usage = _attr(delta, "token_usage")
+                _model_call.busy = was
+            delta_usage = records.attr(delta, "token_usage")
             if delta_usage is not None:
                 _safe("smolagents.model_stream", usage.add, delta_usage)
             yield delta
@@ -235,255 +254,194 @@ def _traced_stream(iterator: Any, model: Any, frame: Optional[Frame], start: flo
                 close()
         raise
     finally:
-        reported = usage.input_tokens is not None or usage.output_tokens is not None
-        _safe("smolagents.model_stream", _record_llm, model, frame, start, _perf() - t0,
-              usage if reported else None, exc, True)
+        _queue_llm(model, frame, start, _perf() - t0, usage.reported(), exc, True)
 
 
-def _wrap_generate_stream(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-    if not switch.enabled or _in_model.get():
-        return wrapped(*args, **kwargs)
-    token = _in_model.set(True)
-    start = _now()
-    t0 = _perf()
-    try:
-        stream = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        _safe("smolagents.model_stream", _record_llm, instance, current.get(), start, _perf() - t0, None, exc, True)
-        raise
-    finally:
-        _in_model.reset(token)
-    if not hasattr(stream, "__next__"):
-        # Not an iterator (a list of deltas, say): count it now and hand back the very same object.
-        def count_now() -> None:
-            usage = _Usage()
-            for delta in stream:
-                delta_usage = _attr(delta, "token_usage")
-                if delta_usage is not None:
-                    usage.add(delta_usage)
-            reported = usage.input_tokens is not None or usage.output_tokens is not None
-            _record_llm(instance, current.get(), start, _perf() - t0, usage if reported else None, None, True)
+def _generate_stream_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
+    def generate_stream(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not switch.enabled or _model_call.busy:
+            return original(self, *args, **kwargs)
+        _model_call.busy = True
+        start = _now()
+        t0 = _perf()
+        try:
+            stream = original(self, *args, **kwargs)
+        except BaseException as exc:
+            _queue_llm(self, current.get(), start, _perf() - t0, None, exc, True)
+            raise
+        finally:
+            _model_call.busy = False
+        if not hasattr(stream, "__next__"):
+            # Not an iterator (a list of deltas, say): count it now and hand back the very same object.
+            def count_now() -> None:
+                usage = _Usage()
+                for delta in stream:
+                    delta_usage = records.attr(delta, "token_usage")
+                    if delta_usage is not None:
+                        usage.add(delta_usage)
+                _queue_llm(self, current.get(), start, _perf() - t0, usage.reported(), None, True)
 
-        _safe("smolagents.model_stream", count_now)
-        return stream
-    return _traced_stream(stream, instance, current.get(), start, t0)
+            _safe("smolagents.model_stream", count_now)
+            return stream
+        return _traced_stream(stream, self, current.get(), start, t0)
+
+    return generate_stream
 
 
 # -- tool calls ----------------------------------------------------------------------------------------------------
-def _record_tool(tool: Any, start: float, duration: float, exc: Optional[BaseException],
-                 content: Any = None) -> None:
-    collector = _collector()
-    frame = current.get()
-    agent = frame.agent if frame is not None else None
-    name = _attr(tool, "name")
-    rec = {
-        "call_id": next_id("c"),
-        "tool_name": name if isinstance(name, str) and name else type(tool).__name__,
-        "start_time": start,
-        "end_time": start + duration,
-        "duration": duration,
-        "status": _SUCCESS,
-        "error_type": None,
-        "error_message": None,
-        "agent_name": agent["agent_name"] if agent is not None else None,
-        "agent_id": agent["agent_id"] if agent is not None else None,
-        "step_number": _step_number(frame),
-    }
-    if exc is not None:
-        _error_fields(rec, exc, collector.max_string_length)
-    if collector.capture_content and content is not None:
-        args, kwargs, result = content
-        kwargs = {k: v for k, v in kwargs.items() if k != "sanitize_inputs_outputs"}
-        rec["arguments_preview"] = clip(kwargs if not args else (args, kwargs), collector.max_string_length)
-        rec["output_preview"] = clip(result, collector.max_string_length)
-    if collector.add("tools", rec, frame) and agent is not None:
-        frame.tools_since_step.append(rec)  # type: ignore[union-attr]
-
-
-def _wrap_tool_call(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-    # A subclass's __call__ that calls super().__call__ on the same tool is one call, not two.
-    if not switch.enabled or _active_tool.get() is instance:
-        return wrapped(*args, **kwargs)
-    token = _active_tool.set(instance)
-    start = _now()
-    t0 = _perf()
+def _queue_tool(tool: Any, frame: Optional[Frame], start: float, duration: float, exc: Optional[BaseException],
+                content: Any = None) -> None:
     try:
-        result = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        _safe("smolagents.tool", _record_tool, instance, start, _perf() - t0, exc)
-        raise
-    finally:
-        _active_tool.reset(token)
-    _safe("smolagents.tool", _record_tool, instance, start, _perf() - t0, None, (args, kwargs, result))
-    return result
+        collector = frame.collector if frame is not None else None
+        if collector is None:
+            collector = _outside(frame)
+        try:
+            name = tool.name
+        except Exception:  # noqa: BLE001 - read as the type's name when built
+            name = None
+        try:
+            step = frame.owner.step_number  # type: ignore[union-attr] - see _queue_llm
+        except Exception:  # noqa: BLE001
+            step = None
+        previews = None
+        if content is not None and collector.capture_content:
+            previews = _tool_previews(content, collector.max_string_length)
+        pending = collector.pending
+        pending.append(("smolagents.tool", records.record_tool, frame, tool, name, step, start, duration,
+                        None if exc is None else _error(exc, collector), previews))
+        if len(pending) >= collector.pending_limit:
+            collector.materialize()
+    except Exception as error:  # noqa: BLE001 - this is the guard
+        _failed("smolagents.tool", error)
+
+
+def _tool_previews(content: Any, limit: int) -> Tuple[Optional[str], Optional[str]]:
+    args, kwargs, result = content
+    kwargs = {k: v for k, v in kwargs.items() if k != "sanitize_inputs_outputs"}
+    return clip(kwargs if not args else (args, kwargs), limit), clip(result, limit)
+
+
+def _tool_call_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not switch.enabled:
+            return original(self, *args, **kwargs)
+        # A subclass's __call__ that calls super().__call__ is one call, not two: the wrapper Python looks up on the
+        # tool's class records it, and ours further up the chain pass it through. (A type check, not a context
+        # flag: no state to set and reset per call.)
+        outer = type(self).__call__
+        if outer is not __call__ and _is_ours(outer):
+            return original(self, *args, **kwargs)
+        t0 = _perf()
+        try:
+            result = original(self, *args, **kwargs)
+        except BaseException as exc:
+            _queue_tool(self, current.get(), t0 + _epoch, _perf() - t0, exc)
+            raise
+        duration = _perf() - t0
+        start = t0 + _epoch
+        # The usual case, `_queue_tool` written out (see "queuing" above); content capture takes the general path.
+        try:
+            frame = current.get()
+            collector = frame.collector if frame is not None else None
+            if collector is None:
+                collector = _outside(frame)
+            if collector.capture_content:
+                _queue_tool(self, frame, start, duration, None, (args, kwargs, result))
+                return result
+            try:
+                name = self.name
+            except Exception:  # noqa: BLE001
+                name = None
+            try:
+                step = frame.owner.step_number  # type: ignore[union-attr]
+            except Exception:  # noqa: BLE001
+                step = None
+            pending = collector.pending
+            pending.append(("smolagents.tool", records.record_tool, frame, self, name, step, start, duration, None,
+                            None))
+            if len(pending) >= collector.pending_limit:
+                collector.materialize()
+        except Exception as error:  # noqa: BLE001 - this is the guard
+            _failed("smolagents.tool", error)
+        return result
+
+    return __call__
+
+
+# -- steps ---------------------------------------------------------------------------------------------------------
+def _finalize_step_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
+    def _finalize_step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not switch.enabled:
+            return original(self, *args, **kwargs)
+        frame = current.get()
+        if frame is None or frame.owner is not self:
+            return original(self, *args, **kwargs)
+        # smolagents finalizes a step in a `finally`: when a step dies of an error it re-raises (a model failure,
+        # AgentGenerationError), that error is on its way out, not on the step object, and only sys.exc_info()
+        # has it.
+        unwinding = sys.exc_info()[1]
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            try:
+                step = args[0] if args else kwargs.get("memory_step")
+                try:
+                    error = step.error
+                except Exception:  # noqa: BLE001 - planning and final-answer steps have none
+                    error = None
+                if error is None and unwinding is not frame.outer_error:
+                    error = unwinding
+                if error is not None and type(error).__name__ == "AgentMaxStepsError":
+                    frame.max_steps = True
+                try:
+                    number = self.step_number  # see _queue_llm
+                except Exception:  # noqa: BLE001
+                    number = None
+                collector = frame.collector or _outside(frame)
+                pending = collector.pending
+                pending.append(("smolagents.step", records.record_step, frame, step, error, number))
+                if len(pending) >= collector.pending_limit:
+                    collector.materialize()
+            except Exception as exc:  # noqa: BLE001 - this is the guard
+                _failed("smolagents.step", exc)
+
+    return _finalize_step
 
 
 # -- agent runs ----------------------------------------------------------------------------------------------------
-def _remember_credentials(model: Any) -> None:
-    """A model's key (`api_key` or `token` on LiteLLM-style models, in `client_kwargs` on OpenAI, Azure, Bedrock and
-    Inference Providers models) is masked in session files: a failed call's error message may quote it."""
-    from ..environment import looks_secret, remember_secret
-
-    for name in ("api_key", "token"):
-        remember_secret(_attr(model, name))
-    kwargs = _attr(model, "client_kwargs")
-    if isinstance(kwargs, dict):
-        for name, value in list(kwargs.items()):
-            if isinstance(name, str) and looks_secret(name):
-                remember_secret(value)
-
-
 def _begin_run(agent: Any, args: tuple, kwargs: dict, parent: Optional[Frame]) -> Frame:
-    collector = _collector()
-    model = _attr(agent, "model")
-    if model is not None:
-        _ensure_model_class(type(model))
-        _remember_credentials(model)
-    agent_type = type(agent).__name__
-    name = _attr(agent, "name")
-    agent_name = name if isinstance(name, str) and name else agent_type
-    now = _now()
-    if parent is None:
-        description = args[0] if args else kwargs.get("task", "")
-        # Unique, not secret: the Mersenne Twister (reseeded in forked children) costs no system call per run.
-        task = collector.open_task(f"{agent_name}-{random.getrandbits(48):012x}", description, start=now)
-    else:
-        task = parent.task
-    rec = {
-        "agent_id": next_id("a"),
-        "agent_type": agent_type,
-        "agent_name": agent_name,
-        "parent_agent_id": parent.agent["agent_id"] if parent is not None and parent.agent is not None else None,
-        "model": _model_name(model) if model is not None else None,
-        "start_time": now,
-        "end_time": None,
-        "duration": None,
-        "status": _RUNNING,
-        "error_type": None,
-        "error_message": None,
-        "steps": 0,
-        "max_steps_reached": False,
-    }
-    frame = Frame(task, rec, owner=agent, parent=parent)
+    global _epoch
+    collector = parent.collector if parent is not None and parent.collector is not None else _collector()
+    try:
+        model = agent.model
+    except Exception:  # noqa: BLE001 - an agent class without one
+        model = None
+    if model is not None and type(model) not in _seen_model_classes:
+        _ensure_model_class(type(model))  # before the model is called: its class may need patching
+    frame = Frame(None, None, owner=agent, parent=parent, collector=collector)
     frame.outer_error = sys.exc_info()[1]
-    collector.add("agents", rec, frame)
+    description = args[0] if args else kwargs.get("task", "")
+    _queue(collector, ("smolagents.run", records.begin_run, frame, agent, model, description, _now()))
+    if model is not None:
+        _queue(collector, ("smolagents.run", records.remember_credentials, model))
+    if parent is None:
+        _epoch = _now() - _perf()
+        collector.changed(False)  # a task is starting: the writer runs (every flush_interval) and exit is hooked
     return frame
 
 
 def _end_run(frame: Frame, exc: Optional[BaseException]) -> None:
-    collector = _collector()
-    now = _now()
-    rec = frame.agent
-    assert rec is not None
+    collector = frame.collector
     if exc is None:
-        status = TaskStatus.COMPLETED
-    elif isinstance(exc, (GeneratorExit, KeyboardInterrupt)):
-        status = TaskStatus.CANCELLED
+        status, error = _COMPLETED, None
+    elif isinstance(exc, GeneratorExit):
+        status, error = _CANCELLED, None
     else:
-        status = TaskStatus.FAILED
-    rec["end_time"] = now
-    rec["duration"] = max(0.0, now - rec["start_time"])
-    rec["status"] = status.value
-    if exc is not None and not isinstance(exc, GeneratorExit):
-        rec["error_type"] = type(exc).__name__
-        rec["error_message"] = clip(exc, collector.max_string_length)
-    # Calls made after the last finalized step (e.g. a run that failed outside a step) keep their step number.
-    frame.calls_since_step = []
-    frame.tools_since_step = []
-    frame.dropped_since_step = {}
+        status = _CANCELLED if isinstance(exc, KeyboardInterrupt) else _FAILED
+        error = _error(exc, collector)
+    _queue(collector, ("smolagents.run", records.end_run, frame, _now(), status, error))
     if frame.parent is None:
-        extra = {"stop_reason": "max_steps"} if rec["max_steps_reached"] else {}
-        collector.close_task(frame.task, status, error=None if isinstance(exc, GeneratorExit) else exc,
-                             end=now, **extra)
-
-
-def _record_step(frame: Frame, step: Any, unwinding: Optional[BaseException] = None) -> None:
-    kind = type(step).__name__
-    if kind == "FinalAnswerStep":
-        return  # carries only the output; the action step that produced it is already recorded
-    collector = _collector()
-    agent = frame.agent
-    assert agent is not None
-    try:
-        # One guarded block for the step's attributes (the hot path); a property that raises sends them through
-        # `_attr` one by one, so it costs only its own value.
-        error = getattr(step, "error", None)
-        step_number = getattr(step, "step_number", None)
-        timing = getattr(step, "timing", None)
-        start = getattr(timing, "start_time", None)
-        end = getattr(timing, "end_time", None)
-        is_final = getattr(step, "is_final_answer", None)
-        code = getattr(step, "code_action", None)
-    except Exception:  # noqa: BLE001
-        error, step_number, timing = _attr(step, "error"), _attr(step, "step_number"), _attr(step, "timing")
-        start, end = _attr(timing, "start_time"), _attr(timing, "end_time")
-        is_final, code = _attr(step, "is_final_answer"), _attr(step, "code_action")
-    if error is None:
-        error = unwinding
-    if kind == "PlanningStep":
-        step_type, number = "planning", _step_number(frame)
-    else:
-        number = step_number
-        if not isinstance(number, int):
-            number = _step_number(frame)
-        if error is not None and type(error).__name__ == "AgentMaxStepsError":
-            step_type = "final_answer"
-            agent["max_steps_reached"] = True
-        else:
-            step_type = "action"
-    calls, frame.calls_since_step = frame.calls_since_step, []
-    tools, frame.tools_since_step = frame.tools_since_step, []
-    dropped, frame.dropped_since_step = frame.dropped_since_step, {}
-    prompt, completion = dropped.get("prompt_tokens", 0), dropped.get("completion_tokens", 0)
-    for call in calls:
-        call["purpose"] = step_type
-        call["step_number"] = number
-        prompt += call["prompt_tokens"] or 0
-        completion += call["completion_tokens"] or 0
-    for tool in tools:
-        tool["step_number"] = number
-    now = _now()
-    start = start if isinstance(start, (int, float)) else now
-    end = end if isinstance(end, (int, float)) else now
-    rec = {
-        "step_type": step_type,
-        "step_number": number,
-        "agent_name": agent["agent_name"],
-        "agent_id": agent["agent_id"],
-        "start_time": start,
-        "end_time": end,
-        "duration": max(0.0, end - start),
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "llm_calls": len(calls) + dropped.get("llm_calls", 0),
-        "tool_calls": len(tools) + dropped.get("tools", 0),
-        "error_type": type(error).__name__ if error is not None else None,
-        "error_message": clip(error, collector.max_string_length) if error is not None else None,
-        "is_final_answer": bool(is_final),
-    }
-    collector.add("steps", rec, frame)
-    agent["steps"] += 1
-    if isinstance(code, str) and code:
-        metrics = frame.task["code_changes"]
-        metrics["code_actions"] += 1
-        metrics["code_lines"] += code.count("\n") + 1
-
-
-def _wrap_finalize_step(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-    if not switch.enabled:
-        return wrapped(*args, **kwargs)
-    frame = current.get()
-    if frame is None or frame.owner is not instance:
-        return wrapped(*args, **kwargs)
-    # smolagents finalizes a step in a `finally`: when a step dies of an error it re-raises (a model failure,
-    # AgentGenerationError), that error is on its way out, not on the step object, and only sys.exc_info() has it.
-    unwinding = sys.exc_info()[1]
-    try:
-        return wrapped(*args, **kwargs)
-    finally:
-        step = args[0] if args else kwargs.get("memory_step")
-        _safe("smolagents.step", _record_step, frame, step,
-              None if unwinding is frame.outer_error else unwinding)
+        collector.changed(True)  # the task is over: the writer builds its records and writes the file now
 
 
 def _traced_run_class() -> type:
@@ -557,84 +515,103 @@ def _trace_run_stream(gen: Any, frame: Frame) -> Any:
     return _traced_run(gen, frame)
 
 
-def _wrap_run(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-    if not switch.enabled:
-        return wrapped(*args, **kwargs)
-    parent = current.get()
-    if parent is not None and parent.owner is instance:
-        return wrapped(*args, **kwargs)  # a subclass's run calling super().run: one run
-    frame = _safe("smolagents.run", _begin_run, instance, args, kwargs, parent)
-    if frame is None:
-        return wrapped(*args, **kwargs)
-    token = current.set(frame)
-    try:
-        result = wrapped(*args, **kwargs)
-    except BaseException as exc:
+def _run_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
+    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not switch.enabled:
+            return original(self, *args, **kwargs)
+        parent = current.get()
+        if parent is not None and parent.owner is self:
+            return original(self, *args, **kwargs)  # a subclass's run calling super().run: one run
+        frame = _safe("smolagents.run", _begin_run, self, args, kwargs, parent)
+        if frame is None:
+            return original(self, *args, **kwargs)
+        token = current.set(frame)
+        try:
+            result = original(self, *args, **kwargs)
+        except BaseException as exc:
+            current.reset(token)
+            _safe("smolagents.run", _end_run, frame, exc)
+            raise
         current.reset(token)
-        _safe("smolagents.run", _end_run, frame, exc)
-        raise
-    current.reset(token)
-    if isinstance(result, GeneratorType):
-        traced = _safe("smolagents.run", _trace_run_stream, result, frame)
-        if traced is not None:
-            return traced
-    _safe("smolagents.run", _end_run, frame, None)
-    return result
+        if isinstance(result, GeneratorType):
+            traced = _safe("smolagents.run", _trace_run_stream, result, frame)
+            if traced is not None:
+                return traced
+        _safe("smolagents.run", _end_run, frame, None)
+        return result
+
+    return run
 
 
 # -- CodeAgent's executor thread -----------------------------------------------------------------------------------
-def _wrap_timeout(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-    decorator = wrapped(*args, **kwargs)
-    if not switch.enabled:
-        return decorator
+def _run_in(ctx: Any, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return ctx.run(func, *args, **kwargs)
 
-    def in_caller_context(func: Callable[..., Any]) -> Callable[..., Any]:
-        # The context is copied per call, on the calling thread, and travels to the worker as an argument.
-        inner = decorator(functools.wraps(func)(lambda ctx, *a, **k: ctx.run(func, *a, **k)))
 
-        @functools.wraps(func)
-        def call(*a: Any, **k: Any) -> Any:
-            return inner(copy_context(), *a, **k)
+def _timeout_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
+    def timeout(*args: Any, **kwargs: Any) -> Any:
+        decorator = original(*args, **kwargs)
+        if not switch.enabled:
+            return decorator
+        # smolagents applies this to each piece of code it runs, so nothing here copies metadata (functools.wraps
+        # costs a few µs, per step); the context is copied per call, on the calling thread, and travels to the
+        # worker thread as an argument.
+        run_in = decorator(_run_in)
 
-        return call
+        def in_caller_context(func: Callable[..., Any]) -> Callable[..., Any]:
+            def call(*a: Any, **k: Any) -> Any:
+                return run_in(copy_context(), func, *a, **k)
 
-    return in_caller_context
+            return call
+
+        return in_caller_context
+
+    return timeout
 
 
 # -- patching ------------------------------------------------------------------------------------------------------
 _CLASS_TARGETS: Dict[str, Dict[str, Callable[..., Any]]] = {
-    "Model": {"generate": _wrap_generate, "generate_stream": _wrap_generate_stream},
-    "Tool": {"__call__": _wrap_tool_call},
-    "MultiStepAgent": {"run": _wrap_run, "_finalize_step": _wrap_finalize_step},
+    "Model": {"generate": _generate_wrapper, "generate_stream": _generate_stream_wrapper},
+    "Tool": {"__call__": _tool_call_wrapper},
+    "MultiStepAgent": {"run": _run_wrapper, "_finalize_step": _finalize_step_wrapper},
 }
-_OUR_WRAPPERS = {w for targets in _CLASS_TARGETS.values() for w in targets.values()} | {_wrap_timeout}
 
 
 def _is_ours(obj: Any) -> bool:
-    import wrapt
-
-    return isinstance(obj, wrapt.FunctionWrapper) and getattr(obj, "_self_wrapper", None) in _OUR_WRAPPERS
+    return getattr(obj, _MARK, False) is True
 
 
-def _wrap(owner: Any, attr: str, wrapper: Callable[..., Any]) -> None:
-    import wrapt
+def _as_method(value: Any) -> Callable[..., Any]:
+    """The original as a function of (self, *args, **kwargs). A plain function already is; anything else in a
+    class's dict (a callable object, another library's wrapper) is looked up as Python would on an instance."""
+    if type(value) is FunctionType:  # (not isinstance: a wrapt proxy of a function claims to be one)
+        return value
+    get = getattr(type(value), "__get__", None)
+    if get is None:
+        return lambda self, *args, **kwargs: value(*args, **kwargs)
+    return lambda self, *args, **kwargs: get(value, self, type(self))(*args, **kwargs)
 
+
+def _wrap(owner: Any, attr: str, factory: Callable[..., Any], method: bool = True) -> None:
     current_value = vars(owner).get(attr, _ABSENT)
     if current_value is _ABSENT or _is_ours(current_value) or not callable(current_value):
         return
-    wrapt.wrap_function_wrapper(owner, attr, wrapper)
-    _patched.append((owner, attr, current_value, vars(owner)[attr]))
+    ours = factory(_as_method(current_value) if method else current_value)
+    try:
+        functools.update_wrapper(ours, current_value)
+    except Exception:  # noqa: BLE001 - an original with odd metadata: ours keeps its own, it still wraps
+        pass
+    setattr(ours, _MARK, True)
+    setattr(owner, attr, ours)
+    _patched.append((owner, attr, current_value, ours))
     logger.debug("sop_telemetry: patched %s.%s", getattr(owner, "__qualname__", owner), attr)
 
 
 def _unwrap(owner: Any, attr: str, original: Any, ours: Any) -> None:
     """Puts `original` back only if what is there now is what we installed: if someone patched on top of us,
     removing our layer would also remove theirs."""
-    import wrapt
-
     now = vars(owner).get(attr, _ABSENT)
-    # (wrapt 2's FunctionWrapper derives from its C ObjectProxy, not from `wrapt.ObjectProxy`: check the former.)
-    if now is not ours or not (isinstance(now, wrapt.FunctionWrapper) or attr == "__init_subclass__"):
+    if now is not ours:
         logger.debug("sop_telemetry: %s.%s was changed by someone else; left as is", owner, attr)
         return
     if original is _ABSENT:
@@ -732,7 +709,7 @@ def install() -> bool:
                     _patch_class(cls, _CLASS_TARGETS[key])
                 _install_subclass_hook(base, _CLASS_TARGETS[key])
             if callable(getattr(local_python_executor, "timeout", None)):
-                _wrap(local_python_executor, "timeout", _wrap_timeout)
+                _wrap(local_python_executor, "timeout", _timeout_wrapper, method=False)
         except BaseException:
             _undo_all()
             raise

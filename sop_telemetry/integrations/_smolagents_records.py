@@ -1,0 +1,255 @@
+"""The records of the smolagents instrumentation, built from the events its wrappers queue.
+
+Usage (what `TelemetryCollector.materialize()` does with each queued event)::
+
+    from sop_telemetry.integrations._smolagents_records import record_tool
+    record_tool(collector, frame, tool, "add", 3, start, duration, None, None)
+
+The wrappers in `smolagents.py` keep the agent's thread to the minimum: timestamps, the objects they were handed and
+the values that change as the run goes on (the step number, the error). Everything else (opening the task, reading
+token usage, clipping names, building the record dicts, matching calls to their step, closing the task) happens
+here, later, usually on the writer thread after the task has ended. A run's frame gets its task and agent record
+when its `begin_run` event is built, which comes before any event of that run. The collector calls these in the order the events were queued, under its
+lock and each one under the guard named in its event.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Optional, Tuple
+
+from ..collector import Frame, clip, next_id
+from ..status import CallStatus, TaskStatus
+
+_SUCCESS = CallStatus.SUCCESS.value
+_ERROR = CallStatus.ERROR.value
+_RUNNING = TaskStatus.RUNNING.value
+
+
+def attr(obj: Any, name: str) -> Any:
+    """`getattr(obj, name, None)` that also survives a property raising something other than AttributeError: the
+    objects read here (models, tools, their replies, usage) come from user code, and one odd attribute must cost
+    that one value, not the whole record."""
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def int_or_none(value: Any) -> Optional[int]:
+    if value.__class__ is int:
+        return value  # the usual case; bool (an int subclass) is not a count and takes the path below
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except Exception:  # noqa: BLE001 - NaN, a str that is not a number, an __int__ that raises
+        return None
+
+
+def tokens(usage: Any) -> Tuple[Optional[int], Optional[int], Optional[int], bool]:
+    """(prompt, completion, total, reported) from a usage object (smolagents' TokenUsage or anything like it)."""
+    prompt, completion = int_or_none(attr(usage, "input_tokens")), int_or_none(attr(usage, "output_tokens"))
+    if prompt is None and completion is None:
+        return None, None, None, False
+    total = int_or_none(attr(usage, "total_tokens"))
+    if total is None:
+        total = (prompt or 0) + (completion or 0)
+    return prompt, completion, total, True
+
+
+def model_name(model: Any, model_id: Any) -> str:
+    return (clip(model_id, 200) if model_id is not None else None) or type(model).__name__
+
+
+def begin_run(collector: Any, frame: Frame, agent: Any, model: Any, description: Any, start: float) -> None:
+    agent_type = type(agent).__name__
+    name = attr(agent, "name")
+    agent_name = name if isinstance(name, str) and name else agent_type
+    parent = frame.parent
+    if parent is None:
+        # Unique, not secret: the Mersenne Twister (reseeded in forked children) costs no system call per run.
+        task = collector.open_task(f"{agent_name}-{random.getrandbits(48):012x}", description, start=start,
+                                   notify=False)
+    else:
+        task = parent.task if parent.task is not None else collector.open_fallback_task()
+    parent_agent = parent.agent if parent is not None else None
+    rec = {
+        "agent_id": next_id("a"),
+        "agent_type": agent_type,
+        "agent_name": agent_name,
+        "parent_agent_id": parent_agent["agent_id"] if parent_agent is not None else None,
+        "model": model_name(model, attr(model, "model_id")) if model is not None else None,
+        "start_time": start,
+        "end_time": None,
+        "duration": None,
+        "status": _RUNNING,
+        "error_type": None,
+        "error_message": None,
+        "steps": 0,
+        "max_steps_reached": False,
+    }
+    frame.task = task
+    frame.agent = rec
+    collector.add("agents", rec, frame)
+
+
+def end_run(collector: Any, frame: Frame, end: float, status: TaskStatus,
+            error: Optional[Tuple[str, Optional[str]]]) -> None:
+    rec = frame.agent
+    if rec is None:
+        return  # its begin_run failed (counted then): nothing to end
+    rec["end_time"] = end
+    rec["duration"] = max(0.0, end - rec["start_time"])
+    rec["status"] = status.value
+    rec["max_steps_reached"] = frame.max_steps
+    if error is not None:
+        rec["error_type"], rec["error_message"] = error
+    if frame.parent is None:
+        extra: dict = {"stop_reason": "max_steps"} if frame.max_steps else {}
+        if error is not None:
+            extra["error_type"], extra["error_message"] = error
+        collector.close_task(frame.task, status, end=end, notify=False, **extra)
+
+
+def record_llm(collector: Any, frame: Optional[Frame], model: Any, model_id: Any, step_number: Optional[int],
+               start: float, duration: float, usage: Any, error: Optional[Tuple[str, str]], streamed: bool,
+               previews: Optional[Tuple[Optional[str], Optional[str]]]) -> None:
+    if usage is not None:
+        prompt, completion, total, reported = tokens(usage)
+    else:
+        prompt = completion = total = None
+        reported = False
+    agent = frame.agent if frame is not None else None
+    rec = {
+        "call_id": next_id("c"),
+        "model": model_name(model, model_id),
+        "start_time": start,
+        "end_time": start + duration,
+        "duration": duration,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": total,
+        "tokens_reported": reported,
+        "status": _SUCCESS if error is None else _ERROR,
+        "error_type": error[0] if error is not None else None,
+        "error_message": error[1] if error is not None else None,
+        "streamed": streamed,
+        "purpose": None,
+        "agent_name": agent["agent_name"] if agent is not None else None,
+        "agent_id": agent["agent_id"] if agent is not None else None,
+        "step_number": step_number if step_number.__class__ is int else None,
+    }
+    if previews is not None:
+        rec["input_preview"], rec["output_preview"] = previews
+    if collector.add("llm_calls", rec, frame) and agent is not None:
+        frame.calls_since_step.append(rec)  # type: ignore[union-attr]
+
+
+def record_tool(collector: Any, frame: Optional[Frame], tool: Any, name: Any, step_number: Optional[int],
+                start: float, duration: float, error: Optional[Tuple[str, str]],
+                previews: Optional[Tuple[Optional[str], Optional[str]]]) -> None:
+    agent = frame.agent if frame is not None else None
+    rec = {
+        "call_id": next_id("c"),
+        "tool_name": clip(name, collector.max_string_length) if isinstance(name, str) and name
+        else type(tool).__name__,
+        "start_time": start,
+        "end_time": start + duration,
+        "duration": duration,
+        "status": _SUCCESS if error is None else _ERROR,
+        "error_type": error[0] if error is not None else None,
+        "error_message": error[1] if error is not None else None,
+        "agent_name": agent["agent_name"] if agent is not None else None,
+        "agent_id": agent["agent_id"] if agent is not None else None,
+        "step_number": step_number if step_number.__class__ is int else None,
+    }
+    if previews is not None:
+        rec["arguments_preview"], rec["output_preview"] = previews
+    if collector.add("tools", rec, frame) and agent is not None:
+        frame.tools_since_step.append(rec)  # type: ignore[union-attr]
+
+
+def record_step(collector: Any, frame: Frame, step: Any, error: Optional[BaseException],
+                agent_step: Optional[int]) -> None:
+    """One finished memory step. `error` is the step's own error or the one it died of; `agent_step` the agent's
+    step counter when the step was finalized (a planning step has no number of its own)."""
+    kind = type(step).__name__
+    if kind == "FinalAnswerStep":
+        return  # carries only the output; the action step that produced it is already recorded
+    if agent_step.__class__ is not int:
+        agent_step = None
+    agent = frame.agent
+    assert agent is not None
+    timing = attr(step, "timing")
+    start, end = attr(timing, "start_time"), attr(timing, "end_time")
+    if kind == "PlanningStep":
+        step_type, number = "planning", agent_step
+    else:
+        number = attr(step, "step_number")
+        if not isinstance(number, int):
+            number = agent_step
+        step_type = "final_answer" if error is not None and type(error).__name__ == "AgentMaxStepsError" \
+            else "action"
+    calls, frame.calls_since_step = frame.calls_since_step, []
+    tools, frame.tools_since_step = frame.tools_since_step, []
+    dropped, frame.dropped_since_step = frame.dropped_since_step, {}
+    prompt, completion = dropped.get("prompt_tokens", 0), dropped.get("completion_tokens", 0)
+    for call in calls:
+        call["purpose"] = step_type
+        call["step_number"] = number
+        prompt += call["prompt_tokens"] or 0
+        completion += call["completion_tokens"] or 0
+    for tool in tools:
+        tool["step_number"] = number
+    if not isinstance(start, (int, float)):
+        start = agent["start_time"]  # a step object without timing (smolagents always sets it): placed at 0 s
+    if not isinstance(end, (int, float)):
+        end = start
+    rec = {
+        "step_type": step_type,
+        "step_number": number,
+        "agent_name": agent["agent_name"],
+        "agent_id": agent["agent_id"],
+        "start_time": start,
+        "end_time": end,
+        "duration": max(0.0, end - start),
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "llm_calls": len(calls) + dropped.get("llm_calls", 0),
+        "tool_calls": len(tools) + dropped.get("tools", 0),
+        "error_type": type(error).__name__ if error is not None else None,
+        "error_message": clip(error, collector.max_string_length) if error is not None else None,
+        "is_final_answer": bool(attr(step, "is_final_answer")),
+    }
+    collector.add("steps", rec, frame)
+    agent["steps"] += 1
+    code = attr(step, "code_action")
+    if isinstance(code, str) and code:
+        metrics = frame.task["code_changes"]
+        metrics["code_actions"] += 1
+        metrics["code_lines"] += code.count("\n") + 1
+
+
+_last_credentials: Optional[tuple] = None
+
+
+def remember_credentials(collector: Any, model: Any) -> None:
+    """A model's key (`api_key` or `token` on LiteLLM-style models, in `client_kwargs` on OpenAI, Azure, Bedrock and
+    Inference Providers models) is masked in session files: a failed call's error message may quote it. Queued at
+    the start of a run, so it has run before the run's records are written or exported. Runs of one agent pass the
+    same model with the same key again and again: that case is recognized and skipped."""
+    global _last_credentials
+    api_key, token, kwargs = attr(model, "api_key"), attr(model, "token"), attr(model, "client_kwargs")
+    seen = (id(model), api_key, token, id(kwargs), len(kwargs) if isinstance(kwargs, dict) else 0)
+    if seen == _last_credentials:
+        return
+    from ..environment import looks_secret, remember_secret
+
+    remember_secret(api_key)
+    remember_secret(token)
+    if isinstance(kwargs, dict):
+        for name, value in list(kwargs.items()):
+            if isinstance(name, str) and looks_secret(name):
+                remember_secret(value)
+    _last_credentials = seen
