@@ -170,27 +170,24 @@ def record_tool(collector: Any, frame: Optional[Frame], tool: Any, name: Any, st
         frame.tools_since_step.append(rec)  # type: ignore[union-attr]
 
 
-def record_step(collector: Any, frame: Frame, step: Any, error: Optional[BaseException],
-                agent_step: Optional[int]) -> None:
-    """One finished memory step. `error` is the step's own error or the one it died of; `agent_step` the agent's
-    step counter when the step was finalized (a planning step has no number of its own)."""
-    kind = type(step).__name__
+def record_step(collector: Any, frame: Frame, kind: str, start: Any, end: Any, fields: Optional[tuple],
+                error: Optional[Tuple[str, Optional[str]]], agent_step: Optional[int]) -> None:
+    """One finished memory step of type `kind`: its timing, `fields` (step_number, is_final_answer, code_action) when
+    it is an action step, `error` (type name, message) of its own error or the one it died of, `agent_step` the
+    agent's step counter when it was finalized (a planning step has no number of its own)."""
     if kind == "FinalAnswerStep":
         return  # carries only the output; the action step that produced it is already recorded
     if agent_step.__class__ is not int:
         agent_step = None
     agent = frame.agent
     assert agent is not None
-    timing = attr(step, "timing")
-    start, end = attr(timing, "start_time"), attr(timing, "end_time")
+    number, is_final, code = fields if fields is not None else (None, False, None)
     if kind == "PlanningStep":
         step_type, number = "planning", agent_step
     else:
-        number = attr(step, "step_number")
         if not isinstance(number, int):
             number = agent_step
-        step_type = "final_answer" if error is not None and type(error).__name__ == "AgentMaxStepsError" \
-            else "action"
+        step_type = "final_answer" if error is not None and error[0] == "AgentMaxStepsError" else "action"
     calls, frame.calls_since_step = frame.calls_since_step, []
     tools, frame.tools_since_step = frame.tools_since_step, []
     dropped, frame.dropped_since_step = frame.dropped_since_step, {}
@@ -218,13 +215,12 @@ def record_step(collector: Any, frame: Frame, step: Any, error: Optional[BaseExc
         "completion_tokens": completion,
         "llm_calls": len(calls) + dropped.get("llm_calls", 0),
         "tool_calls": len(tools) + dropped.get("tools", 0),
-        "error_type": type(error).__name__ if error is not None else None,
-        "error_message": clip(error, collector.max_string_length) if error is not None else None,
-        "is_final_answer": bool(attr(step, "is_final_answer")),
+        "error_type": error[0] if error is not None else None,
+        "error_message": error[1] if error is not None else None,
+        "is_final_answer": bool(is_final),
     }
     collector.add("steps", rec, frame)
     agent["steps"] += 1
-    code = attr(step, "code_action")
     if isinstance(code, str) and code:
         metrics = frame.task["code_changes"]
         metrics["code_actions"] += 1

@@ -385,21 +385,36 @@ def _finalize_step_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
         finally:
             try:
                 step = args[0] if args else kwargs.get("memory_step")
+                # What the record needs is read now, not the step kept: a step holds the messages the model was
+                # given, which the agent's memory lets go of at its next run.
+                kind = type(step).__name__
                 try:
                     error = step.error
                 except Exception:  # noqa: BLE001 - planning and final-answer steps have none
                     error = None
                 if error is None and unwinding is not frame.outer_error:
                     error = unwinding
-                if error is not None and type(error).__name__ == "AgentMaxStepsError":
-                    frame.max_steps = True
+                collector = frame.collector or _outside(frame)
+                if error is not None:
+                    error = _error(error, collector)
+                    if error[0] == "AgentMaxStepsError":
+                        frame.max_steps = True
+                try:
+                    timing = step.timing
+                    start, end = timing.start_time, timing.end_time
+                except Exception:  # noqa: BLE001 - a step object without timing
+                    start = end = None
+                try:
+                    fields = (step.step_number, step.is_final_answer, step.code_action)
+                except Exception:  # noqa: BLE001 - only action steps have these
+                    fields = None
                 try:
                     number = self.step_number  # see _queue_llm
                 except Exception:  # noqa: BLE001
                     number = None
-                collector = frame.collector or _outside(frame)
                 pending = collector.pending
-                pending.append(("smolagents.step", records.record_step, frame, step, error, number))
+                pending.append(("smolagents.step", records.record_step, frame, kind, start, end, fields, error,
+                                number))
                 if len(pending) >= collector.pending_limit:
                     collector.materialize()
             except Exception as exc:  # noqa: BLE001 - this is the guard
