@@ -3,11 +3,17 @@
 Usage::
 
     from benchmarks.agent_run import run_agent_overhead
-    result = run_agent_overhead("tool_calling", iterations=200, warmup=10)
+    result = run_agent_overhead("tool_calling", iterations=200, warmup=5, repeats=3)
     result["cpu"]["setups"]["sop"]["added_pct"]
 
-All setups live in one process and are switched before every run (the order shuffled per iteration), so each
-iteration gives one paired sample per setup: its run time minus the uninstrumented run's time in the same iteration.
+All setups live in one process and are switched in turn (the order shuffled per iteration), so each iteration gives
+one paired sample per setup: its time minus the uninstrumented run's time in the same iteration. A sample is the
+fastest of a few timed runs (`repeats`). After each switch one untimed run warms the setup up (`Setups.warm_up`):
+moving methods in and out of classes throws away what the interpreter specialized for them, and the first run after
+that is not a typical one. After each timed run of sop_telemetry, whose write of the session is waited for outside
+the timing, one untimed run that writes nothing (`Setups.cool_down`) keeps that write's effect on the caches (about
+1 ms on the next run on this machine) from landing in the next timed run, whichever setup it belongs to; it is
+counted, with the write itself, in ``sop_with_write`` and in the flush section.
 Both the wall time and the process CPU time (every thread) of `agent.run` are taken; the CPU figure is the headline
 because on a shared machine wall time also measures the neighbours. Switching is outside the timed region, and so
 is a young-generation GC (the heap is frozen first, so that collections stay cheap and out of the runs):
@@ -15,7 +21,8 @@ is a young-generation GC (the heap is frozen first, so that collections stay che
 - ``none``: sop_telemetry's integration uninstalled, OpenInference uninstrumented;
 - ``sop``: ``install()``, telemetry enabled; the session file, written by the background thread woken at the task's
   end, is outside the timing (the run returns before it);
-- ``sop_with_write``: the same, timed until that file is written, so the writer's CPU time for the run counts;
+- ``sop_with_write``: the same, timed until that file is written, so the writer's CPU time for the run counts (but
+  not what the write costs the run after it);
 - ``sop_disabled``: ``install()`` then ``disable_telemetry()``;
 - ``openinference`` / ``openinference_batch``: ``SmolagentsInstrumentor().instrument(tracer_provider=...)`` with an
   SDK TracerProvider and an InMemorySpanExporter behind a SimpleSpanProcessor (as the OpenInference docs show, minus
@@ -41,6 +48,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from .fake import ScriptedCodeModel, ScriptedToolModel, code_agent, tool_calling_agent
 from .stats import bootstrap_ci, cpu_time, freeze_heap, median, perf, quiet_gc, trimmed_mean
 
+_ORDER = ("none", "sop", "sop_with_write", "sop_disabled", "openinference", "openinference_batch")
 _ATTRS = ("run", "_step_stream", "_finalize_step", "generate", "generate_stream", "__call__", "__init_subclass__")
 _ABSENT = object()
 
@@ -168,6 +176,34 @@ class Setups:
         self._unspy = lambda: setattr(TelemetryDataStore, "write", original)
         TelemetryDataStore.write = write  # type: ignore[method-assign]
 
+    def warm_up(self, name: str, agent: Any) -> None:
+        """One untimed run after each switch. Moving methods in and out of classes invalidates what the interpreter
+        has specialized for them, so the first run after a switch is not a typical one; and the run before it may
+        have left the caches cold (a session just written by the writer thread costs the next run about 1 ms).
+        sop_telemetry's warm-up run records nothing to disk: its queued events are dropped unbuilt, so that no
+        write lands right before the timed run."""
+        if name in ("sop", "sop_with_write"):
+            from sop_telemetry.storage import new_session_id
+
+            self.manager.read_only = True
+            try:
+                agent.run("Add the numbers.")
+            finally:
+                self.manager.read_only = False
+            collector = self.manager.get_collector()
+            collector.pending.clear()
+            collector.roll_over(new_session_id())
+            return
+        agent.run("Add the numbers.")
+        self.after_run(name)
+
+    def cool_down(self, name: str, agent: Any) -> None:
+        """After a timed run of sop_telemetry (and the write it set off, already waited for): one more run that
+        writes nothing, so that the caches that write disturbed are warm again before the next timed run, as
+        they are after the other setups' runs."""
+        if name in ("sop", "sop_with_write"):
+            self.warm_up(name, agent)
+
     def wait(self, name: str) -> None:
         """Inside the timed region of `sop_with_write`: until the run's session is on disk, so that the writer
         thread's CPU time for it is counted (process CPU time counts every thread)."""
@@ -224,9 +260,12 @@ class Setups:
             provider.shutdown()
 
 
-def run_agent_overhead(kind: str, iterations: int, warmup: int, seed: int = 1,
-                       log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
-    """Times `agent.run` for every setup, `iterations` times each, interleaved; returns the figures."""
+def run_agent_overhead(kind: str, iterations: int, warmup: int, repeats: int = 3, openinference_every: int = 4,
+                       seed: int = 1, log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
+    """Times `agent.run` for every setup, interleaved; returns the figures. Each iteration gives every setup one
+    sample: the fastest of `repeats` timed runs, which keeps out most of what this machine's neighbours add to a
+    run (the noise only ever adds). OpenInference costs tens of times more than the rest, so it is timed on every
+    `openinference_every`-th iteration only; its ratio needs far less precision than sop_telemetry's few percent."""
     skipped = openinference_available()
     if kind == "tool_calling":
         model = ScriptedToolModel(tool_calls=20)
@@ -237,36 +276,38 @@ def run_agent_overhead(kind: str, iterations: int, warmup: int, seed: int = 1,
     setups = Setups([type(model)], use_openinference=skipped is None)
     freeze_heap()
     names = setups.names
-    wall: Dict[str, List[float]] = {n: [] for n in names}
-    cpu: Dict[str, List[float]] = {n: [] for n in names}
+    rows: List[Dict[str, Tuple[float, float]]] = []
     recorded: Dict[str, Dict[str, int]] = {}
     rng = random.Random(seed)
     try:
         for i in range(warmup + iterations):
-            order = list(names)
+            order = [n for n in names if not n.startswith("openinference") or i % openinference_every == 0]
             rng.shuffle(order)
             row: Dict[str, Tuple[float, float]] = {}
             for name in order:
                 setups.activate(name)
-                with quiet_gc():
-                    c0, t0 = cpu_time(), perf()
-                    agent.run("Add the numbers.")
-                    setups.wait(name)
-                    t1, c1 = perf(), cpu_time()
-                row[name] = (t1 - t0, c1 - c0)
-                counts = setups.after_run(name)
-                if counts and name not in recorded:
-                    recorded[name] = counts
+                setups.warm_up(name, agent)
+                best = (float("inf"), float("inf"))
+                for _ in range(repeats):
+                    with quiet_gc():
+                        c0, t0 = cpu_time(), perf()
+                        agent.run("Add the numbers.")
+                        setups.wait(name)
+                        t1, c1 = perf(), cpu_time()
+                    best = (min(best[0], t1 - t0), min(best[1], c1 - c0))
+                    counts = setups.after_run(name)
+                    if counts and name not in recorded:
+                        recorded[name] = counts
+                    setups.cool_down(name, agent)
+                row[name] = best
             if i >= warmup:
-                for name, (w, c) in row.items():
-                    wall[name].append(w)
-                    cpu[name].append(c)
+                rows.append(row)
             if i and i % 50 == 0:
                 log(f"  {kind}: {i}/{warmup + iterations} iterations")
     finally:
         setups.close()
-    out: Dict[str, Any] = {"wall": summarize(wall), "cpu": summarize(cpu), "recorded": recorded,
-                           "runs": len(wall["none"])}
+    out: Dict[str, Any] = {"wall": summarize(rows, 0), "cpu": summarize(rows, 1), "recorded": recorded,
+                           "runs": len(rows), "repeats": repeats, "openinference_every": openinference_every}
     if setups.leftovers:
         out["leftovers_restored"] = setups.leftovers
     if skipped:
@@ -274,20 +315,25 @@ def run_agent_overhead(kind: str, iterations: int, warmup: int, seed: int = 1,
     return out
 
 
-def summarize(times: Dict[str, List[float]]) -> Dict[str, Any]:
-    """Per setup: median and trimmed mean of its run times, and of its paired differences with `none`."""
-    base = times["none"]
-    base_median = median(base)
+def summarize(rows: List[Dict[str, Tuple[float, float]]], which: int) -> Dict[str, Any]:
+    """Per setup: median and trimmed mean of its run times (`which`: 0 wall, 1 CPU), and of its differences with
+    `none` in the same iterations."""
+    base_median = median([row["none"][which] for row in rows])
     setups: Dict[str, Any] = {}
-    for name, values in times.items():
-        entry: Dict[str, Any] = {"median_ms": median(values) * 1e3, "trimmed_mean_ms": trimmed_mean(values) * 1e3}
+    names = {name for row in rows for name in row}
+    for name in sorted(names, key=list(_ORDER).index):
+        values = [row[name][which] for row in rows if name in row]
+        entry: Dict[str, Any] = {"median_ms": median(values) * 1e3, "trimmed_mean_ms": trimmed_mean(values) * 1e3,
+                                 "samples": len(values)}
         if name != "none":
-            diffs = [v - b for v, b in zip(values, base)]
-            added = trimmed_mean(diffs)
+            # The median of the paired differences is the headline (the noise here is skewed: a neighbour only
+            # ever adds time); the trimmed mean is kept beside it.
+            diffs = [row[name][which] - row["none"][which] for row in rows if name in row]
+            added = median(diffs)
             low, high = bootstrap_ci(diffs)
             entry.update(
                 added_ms=added * 1e3,
-                added_ms_median=median(diffs) * 1e3,
+                added_ms_trimmed_mean=trimmed_mean(diffs) * 1e3,
                 added_ms_ci95=[low * 1e3, high * 1e3],
                 added_pct=added / base_median * 100.0,
                 ratio=median(values) / base_median,

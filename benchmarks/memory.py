@@ -7,7 +7,9 @@ Usage::
 
 Bytes per record are measured with tracemalloc on real agent runs (the scripted ToolCallingAgent: 64 records per
 run): memory still allocated after `agent_runs` runs, minus what was allocated after a first run, over the records
-added. The agent's own memory is reset by each run, so what grows is what telemetry holds.
+added. The agent's own memory is reset by each run, so what grows is what telemetry holds. It is measured twice:
+while the runs' events wait in the collector's queue (per event; they wait until the writer runs after a task, or
+until `PENDING_LIMIT` of them are queued), and once their records are built (per record: what a session keeps).
 
 The cap test makes one task of `big_calls` calls (half model calls, half tool calls) inside one agent run; with the
 default `max_records_per_task` (10,000) each kind keeps 10,000 records and counts the rest as dropped. The peak is
@@ -61,15 +63,21 @@ def _per_record(collector: Any, agent_runs: int) -> Dict[str, Any]:
     try:
         agent.run("Add the numbers.")
         gc.collect()
-        before, records_before = tracemalloc.get_traced_memory()[0], _count(collector)
+        records_before = _count(collector)  # (builds the queued records first)
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
         for _ in range(agent_runs):
             agent.run("Add the numbers.")
         gc.collect()
-        after, records_after = tracemalloc.get_traced_memory()[0], _count(collector)
+        queued, events = tracemalloc.get_traced_memory()[0], len(collector.pending)
+        records_after = _count(collector)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
     added = records_after - records_before
     return {"records": added, "bytes": after - before, "bytes_per_record": (after - before) / max(1, added),
+            "queued_events": events, "bytes_per_queued_event": (queued - before) / max(1, events),
             "agent_runs": agent_runs}
 
 

@@ -15,6 +15,11 @@ enabled wrappers see a task, an agent and a step number: the timing loop is the 
 top-level runs of such an agent whose `run` returns at once: each one opens and closes a task. Figures are process
 CPU time per call, the median over batches, variants interleaved batch by batch.
 
+With telemetry enabled a call only queues what it saw; its record is built later, usually on the writer thread
+(sop_telemetry.collector). Both are timed: ``enabled`` is the call itself, on the agent's thread, and
+``built_later_us`` the building of its record, timed per batch (the queue is kept from building any record inside
+the timing loop); ``total_us`` is their sum, what one recorded call costs the process wherever it is paid.
+
 Each batch of calls is its own agent run, so a task holds at most `calls` records (below the per-task cap: dropping
 is a different, rarer path, covered by the memory section). The session is rolled over between batches and the
 background writer is kept asleep (`read_only`) so that writing, measured in the flush section, does not land in
@@ -80,6 +85,7 @@ def run_per_call(calls: int, batches: int, run_calls: int, log: Callable[[str], 
     from smolagents.monitoring import Timing
 
     from sop_telemetry import TelemetryManager
+    from sop_telemetry.collector import PENDING_LIMIT
     from sop_telemetry.integrations import smolagents as integration
     from sop_telemetry.storage import new_session_id
 
@@ -107,6 +113,7 @@ def run_per_call(calls: int, batches: int, run_calls: int, log: Callable[[str], 
     bodies: Dict[str, Callable[[], None]] = {"model_generate": gen, "tool_call": tool, "agent_run": run,
                                              "finalize_step": finalize}
     results: Dict[str, Dict[str, List[float]]] = {name: {v: [] for v in VARIANTS} for name in bodies}
+    built: Dict[str, List[float]] = {name: [] for name in bodies}
     was_read_only = manager.read_only
     manager.read_only = True
     try:
@@ -114,6 +121,9 @@ def run_per_call(calls: int, batches: int, run_calls: int, log: Callable[[str], 
         for round_no in range(batches):
             for variant in VARIANTS:
                 _switch(variant, integration, manager, targets)
+                collector = manager.get_collector()
+                collector.materialize()
+                collector.pending_limit = 10 ** 9  # every record of a batch is built after it, and timed apart
                 for name, body in bodies.items():
                     n = run_calls if name == "agent_run" else calls
                     if name == "agent_run":
@@ -123,7 +133,9 @@ def run_per_call(calls: int, batches: int, run_calls: int, log: Callable[[str], 
                         outer.body = lambda body=body, n=n: per_call_us(body, n, 1)
                         figures = outer.run("timing loop")
                     results[name][variant] += figures
-                collector = manager.get_collector()
+                    if variant == "enabled":
+                        built[name].append(per_call_us(collector.materialize, 1, 1)[0] / n)
+                collector.pending_limit = PENDING_LIMIT
                 if collector.has_records():
                     collector.roll_over(new_session_id())
             if round_no and round_no % 5 == 0:
@@ -140,8 +152,11 @@ def run_per_call(calls: int, batches: int, run_calls: int, log: Callable[[str], 
             **{f"{v}_us": med[v] for v in VARIANTS},
             "wrapt_floor_added_us": med["wrapt"] - med["bare"],
             "disabled_over_floor_us": med["disabled"] - med["wrapt"],
+            "disabled_added_us": med["disabled"] - med["bare"],
             "enabled_added_us": med["enabled"] - med["bare"],
             "enabled_over_floor_us": med["enabled"] - med["wrapt"],
+            "built_later_us": median(built[name]),
+            "total_us": med["enabled"] - med["bare"] + median(built[name]),
             "calls_per_batch": run_calls if name == "agent_run" else calls,
             "batches": batches,
         }

@@ -36,16 +36,17 @@ def trimmed_mean(values: Sequence[float], cut: float = 0.1) -> float:
     return sum(kept) / len(kept)
 
 
-def bootstrap_ci(values: Sequence[float], cut: float = 0.1, rounds: int = 400, seed: int = 7) -> tuple:
-    """A 95% interval for the trimmed mean, by resampling (used to say how sure an overhead figure is)."""
+def bootstrap_ci(values: Sequence[float], statistic: Callable[[Sequence[float]], float] = median, rounds: int = 400,
+                 seed: int = 7) -> tuple:
+    """A 95% interval for `statistic` (the median by default), by resampling: how sure an overhead figure is."""
     import random
 
     if len(values) < 5:
         return (float("nan"), float("nan"))
     rng = random.Random(seed)
     n = len(values)
-    means = sorted(trimmed_mean([values[rng.randrange(n)] for _ in range(n)], cut) for _ in range(rounds))
-    return means[int(rounds * 0.025)], means[int(rounds * 0.975) - 1]
+    stats = sorted(statistic([values[rng.randrange(n)] for _ in range(n)]) for _ in range(rounds))
+    return stats[int(rounds * 0.025)], stats[int(rounds * 0.975) - 1]
 
 
 def freeze_heap() -> None:
