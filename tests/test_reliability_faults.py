@@ -109,8 +109,7 @@ NOT_REACHED = (
     | {("integration._error", s) for s in SCENARIOS if s not in _ERRORS}
     | {(p, s) for p in ("collector.open_fallback_task", "integration._outside") for s in SCENARIOS
        if s != "direct_calls"}
-    | {(p, "direct_calls") for p in ("integration._begin_run", "integration._end_run", "integration._queue",
-                                     "records.begin_run",
+    | {(p, "direct_calls") for p in ("integration._begin_run", "integration._end_run", "records.begin_run",
                                      "records.end_run",
                                      "records.record_step", "records.remember_credentials",
                                      "integration._ensure_model_class")}

@@ -3,7 +3,7 @@
 Usage (what `TelemetryCollector.materialize()` does with each queued event)::
 
     from sop_telemetry.integrations._smolagents_records import record_tool
-    record_tool(collector, frame, tool, "add", 3, start, duration, None, None)
+    record_tool(collector, frame, tool, "add", 3, start, duration, None, None)   # no error, no previews
 
 The wrappers in `smolagents.py` keep the agent's thread to the minimum: timestamps, the objects they were handed and
 the values that change as the run goes on (the step number, the error). Everything else (opening the task, reading
@@ -112,62 +112,50 @@ def end_run(collector: Any, frame: Frame, end: float, status: TaskStatus,
         collector.close_task(frame.task, status, end=end, notify=False, **extra)
 
 
+def _call(frame: Optional[Frame], step_number: Any, start: float, duration: float,
+          error: Optional[Tuple[str, Optional[str]]], previews: Optional[tuple], preview_keys: Tuple[str, str]) -> dict:
+    """The fields a model call and a tool call share."""
+    agent = frame.agent if frame is not None else None
+    rec = {
+        "call_id": next_id("c"),
+        "start_time": start,
+        "end_time": start + duration,
+        "duration": duration,
+        "status": _SUCCESS if error is None else _ERROR,
+        "error_type": error[0] if error is not None else None,
+        "error_message": error[1] if error is not None else None,
+        "agent_name": agent["agent_name"] if agent is not None else None,
+        "agent_id": agent["agent_id"] if agent is not None else None,
+        "step_number": step_number if step_number.__class__ is int else None,
+    }
+    if previews is not None:
+        rec[preview_keys[0]], rec[preview_keys[1]] = previews
+    return rec
+
+
 def record_llm(collector: Any, frame: Optional[Frame], model: Any, model_id: Any, step_number: Optional[int],
-               start: float, duration: float, usage: Any, error: Optional[Tuple[str, str]], streamed: bool,
-               previews: Optional[Tuple[Optional[str], Optional[str]]]) -> None:
+               start: float, duration: float, error: Optional[Tuple[str, Optional[str]]],
+               previews: Optional[tuple], usage: Any, streamed: bool) -> None:
+    rec = _call(frame, step_number, start, duration, error, previews, ("input_preview", "output_preview"))
     if usage is not None:
         prompt, completion, total, reported = tokens(usage)
     else:
         prompt = completion = total = None
         reported = False
-    agent = frame.agent if frame is not None else None
-    rec = {
-        "call_id": next_id("c"),
-        "model": model_name(model, model_id),
-        "start_time": start,
-        "end_time": start + duration,
-        "duration": duration,
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": total,
-        "tokens_reported": reported,
-        "status": _SUCCESS if error is None else _ERROR,
-        "error_type": error[0] if error is not None else None,
-        "error_message": error[1] if error is not None else None,
-        "streamed": streamed,
-        "purpose": None,
-        "agent_name": agent["agent_name"] if agent is not None else None,
-        "agent_id": agent["agent_id"] if agent is not None else None,
-        "step_number": step_number if step_number.__class__ is int else None,
-    }
-    if previews is not None:
-        rec["input_preview"], rec["output_preview"] = previews
-    if collector.add("llm_calls", rec, frame) and agent is not None:
-        frame.calls_since_step.append(rec)  # type: ignore[union-attr]
+    rec.update(model=model_name(model, model_id), prompt_tokens=prompt, completion_tokens=completion,
+               total_tokens=total, tokens_reported=reported, streamed=streamed, purpose=None)
+    if collector.add("llm_calls", rec, frame) and frame is not None and frame.agent is not None:
+        frame.calls_since_step.append(rec)
 
 
 def record_tool(collector: Any, frame: Optional[Frame], tool: Any, name: Any, step_number: Optional[int],
-                start: float, duration: float, error: Optional[Tuple[str, str]],
-                previews: Optional[Tuple[Optional[str], Optional[str]]]) -> None:
-    agent = frame.agent if frame is not None else None
-    rec = {
-        "call_id": next_id("c"),
-        "tool_name": clip(name, collector.max_string_length) if isinstance(name, str) and name
-        else type(tool).__name__,
-        "start_time": start,
-        "end_time": start + duration,
-        "duration": duration,
-        "status": _SUCCESS if error is None else _ERROR,
-        "error_type": error[0] if error is not None else None,
-        "error_message": error[1] if error is not None else None,
-        "agent_name": agent["agent_name"] if agent is not None else None,
-        "agent_id": agent["agent_id"] if agent is not None else None,
-        "step_number": step_number if step_number.__class__ is int else None,
-    }
-    if previews is not None:
-        rec["arguments_preview"], rec["output_preview"] = previews
-    if collector.add("tools", rec, frame) and agent is not None:
-        frame.tools_since_step.append(rec)  # type: ignore[union-attr]
+                start: float, duration: float, error: Optional[Tuple[str, Optional[str]]],
+                previews: Optional[tuple]) -> None:
+    rec = _call(frame, step_number, start, duration, error, previews, ("arguments_preview", "output_preview"))
+    rec["tool_name"] = clip(name, collector.max_string_length) if isinstance(name, str) and name \
+        else type(tool).__name__
+    if collector.add("tools", rec, frame) and frame is not None and frame.agent is not None:
+        frame.tools_since_step.append(rec)
 
 
 def record_step(collector: Any, frame: Frame, kind: str, start: Any, end: Any, fields: Optional[tuple],

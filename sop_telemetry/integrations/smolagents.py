@@ -88,9 +88,9 @@ _COMPLETED, _CANCELLED, _FAILED = TaskStatus.COMPLETED, TaskStatus.CANCELLED, Ta
 
 # -- queuing -------------------------------------------------------------------------------------------------------
 # Each wrapper queues one event per call. For a model reply or a tool result (the calls an agent makes dozens of
-# times a run) the wrapper does it in its own body rather than through `_queue_llm` / `_queue_tool`, which serve the
-# rarer cases (errors, streams, content capture): inside a run, smolagents' own work leaves our code cache-cold, and
-# every extra Python call there costs close to a microsecond.
+# times a run) the wrapper does it in its own body rather than through `_queue_call`, which serves the rarer cases
+# (errors, streams, content capture): inside a run, smolagents' own work leaves our code cache-cold, and every extra
+# Python call there costs close to a microsecond.
 def _collector() -> Any:
     return TelemetryManager.get_instance().get_collector()
 
@@ -123,16 +123,19 @@ def _error(exc: BaseException, collector: Any) -> Tuple[str, Optional[str]]:
 
 
 # -- model calls ---------------------------------------------------------------------------------------------------
-def _queue_llm(model: Any, frame: Optional[Frame], start: float, duration: float, usage: Any,
-               exc: Optional[BaseException], streamed: bool, content: Any = None) -> None:
+def _queue_call(operation: str, builder: Callable[..., None], label: str, previews_of: Callable[..., tuple],
+                obj: Any, frame: Optional[Frame], start: float, duration: float, exc: Optional[BaseException],
+                content: Any, *extra: Any) -> None:
+    """The general path for a model or tool call (errors, streams, content capture): queues `builder`'s event with
+    the call's object and its `label` attribute (model_id, name), the agent's step, times, error and previews."""
     try:
         collector = frame.collector if frame is not None else None
         if collector is None:
             collector = _outside(frame)
         try:
-            model_id = model.model_id
-        except Exception:  # noqa: BLE001 - duck-typed models may have none
-            model_id = None
+            name = getattr(obj, label)
+        except Exception:  # noqa: BLE001 - duck-typed models and odd tools may have none (read as the type's name)
+            name = None
         try:
             # The agent's step counter now: it moves on as the run goes, so it cannot be read later.
             step = frame.owner.step_number  # type: ignore[union-attr]
@@ -140,14 +143,17 @@ def _queue_llm(model: Any, frame: Optional[Frame], start: float, duration: float
             step = None
         previews = None
         if content is not None and collector.capture_content:
-            previews = _llm_previews(content, collector.max_string_length)
-        pending = collector.pending
-        pending.append(("smolagents.model", records.record_llm, frame, model, model_id, step, start, duration,
-                        usage, None if exc is None else _error(exc, collector), streamed, previews))
-        if len(pending) >= collector.pending_limit:
-            collector.materialize()
+            previews = previews_of(content, collector.max_string_length)
+        _queue(collector, (operation, builder, frame, obj, name, step, start, duration,
+                           None if exc is None else _error(exc, collector), previews, *extra))
     except Exception as error:  # noqa: BLE001 - this is the guard
-        _failed("smolagents.model", error)
+        _failed(operation, error)
+
+
+def _queue_llm(model: Any, frame: Optional[Frame], start: float, duration: float, usage: Any,
+               exc: Optional[BaseException], streamed: bool, content: Any = None) -> None:
+    _queue_call("smolagents.model", records.record_llm, "model_id", _llm_previews, model, frame, start, duration,
+                exc, content, usage, streamed)
 
 
 def _llm_previews(content: Any, limit: int) -> Tuple[Optional[str], Optional[str]]:
@@ -173,7 +179,7 @@ def _generate_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
             _model_call.busy = False
         duration = _perf() - t0
         start = t0 + _epoch
-        # The usual case, `_queue_llm` written out (see "queuing" above); content capture takes the general path.
+        # The usual case, `_queue_call` written out (see "queuing" above); content capture takes the general path.
         try:
             frame = current.get()
             collector = frame.collector if frame is not None else None
@@ -196,7 +202,7 @@ def _generate_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
                 step = None
             pending = collector.pending
             pending.append(("smolagents.model", records.record_llm, frame, self, model_id, step, start, duration,
-                            usage, None, False, None))
+                            None, None, usage, False))
             if len(pending) >= collector.pending_limit:
                 collector.materialize()
         except Exception as error:  # noqa: BLE001 - this is the guard
@@ -291,28 +297,8 @@ def _generate_stream_wrapper(original: Callable[..., Any]) -> Callable[..., Any]
 # -- tool calls ----------------------------------------------------------------------------------------------------
 def _queue_tool(tool: Any, frame: Optional[Frame], start: float, duration: float, exc: Optional[BaseException],
                 content: Any = None) -> None:
-    try:
-        collector = frame.collector if frame is not None else None
-        if collector is None:
-            collector = _outside(frame)
-        try:
-            name = tool.name
-        except Exception:  # noqa: BLE001 - read as the type's name when built
-            name = None
-        try:
-            step = frame.owner.step_number  # type: ignore[union-attr] - see _queue_llm
-        except Exception:  # noqa: BLE001
-            step = None
-        previews = None
-        if content is not None and collector.capture_content:
-            previews = _tool_previews(content, collector.max_string_length)
-        pending = collector.pending
-        pending.append(("smolagents.tool", records.record_tool, frame, tool, name, step, start, duration,
-                        None if exc is None else _error(exc, collector), previews))
-        if len(pending) >= collector.pending_limit:
-            collector.materialize()
-    except Exception as error:  # noqa: BLE001 - this is the guard
-        _failed("smolagents.tool", error)
+    _queue_call("smolagents.tool", records.record_tool, "name", _tool_previews, tool, frame, start, duration, exc,
+                content)
 
 
 def _tool_previews(content: Any, limit: int) -> Tuple[Optional[str], Optional[str]]:
@@ -339,7 +325,7 @@ def _tool_call_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
             raise
         duration = _perf() - t0
         start = t0 + _epoch
-        # The usual case, `_queue_tool` written out (see "queuing" above); content capture takes the general path.
+        # The usual case, `_queue_call` written out (see "queuing" above); content capture takes the general path.
         try:
             frame = current.get()
             collector = frame.collector if frame is not None else None
@@ -409,7 +395,7 @@ def _finalize_step_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
                 except Exception:  # noqa: BLE001 - only action steps have these
                     fields = None
                 try:
-                    number = self.step_number  # see _queue_llm
+                    number = self.step_number  # see _queue_call
                 except Exception:  # noqa: BLE001
                     number = None
                 pending = collector.pending
