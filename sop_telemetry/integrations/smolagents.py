@@ -422,11 +422,12 @@ def _begin_run(agent: Any, args: tuple, kwargs: dict, parent: Optional[Frame]) -
     frame = Frame(None, None, owner=agent, parent=parent, collector=collector)
     frame.outer_error = sys.exc_info()[1]
     description = args[0] if args else kwargs.get("task", "")
-    _queue(collector, ("smolagents.run", records.begin_run, frame, agent, model, description, _now()))
+    now = _now()
+    _queue(collector, ("smolagents.run", records.begin_run, frame, agent, model, description, now))
     if model is not None:
         _queue(collector, ("smolagents.run", records.remember_credentials, model))
     if parent is None:
-        _epoch = _now() - _perf()
+        _epoch = now - _perf()
         collector.changed(False)  # a task is starting: the writer runs (every flush_interval) and exit is hooked
     return frame
 
