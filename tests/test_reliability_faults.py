@@ -13,13 +13,14 @@ import errno
 import json
 import logging
 import os
+import queue
 import random
-import select
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List
@@ -430,10 +431,20 @@ def _check_directory_after_kill(storage_dir: Path, calls: int) -> int:
     return len(session.tasks) - 1
 
 
+_line_queues: Dict[int, "queue.Queue[str]"] = {}
+
+
 def _read_line(proc: subprocess.Popen, timeout: float = 60.0) -> str:
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    assert ready, "the child said nothing before the deadline"
-    return proc.stdout.readline().strip()
+    """The child's next line. Read by a thread into a queue: select() on the pipe would miss lines that an earlier
+    readline() already pulled into the file object's buffer (two lines written together), and wait for nothing."""
+    lines = _line_queues.get(proc.pid)
+    if lines is None:
+        lines = _line_queues[proc.pid] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    try:
+        return lines.get(timeout=timeout).strip()
+    except queue.Empty:
+        raise AssertionError("the child said nothing before the deadline") from None
 
 
 @pytest.mark.parametrize("pause", ["write", "replace"])
