@@ -94,6 +94,8 @@ FAULT_POINTS = {
     "integration._Usage.add": (integration._Usage, "add"),
     "records.begin_run": (records, "begin_run"),
     "records.end_run": (records, "end_run"),
+    "records.record_reply": (records, "record_reply"),
+    "records.record_result": (records, "record_result"),
     "records.record_llm": (records, "record_llm"),
     "records.record_tool": (records, "record_tool"),
     "records.record_step": (records, "record_step"),
@@ -108,6 +110,7 @@ NOT_REACHED = (
     {("integration._trace_run_stream", s) for s in SCENARIOS if s != "stream"}
     | {("integration._Usage.add", s) for s in SCENARIOS if s not in ("stream", "direct_calls")}
     | {("integration._error", s) for s in SCENARIOS if s not in _ERRORS}
+    | {("records.record_reply", "stream")}  # (streamed replies are recorded by the general path)
     | {(p, s) for p in ("collector.open_fallback_task", "integration._outside") for s in SCENARIOS
        if s != "direct_calls"}
     | {(p, "direct_calls") for p in ("integration._begin_run", "integration._end_run", "records.begin_run",

@@ -9,8 +9,8 @@ The wrappers in `smolagents.py` keep the agent's thread to the minimum: timestam
 the values that change as the run goes on (the step number, the error). Everything else (opening the task, reading
 token usage, clipping names, building the record dicts, matching calls to their step, closing the task) happens
 here, later, usually on the writer thread after the task has ended. A run's frame gets its task and agent record
-when its `begin_run` event is built, which comes before any event of that run. The collector calls these in the order the events were queued, under its
-lock and each one under the guard named in its event.
+when its `begin_run` event is built, which comes before any event of that run. The collector calls these in the
+order the events were queued, under its lock and each one under the guard named in its event.
 """
 
 from __future__ import annotations
@@ -56,6 +56,12 @@ def tokens(usage: Any) -> Tuple[Optional[int], Optional[int], Optional[int], boo
     if total is None:
         total = (prompt or 0) + (completion or 0)
     return prompt, completion, total, True
+
+
+def error_of(exc: BaseException, collector: Any) -> Tuple[str, Optional[str]]:
+    """(type name, clipped message) of an error; the wrappers take it at once rather than queue the exception,
+    which holds its traceback (and every frame's locals) for as long as it is kept."""
+    return type(exc).__name__, clip(exc, collector.max_string_length)
 
 
 def model_name(model: Any, model_id: Any) -> str:
@@ -146,6 +152,20 @@ def record_llm(collector: Any, frame: Optional[Frame], model: Any, model_id: Any
                total_tokens=total, tokens_reported=reported, streamed=streamed, purpose=None)
     if collector.add("llm_calls", rec, frame) and frame is not None and frame.agent is not None:
         frame.calls_since_step.append(rec)
+
+
+def record_reply(collector: Any, frame: Optional[Frame], model: Any, usage: Any, step_number: Optional[int],
+                 start: float, duration: float) -> None:
+    """A model call that returned, with its model's id read now."""
+    record_llm(collector, frame, model, attr(model, "model_id"), step_number, start, duration, None, None, usage,
+               False)
+
+
+def record_result(collector: Any, frame: Optional[Frame], tool: Any, usage: None, step_number: Optional[int],
+                  start: float, duration: float) -> None:
+    """A tool call that returned, with the tool's name read now (`usage` is always None: the event has the shape
+    of a model reply's)."""
+    record_tool(collector, frame, tool, attr(tool, "name"), step_number, start, duration, None, None)
 
 
 def record_tool(collector: Any, frame: Optional[Frame], tool: Any, name: Any, step_number: Optional[int],

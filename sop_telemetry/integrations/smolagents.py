@@ -26,8 +26,10 @@ every attribute access and calls through it; on a 21-step ToolCallingAgent run w
 did nothing but call the original added 1.6% to the run as FunctionWrappers and nothing measurable as plain
 functions (the two timed side by side in one process, as in benchmarks/, section 1). Each patch here is
 a function closing over the original, marked as ours, with `functools.update_wrapper` (so `__wrapped__`, the name
-and the signature are the original's); `uninstall()` restores by identity as before. wrapt is still what proxies
-the generator of `run(stream=True)`.
+and the signature are the original's); `uninstall()` restores by identity as before. The two called on every step
+(generate and _finalize_step) are generated with the original's own parameters (`_signatures`): what a call
+through the wrapper adds drops from about 300 ns to 60 in a tight loop. wrapt is still what proxies the generator
+of `run(stream=True)`.
 
 Every wrapper checks `switch.enabled` first and then calls the original. What it records is queued, not built: a
 tuple of timestamps and the objects at hand goes on the collector's queue, and the record dicts are built later by
@@ -51,6 +53,7 @@ from ..error_handler import get_error_handler
 from ..error_handler import guard as _safe
 from ..manager import TelemetryManager
 from ..status import TaskStatus
+from . import _signatures
 from . import _smolagents_records as records
 
 logger = logging.getLogger("sop_telemetry")
@@ -87,10 +90,11 @@ _COMPLETED, _CANCELLED, _FAILED = TaskStatus.COMPLETED, TaskStatus.CANCELLED, Ta
 
 
 # -- queuing -------------------------------------------------------------------------------------------------------
-# Each wrapper queues one event per call. For a model reply or a tool result (the calls an agent makes dozens of
-# times a run) the wrapper does it in its own body rather than through `_queue_call`, which serves the rarer cases
-# (errors, streams, content capture): inside a run, smolagents' own work leaves our code cache-cold, and every extra
-# Python call there costs close to a microsecond.
+# Each wrapper queues one event per call. A model reply or a tool result (the calls an agent makes dozens of times
+# a run) goes through `_returned`, which reads only what cannot wait; `_queue_call` serves the rarer cases (errors,
+# streams, content capture). Inside a run, smolagents' own work leaves our code cache-cold, so what counts on this
+# path is how much the wrapper touches, more than how many functions it calls: the wrapper's own call (the
+# arguments passed on, see `_signatures`) is the larger part.
 def _collector() -> Any:
     return TelemetryManager.get_instance().get_collector()
 
@@ -106,6 +110,32 @@ def _outside(frame: Optional[Frame]) -> Any:
     return collector
 
 
+def _returned(operation: str, builder: Callable[..., None], obj: Any, usage: Any, t0: float,
+              duration: float) -> bool:
+    """Queues a call that returned (a model's reply, a tool's result): `_queue_call` cut to what cannot wait; the
+    model's id or the tool's name is read when the record is built. True, with nothing queued, when content is
+    captured: the caller then takes the general path with the call's arguments."""
+    try:
+        frame = current.get()
+        collector = frame.collector if frame is not None else None
+        if collector is None:
+            collector = _outside(frame)
+        if collector.capture_content:
+            return True
+        try:
+            # The agent's step counter now: it moves on as the run goes, so it cannot be read later.
+            step = frame.owner.step_number  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - no frame, no agent, or a user's agent class that makes this anything
+            step = None
+        pending = collector.pending
+        pending.append((operation, builder, frame, obj, usage, step, t0 + _epoch, duration))
+        if len(pending) >= collector.pending_limit:
+            collector.materialize()
+    except Exception as error:  # noqa: BLE001 - this is the guard
+        _failed(operation, error)
+    return False
+
+
 def _queue(collector: Any, event: tuple) -> None:
     pending = collector.pending
     pending.append(event)
@@ -118,8 +148,7 @@ def _failed(operation: str, exc: Exception) -> None:
 
 
 def _error(exc: BaseException, collector: Any) -> Tuple[str, Optional[str]]:
-    # Taken at once: the exception holds its traceback (and every frame's locals) for as long as it is kept.
-    return type(exc).__name__, clip(exc, collector.max_string_length)
+    return records.error_of(exc, collector)
 
 
 # -- model calls ---------------------------------------------------------------------------------------------------
@@ -164,52 +193,47 @@ def _llm_previews(content: Any, limit: int) -> Tuple[Optional[str], Optional[str
     return clip(getattr(last, "content", last), limit), clip(records.attr(reply, "content"), limit)
 
 
-def _generate_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
-    def generate(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not switch.enabled or _model_call.busy:
-            return original(self, *args, **kwargs)
-        _model_call.busy = True
-        t0 = _perf()
+# generate and _finalize_step run on every step, so their wrappers take the original's own parameters
+# (`_signatures`: no packing and unpacking of the arguments, the cheapest call through a wrapper in Python); what
+# they record is done by the functions they call.
+_GENERATE = """
+def make(original):
+    enabled, model_call, perf = switch, _model_call, _perf  # (closure cells: read faster than module globals)
+
+    def generate(PARAMS):
+        if not enabled.enabled or model_call.busy:
+            return original(CALL)
+        model_call.busy = True
+        t0 = perf()
         try:
-            result = original(self, *args, **kwargs)
+            result = original(CALL)
         except BaseException as exc:
-            _queue_llm(self, current.get(), t0 + _epoch, _perf() - t0, None, exc, False)
+            _llm_failed(SELF, t0, exc)
             raise
         finally:
-            _model_call.busy = False
-        duration = _perf() - t0
-        start = t0 + _epoch
-        # The usual case, `_queue_call` written out (see "queuing" above); content capture takes the general path.
-        try:
-            frame = current.get()
-            collector = frame.collector if frame is not None else None
-            if collector is None:
-                collector = _outside(frame)
-            try:
-                usage = result.token_usage
-            except Exception:  # noqa: BLE001 - a reply without usage (or whose property raises): not reported
-                usage = None
-            if collector.capture_content:
-                _queue_llm(self, frame, start, duration, usage, None, False, (args, kwargs, result))
-                return result
-            try:
-                model_id = self.model_id
-            except Exception:  # noqa: BLE001
-                model_id = None
-            try:
-                step = frame.owner.step_number  # type: ignore[union-attr]
-            except Exception:  # noqa: BLE001
-                step = None
-            pending = collector.pending
-            pending.append(("smolagents.model", records.record_llm, frame, self, model_id, step, start, duration,
-                            None, None, usage, False))
-            if len(pending) >= collector.pending_limit:
-                collector.materialize()
-        except Exception as error:  # noqa: BLE001 - this is the guard
-            _failed("smolagents.model", error)
+            model_call.busy = False
+        duration = perf() - t0
+        # (The usage is taken now, not the reply kept: it holds the content and the raw response.)
+        usage = _usage_of(result)
+        if _returned("smolagents.model", records.record_reply, SELF, usage, t0, duration):
+            _queue_llm(SELF, current.get(), t0 + _epoch, duration, usage, None, False, (ARGS, KWARGS, result))
         return result
-
     return generate
+"""
+
+
+def _llm_failed(model: Any, t0: float, exc: BaseException) -> None:
+    _queue_llm(model, current.get(), t0 + _epoch, _perf() - t0, None, exc, False)
+
+
+def _usage_of(result: Any) -> Any:
+    try:
+        return result.token_usage
+    except Exception:  # noqa: BLE001 - a reply without usage (or whose property raises): not reported
+        return None
+
+
+_generate_wrapper = _signatures.factory(_GENERATE, globals())
 
 
 class _Usage:
@@ -308,8 +332,12 @@ def _tool_previews(content: Any, limit: int) -> Tuple[Optional[str], Optional[st
 
 
 def _tool_call_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
+    # (Not generated from a template like generate: Tool.__call__ takes *args and **kwargs itself, so a wrapper
+    # with its parameters passes them on no faster.)
+    enabled, perf = switch, _perf  # (closure cells: read faster than module globals)
+
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not switch.enabled:
+        if not enabled.enabled:
             return original(self, *args, **kwargs)
         # A subclass's __call__ that calls super().__call__ is one call, not two: the wrapper Python looks up on the
         # tool's class records it, and ours further up the chain pass it through. (A type check, not a context
@@ -317,96 +345,82 @@ def _tool_call_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
         outer = type(self).__call__
         if outer is not __call__ and _is_ours(outer):
             return original(self, *args, **kwargs)
-        t0 = _perf()
+        t0 = perf()
         try:
             result = original(self, *args, **kwargs)
         except BaseException as exc:
-            _queue_tool(self, current.get(), t0 + _epoch, _perf() - t0, exc)
+            _queue_tool(self, current.get(), t0 + _epoch, perf() - t0, exc)
             raise
-        duration = _perf() - t0
-        start = t0 + _epoch
-        # The usual case, `_queue_call` written out (see "queuing" above); content capture takes the general path.
-        try:
-            frame = current.get()
-            collector = frame.collector if frame is not None else None
-            if collector is None:
-                collector = _outside(frame)
-            if collector.capture_content:
-                _queue_tool(self, frame, start, duration, None, (args, kwargs, result))
-                return result
-            try:
-                name = self.name
-            except Exception:  # noqa: BLE001
-                name = None
-            try:
-                step = frame.owner.step_number  # type: ignore[union-attr]
-            except Exception:  # noqa: BLE001
-                step = None
-            pending = collector.pending
-            pending.append(("smolagents.tool", records.record_tool, frame, self, name, step, start, duration, None,
-                            None))
-            if len(pending) >= collector.pending_limit:
-                collector.materialize()
-        except Exception as error:  # noqa: BLE001 - this is the guard
-            _failed("smolagents.tool", error)
+        duration = perf() - t0
+        if _returned("smolagents.tool", records.record_result, self, None, t0, duration):
+            _queue_tool(self, current.get(), t0 + _epoch, duration, None, (args, kwargs, result))
         return result
 
     return __call__
 
 
 # -- steps ---------------------------------------------------------------------------------------------------------
-def _finalize_step_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
-    def _finalize_step(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not switch.enabled:
-            return original(self, *args, **kwargs)
-        frame = current.get()
-        if frame is None or frame.owner is not self:
-            return original(self, *args, **kwargs)
+_FINALIZE_STEP = """
+def make(original):
+    enabled, frame_var, exc_info = switch, current, sys.exc_info  # (closure cells: faster than module globals)
+
+    def _finalize_step(PARAMS):
+        if not enabled.enabled:
+            return original(CALL)
+        frame = frame_var.get()
+        if frame is None or frame.owner is not SELF:
+            return original(CALL)
         # smolagents finalizes a step in a `finally`: when a step dies of an error it re-raises (a model failure,
         # AgentGenerationError), that error is on its way out, not on the step object, and only sys.exc_info()
         # has it.
-        unwinding = sys.exc_info()[1]
+        unwinding = exc_info()[1]
         try:
-            return original(self, *args, **kwargs)
+            return original(CALL)
         finally:
-            try:
-                step = args[0] if args else kwargs.get("memory_step")
-                # What the record needs is read now, not the step kept: a step holds the messages the model was
-                # given, which the agent's memory lets go of at its next run.
-                kind = type(step).__name__
-                try:
-                    error = step.error
-                except Exception:  # noqa: BLE001 - planning and final-answer steps have none
-                    error = None
-                if error is None and unwinding is not frame.outer_error:
-                    error = unwinding
-                collector = frame.collector or _outside(frame)
-                if error is not None:
-                    error = _error(error, collector)
-                    if error[0] == "AgentMaxStepsError":
-                        frame.max_steps = True
-                try:
-                    timing = step.timing
-                    start, end = timing.start_time, timing.end_time
-                except Exception:  # noqa: BLE001 - a step object without timing
-                    start = end = None
-                try:
-                    fields = (step.step_number, step.is_final_answer, step.code_action)
-                except Exception:  # noqa: BLE001 - only action steps have these
-                    fields = None
-                try:
-                    number = self.step_number  # see _queue_call
-                except Exception:  # noqa: BLE001
-                    number = None
-                pending = collector.pending
-                pending.append(("smolagents.step", records.record_step, frame, kind, start, end, fields, error,
-                                number))
-                if len(pending) >= collector.pending_limit:
-                    collector.materialize()
-            except Exception as exc:  # noqa: BLE001 - this is the guard
-                _failed("smolagents.step", exc)
-
+            _step_finished(SELF, frame, FIRST, unwinding)
     return _finalize_step
+"""
+
+
+def _step_finished(agent: Any, frame: Frame, step: Any, unwinding: Optional[BaseException]) -> None:
+    """Queues a finished memory step. What the record needs is read now, not the step kept: a step holds the
+    messages the model was given (the whole conversation so far), which the agent's memory lets go of at its next
+    run, while queued events may wait until the task ends."""
+    try:
+        kind = type(step).__name__
+        try:
+            error = step.error
+        except Exception:  # noqa: BLE001 - planning and final-answer steps have none
+            error = None
+        if error is None and unwinding is not None and unwinding is not frame.outer_error:
+            error = unwinding
+        collector = frame.collector or _outside(frame)
+        if error is not None:
+            error = _error(error, collector)
+            if error[0] == "AgentMaxStepsError":
+                frame.max_steps = True
+        try:
+            timing = step.timing
+            start, end = timing.start_time, timing.end_time
+        except Exception:  # noqa: BLE001 - a step object without timing
+            start = end = None
+        try:
+            fields = (step.step_number, step.is_final_answer, step.code_action)
+        except Exception:  # noqa: BLE001 - only action steps have these
+            fields = None
+        try:
+            number = agent.step_number  # see _queue_call
+        except Exception:  # noqa: BLE001
+            number = None
+        pending = collector.pending
+        pending.append(("smolagents.step", records.record_step, frame, kind, start, end, fields, error, number))
+        if len(pending) >= collector.pending_limit:
+            collector.materialize()
+    except Exception as exc:  # noqa: BLE001 - this is the guard
+        _failed("smolagents.step", exc)
+
+
+_finalize_step_wrapper = _signatures.factory(_FINALIZE_STEP, globals(), first_keyword="memory_step")
 
 
 # -- agent runs ----------------------------------------------------------------------------------------------------
