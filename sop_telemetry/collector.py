@@ -62,8 +62,8 @@ switch = _Switch
 class Frame:
     """What a piece of running code records into: a task, and the agent run (if any) inside it."""
 
-    __slots__ = ("task", "agent", "owner", "parent", "collector", "calls_since_step", "tools_since_step",
-                 "dropped_since_step", "outer_error", "max_steps")
+    __slots__ = ("task", "agent", "owner", "parent", "collector", "pending", "limit", "calls_since_step",
+                 "tools_since_step", "dropped_since_step", "outer_error", "max_steps")
 
     def __init__(self, task: Optional[dict], agent: Optional[dict] = None, owner: Any = None,
                  parent: Optional["Frame"] = None, collector: Optional["TelemetryCollector"] = None):
@@ -74,6 +74,14 @@ class Frame:
         self.owner = owner
         self.parent = parent
         self.collector = collector
+        # The collector's queue and its limit, for the wrappers' usual case: read from the frame they already hold
+        # rather than from the collector, one object fewer to reach on every call. None when a call must take the
+        # general path: content is captured (read when the frame is made: a change of `capture_content` applies
+        # from the next run on), or there is no collector.
+        self.pending: Optional[List[tuple]] = None
+        self.limit = 0
+        if collector is not None and not collector.capture_content:
+            self.pending, self.limit = collector.pending, collector.pending_limit
         # The records made by this agent run since its last finished step: a step takes them when it is finalized
         # (steps of one run are sequential, so "since the last step" is exactly "in this step"). Only records the
         # task keeps are listed, so one step with 100,000 calls stays within max_records_per_task; the dropped
