@@ -235,10 +235,28 @@ class Setups:
         if name == "sop_with_write":
             self._await_write()
 
-    def _await_write(self) -> None:
-        if not self._written.wait(timeout=10):
-            raise RuntimeError("the writer did not write the session within 10 s")
+    def _await_write(self, timeout: float = 60.0) -> None:
+        # Generous: the write ends with an fsync, which a VM's shared disk can stall for seconds. Should it never
+        # come, the error says where the writer thread is and what it knows, so that a stall can be told from a
+        # lost wake-up.
+        if not self._written.wait(timeout=timeout):
+            raise RuntimeError(f"the writer did not write the session within {timeout:g} s: {self._writer_state()}")
         self._written.clear()
+
+    def _writer_state(self) -> str:
+        import sys
+        import traceback
+
+        manager, collector = self.manager, self.manager.get_collector()
+        writer = manager._writer
+        where = sys._current_frames().get(writer.ident) if writer is not None and writer.ident else None
+        stack = "".join(traceback.format_stack(where)[-4:]) if where is not None else "not running"
+        from sop_telemetry.error_handler import get_error_handler
+
+        return (f"writer alive={writer is not None and writer.is_alive()} running={manager._writer_running} "
+                f"wake={manager._wake.is_set()} read_only={manager.read_only} generation={collector.generation} "
+                f"written={manager._written_generation} pending={len(collector.pending)} "
+                f"errors={get_error_handler().get_error_summary()}\nwriter stack:\n{stack}")
 
     def _deactivate(self) -> None:
         name = self.active
