@@ -30,6 +30,7 @@ FULL = {
     "agent_tool_calling": {"iterations": 200, "warmup": 5, "repeats": 3},
     "agent_code": {"iterations": 80, "warmup": 3, "repeats": 3},
     "per_call": {"calls": 5_000, "batches": 20, "run_calls": 1_000},
+    "per_call_cold": {"rounds": 100, "samples": 5},
     "flush": {"sizes": (1_000, 10_000), "repeats": 5},
     "memory": {"agent_runs": 50, "big_calls": 100_000},
     "imports": {"runs": 15},
@@ -40,6 +41,7 @@ QUICK = {
     "agent_tool_calling": {"iterations": 4, "warmup": 1, "repeats": 1, "openinference_every": 2},
     "agent_code": {"iterations": 2, "warmup": 1, "repeats": 1, "openinference_every": 1},
     "per_call": {"calls": 200, "batches": 2, "run_calls": 50},
+    "per_call_cold": {"rounds": 2, "samples": 2},
     "flush": {"sizes": (1_000,), "repeats": 1},
     "memory": {"agent_runs": 2, "big_calls": 22_000},
     "imports": {"runs": 2},
@@ -107,10 +109,11 @@ def main(argv: List[str] | None = None) -> int:
                     log(f"1. agent run overhead: {kind}")
                     results[f"agent_{kind}"] = run_agent_overhead(kind, log=log, **plan[f"agent_{kind}"])
             if "per_call" in wanted:
-                from .per_call import run_per_call
+                from .per_call import run_cold_calls, run_per_call
 
                 log("2. per-call cost")
                 results["per_call"] = run_per_call(log=log, **plan["per_call"])
+                results["per_call_cold"] = run_cold_calls(log=log, **plan["per_call_cold"])
             if "flush" in wanted:
                 from .flush import run_flush
 

@@ -51,19 +51,11 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .fake import ScriptedCodeModel, ScriptedToolModel, code_agent, tool_calling_agent
-from .stats import bootstrap_ci, cpu_time, freeze_heap, median, perf, quiet_gc, trimmed_mean
+from .stats import (bootstrap_ci, cpu_time, freeze_heap, median, minimal_hook_factory, perf, quiet_gc,
+                    trimmed_mean)
 
 _ORDER = ("none", "minimal_hooks", "sop", "sop_with_write", "sop_disabled", "openinference", "openinference_batch")
 _HOOKED = ("generate", "generate_stream", "__call__", "_finalize_step", "run")
-_MINIMAL_HOOK = """
-def make(original):
-    def hook(PARAMS):
-        t0 = perf()
-        result = original(CALL)
-        sink.append((t0, perf() - t0))
-        return result
-    return hook
-"""
 _ATTRS = ("run", "_step_stream", "_finalize_step", "generate", "generate_stream", "__call__", "__init_subclass__")
 _ABSENT = object()
 
@@ -170,9 +162,7 @@ class Setups:
             if name != "sop_disabled":
                 self._spy_writes()
         elif name == "minimal_hooks":
-            from sop_telemetry.integrations import _signatures
-
-            make = _signatures.factory(_MINIMAL_HOOK, {"perf": perf, "sink": self._minimal_sink})
+            make = minimal_hook_factory(self._minimal_sink)
             for owner, attr, original in self._hook_targets:
                 setattr(owner, attr, make(self.integration._as_method(original)))
         elif name.startswith("openinference"):

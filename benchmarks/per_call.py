@@ -20,6 +20,13 @@ With telemetry enabled a call only queues what it saw; its record is built later
 ``built_later_us`` the building of its record, timed per batch (the queue is kept from building any record inside
 the timing loop); ``total_us`` is their sum, what one recorded call costs the process wherever it is paid.
 
+Inside a real run the same calls cost several times more: between two hooked calls smolagents' own work evicts
+the hook's code and data from the CPU's caches. ``cold`` times that: each call is preceded by a workload that does
+the same (`_evict`), and timed alone (wall time, median of `samples`), for ``bare``, ``minimal`` (the
+cheapest Python hook that times a call, section 1's "minimal timing hooks"), ``disabled`` and ``enabled`` (`run_cold_calls`); its
+figures are the median over `rounds` rounds of each variant's difference with ``bare``. Summed over a run's
+calls they account for section 1's overhead, which the tight-loop figures do not.
+
 Each batch of calls is its own agent run, so a task holds at most `calls` records (below the per-task cap: dropping
 is a different, rarer path, covered by the memory section). The session is rolled over between batches and the
 background writer is kept asleep (`read_only`) so that writing, measured in the flush section, does not land in
@@ -31,7 +38,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List
 
 from .fake import TrivialModel, add
-from .stats import median, per_call_us
+from .stats import median, minimal_hook_factory, per_call_us, perf
 
 VARIANTS = ("bare", "wrapt", "disabled", "enabled")
 
@@ -65,6 +72,13 @@ class _Targets:
         self.wrapt_targets = [(TrivialModel, "generate"), (Tool, "__call__"), (self.loop_class, "run"),
                               (MultiStepAgent, "_finalize_step")]
         self._saved: List[Any] = []
+        self.minimal_sink: List[tuple] = []
+
+    def wrap_minimal(self) -> None:
+        make = minimal_hook_factory(self.minimal_sink)
+        for owner, attr in self.wrapt_targets:
+            self._saved.append((owner, attr, vars(owner)[attr]))
+            setattr(owner, attr, make(vars(owner)[attr]))
 
     def wrap_floor(self) -> None:
         import wrapt
@@ -163,12 +177,99 @@ def run_per_call(calls: int, batches: int, run_calls: int, log: Callable[[str], 
     return out
 
 
+COLD_VARIANTS = ("bare", "minimal", "disabled", "enabled")
+_scratch: List[dict] = []
+
+
+def _evict() -> int:
+    """Walks about 2 MB of small objects and serializes a document: what smolagents does between two hooked calls
+    (building the model's messages, checking a tool's arguments) on a smaller scale, enough to push the hook's code
+    and data out of the CPU's private caches."""
+    import json
+
+    if not _scratch:
+        _scratch.extend({"k": i, "v": str(i)} for i in range(60_000))
+    total = 0
+    for item in _scratch[::7]:
+        total += item["k"]
+    json.dumps({"a": [1, 2, 3] * 300, "b": "x" * 3_000})
+    return total
+
+
+def run_cold_calls(rounds: int, samples: int = 5, log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
+    """Per call with the caches cold (see the module's docstring): µs added to one call by each variant."""
+    import random
+
+    from smolagents.memory import ActionStep
+    from smolagents.monitoring import Timing
+
+    from sop_telemetry import TelemetryManager
+    from sop_telemetry.integrations import smolagents as integration
+    from sop_telemetry.storage import new_session_id
+
+    manager = TelemetryManager.get_instance()
+    integration.uninstall()
+    targets = _Targets()
+    model = TrivialModel()
+    outer = targets.loop_class(tools=[add], model=model, verbosity_level=0)
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    step = ActionStep(step_number=1, timing=Timing(start_time=0.0), observations_images=None)
+    bodies: Dict[str, Callable[[], Any]] = {"model_generate": lambda: model.generate(messages),
+                                             "tool_call": lambda: add(a=1, b=2, sanitize_inputs_outputs=True),
+                                             "finalize_step": lambda: outer._finalize_step(step)}
+    times: Dict[str, Dict[str, List[float]]] = {name: {v: [] for v in COLD_VARIANTS} for name in bodies}
+
+    def measure(variant: str) -> None:
+        for name, body in bodies.items():
+            body()  # specialized and warm once, then cold every time
+            one = []
+            for _ in range(samples):
+                _evict()
+                t0 = perf()
+                body()
+                one.append(perf() - t0)
+            times[name][variant].append(median(one))
+
+    rng = random.Random(3)
+    was_read_only = manager.read_only
+    manager.read_only = True
+    try:
+        for round_no in range(rounds):
+            order = list(COLD_VARIANTS)
+            rng.shuffle(order)
+            for variant in order:
+                _switch(variant, integration, manager, targets)
+                outer.body = lambda variant=variant: measure(variant)
+                outer.run("cold calls")  # inside a run, as in real use: the enabled wrappers see a task and a step
+                collector = manager.get_collector()
+                collector.pending.clear()
+                targets.minimal_sink.clear()
+                if collector.has_records():
+                    collector.roll_over(new_session_id())
+            if round_no and round_no % 20 == 0:
+                log(f"  per-call, cold: round {round_no}/{rounds}")
+    finally:
+        targets.unwrap_floor()
+        integration.install()
+        manager.enable_telemetry()
+        manager.read_only = was_read_only
+    out: Dict[str, Any] = {}
+    for name, per_variant in times.items():
+        bare = per_variant["bare"]
+        out[name] = {"bare_us": median(bare) * 1e6, "rounds": rounds, "samples": samples}
+        for variant in COLD_VARIANTS[1:]:
+            out[name][f"{variant}_added_us"] = median([v - b for v, b in zip(per_variant[variant], bare)]) * 1e6
+    return out
+
+
 def _switch(variant: str, integration: Any, manager: Any, targets: _Targets) -> None:
     targets.unwrap_floor()
     integration.uninstall()
     manager.enable_telemetry()
     if variant == "wrapt":
         targets.wrap_floor()
+    elif variant == "minimal":
+        targets.wrap_minimal()
     elif variant in ("disabled", "enabled"):
         integration.install()
         if variant == "disabled":

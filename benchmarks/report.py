@@ -156,6 +156,16 @@ def render(r: Dict[str, Any]) -> str:
         parts.append(table("\n2. Per call (CPU µs, median of batches; calls made inside an agent run)",
                            ["wrapper", "bare", "wrapt floor", "disabled", "enabled", "disabled - floor",
                             "enabled - bare", "record built later", "total added"], rows))
+    cold = r.get("per_call_cold")
+    if cold:
+        rows = [[name, _f(c["bare_us"]), _f(c["minimal_added_us"]), _f(c["disabled_added_us"]),
+                 _f(c["enabled_added_us"]), _f(c["enabled_added_us"] - c["minimal_added_us"])]
+                for name, c in cold.items()]
+        first = next(iter(cold.values()))
+        parts.append(table(f"\n2b. Per call, cache-cold (wall µs added, median of {first['rounds']} rounds; each call "
+                           f"after a cache-evicting workload, as between two calls of a real run)",
+                           ["wrapper", "bare call", "minimal hook", "sop disabled", "sop enabled",
+                            "enabled - minimal"], rows))
     flush = r.get("flush")
     if flush:
         rows = []

@@ -13,7 +13,7 @@ import gc
 import statistics
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, List, Sequence
+from typing import Any, Callable, Iterator, List, Sequence
 
 perf = time.perf_counter
 # CPU time of the whole process (all threads: a writer or span-export thread's work counts): unlike wall time, it
@@ -80,3 +80,23 @@ def per_call_us(fn: Callable[[], None], calls: int, batches: int) -> List[float]
                 fn()
             out.append((cpu_time() - t0) / calls * 1e6)
     return out
+
+
+_MINIMAL_HOOK = """
+def make(original):
+    def hook(PARAMS):
+        t0 = perf()
+        result = original(CALL)
+        sink.append((t0, perf() - t0))
+        return result
+    return hook
+"""
+
+
+def minimal_hook_factory(sink: List[tuple]) -> Callable[[Any], Any]:
+    """`make(original)`: the cheapest hook Python allows that times a call (read the clock, call the original, read
+    the clock, append both to `sink`), with the original's own parameters where possible, as sop_telemetry's
+    per-step wrappers have. What no telemetry written in Python can go below at the same call sites."""
+    from sop_telemetry.integrations import _signatures
+
+    return _signatures.factory(_MINIMAL_HOOK, {"perf": perf, "sink": sink})

@@ -92,8 +92,8 @@ _COMPLETED, _CANCELLED, _FAILED = TaskStatus.COMPLETED, TaskStatus.CANCELLED, Ta
 # -- queuing -------------------------------------------------------------------------------------------------------
 # Each wrapper queues one event per call. For a model reply or a tool result (the calls an agent makes dozens of
 # times a run) the wrapper does it in its own body, reading only what cannot wait and reaching the queue through the
-# frame it already holds; anything unusual there (no run, content capture, a reply without usage) raises and falls
-# to `_queue_call`, the general path (also for errors and streams). Inside a run, smolagents' own work between
+# frame it already holds; anything unusual there (no run, content capture, a reply with no `token_usage` attribute)
+# raises and falls to `_queue_call`, the general path (also for errors and streams). Inside a run, smolagents' own work between
 # calls evicts our code and data from the CPU caches, so what a call costs is mostly how many objects and code
 # objects it reaches: on a cache-cold call (see benchmarks/) the helper function and the collector's attributes this
 # body no longer reaches were 0.55 of its 2.4 µs.
@@ -178,8 +178,7 @@ def _llm_previews(content: Any, limit: int) -> Tuple[Optional[str], Optional[str
 
 
 # generate and _finalize_step run on every step, so their wrappers take the original's own parameters
-# (`_signatures`: no packing and unpacking of the arguments, the cheapest call through a wrapper in Python); what
-# they record is done by the functions they call.
+# (`_signatures`: no packing and unpacking of the arguments, the cheapest call through a wrapper in Python).
 _GENERATE = """
 def make(original):
     enabled, model_call, perf, frame_var = switch, _model_call, _perf, current  # (closure cells: faster to read)
