@@ -9,7 +9,7 @@ Why: a wrapper `def f(self, *args, **kwargs): return original(self, *args, **kwa
 into a tuple and a dict and unpacks them again. On `Model.generate` called as smolagents calls it (a list and two
 keywords) that costs 370 ns against the original's 60, in a tight loop on the development machine; a wrapper with
 the original's own parameters that passes them on by position costs 120. Inside an agent run, with the caches cold,
-the difference is several times larger (benchmarks/, section 1).
+every call through a wrapper costs several times more (benchmarks/, section 2b).
 
 A template is the source of ``def make(original): def <name>(PARAMS): ... original(CALL) ...; return <name>``,
 compiled with `namespace` as its globals, with these words replaced:
@@ -37,8 +37,6 @@ from typing import Any, Callable, Dict, Optional, Tuple
 _GENERIC = {"PARAMS": "self, *args, **kwargs", "CALL": "self, *args, **kwargs", "SELF": "self", "ARGS": "args",
             "KWARGS": "kwargs"}
 _serial = itertools.count(1)
-
-
 _WORD = re.compile(r"\b(PARAMS|CALL|SELF|ARGS|KWARGS|FIRST)\b")
 
 
