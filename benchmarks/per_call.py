@@ -35,7 +35,8 @@ these loops.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List
 
 from .fake import TrivialModel, add
 from .stats import median, minimal_hook_factory, per_call_us, perf
@@ -128,9 +129,7 @@ def run_per_call(calls: int, batches: int, run_calls: int, log: Callable[[str], 
                                              "finalize_step": finalize}
     results: Dict[str, Dict[str, List[float]]] = {name: {v: [] for v in VARIANTS} for name in bodies}
     built: Dict[str, List[float]] = {name: [] for name in bodies}
-    was_read_only = manager.read_only
-    manager.read_only = True
-    try:
+    with _measuring(manager, integration, targets):
         # Interleaved by batch: each variant gets one batch per round, so drift (the other core busy) is shared.
         for round_no in range(batches):
             for variant in VARIANTS:
@@ -154,11 +153,6 @@ def run_per_call(calls: int, batches: int, run_calls: int, log: Callable[[str], 
                     collector.roll_over(new_session_id())
             if round_no and round_no % 5 == 0:
                 log(f"  per-call: round {round_no}/{batches}")
-    finally:
-        targets.unwrap_floor()
-        integration.install()
-        manager.enable_telemetry()
-        manager.read_only = was_read_only
     out: Dict[str, Any] = {}
     for name, per_variant in results.items():
         med = {v: median(vals) for v, vals in per_variant.items()}
@@ -231,9 +225,7 @@ def run_cold_calls(rounds: int, samples: int = 5, log: Callable[[str], None] = l
             times[name][variant].append(median(one))
 
     rng = random.Random(3)
-    was_read_only = manager.read_only
-    manager.read_only = True
-    try:
+    with _measuring(manager, integration, targets):
         for round_no in range(rounds):
             order = list(COLD_VARIANTS)
             rng.shuffle(order)
@@ -248,11 +240,6 @@ def run_cold_calls(rounds: int, samples: int = 5, log: Callable[[str], None] = l
                     collector.roll_over(new_session_id())
             if round_no and round_no % 20 == 0:
                 log(f"  per-call, cold: round {round_no}/{rounds}")
-    finally:
-        targets.unwrap_floor()
-        integration.install()
-        manager.enable_telemetry()
-        manager.read_only = was_read_only
     out: Dict[str, Any] = {}
     for name, per_variant in times.items():
         bare = per_variant["bare"]
@@ -260,6 +247,20 @@ def run_cold_calls(rounds: int, samples: int = 5, log: Callable[[str], None] = l
         for variant in COLD_VARIANTS[1:]:
             out[name][f"{variant}_added_us"] = median([v - b for v, b in zip(per_variant[variant], bare)]) * 1e6
     return out
+
+
+@contextmanager
+def _measuring(manager: Any, integration: Any, targets: _Targets) -> Iterator[None]:
+    """The writer kept asleep (`read_only`) while measuring; afterwards sop_telemetry installed and enabled again."""
+    was_read_only = manager.read_only
+    manager.read_only = True
+    try:
+        yield
+    finally:
+        targets.unwrap_floor()
+        integration.install()
+        manager.enable_telemetry()
+        manager.read_only = was_read_only
 
 
 def _switch(variant: str, integration: Any, manager: Any, targets: _Targets) -> None:
