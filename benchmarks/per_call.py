@@ -21,11 +21,11 @@ With telemetry enabled a call only queues what it saw; its record is built later
 the timing loop); ``total_us`` is their sum, what one recorded call costs the process wherever it is paid.
 
 Inside a real run the same calls cost several times more: between two hooked calls smolagents' own work evicts
-the hook's code and data from the CPU's caches. ``cold`` times that: each call is preceded by a workload that does
-the same (`_evict`), and timed alone (wall time, median of `samples`), for ``bare``, ``minimal`` (the
-cheapest Python hook that times a call, section 1's "minimal timing hooks"), ``disabled`` and ``enabled`` (`run_cold_calls`); its
-figures are the median over `rounds` rounds of each variant's difference with ``bare``. Summed over a run's
-calls they account for section 1's overhead, which the tight-loop figures do not.
+the hook's code and data from the CPU's caches. `run_cold_calls` times that: each call is preceded by a workload
+that does the same (`_evict`) and timed alone (wall time, median of `samples`), for ``bare``, ``minimal`` (the
+cheapest Python hook that times a call, section 1's "minimal timing hooks"), ``disabled`` and ``enabled``; its
+figures are the median over `rounds` rounds of each variant's difference with ``bare``. Summed over a run's calls
+they account for section 1's overhead, which the tight-loop figures do not.
 
 Each batch of calls is its own agent run, so a task holds at most `calls` records (below the per-task cap: dropping
 is a different, rarer path, covered by the memory section). The session is rolled over between batches and the

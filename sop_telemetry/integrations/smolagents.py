@@ -90,13 +90,14 @@ _COMPLETED, _CANCELLED, _FAILED = TaskStatus.COMPLETED, TaskStatus.CANCELLED, Ta
 
 
 # -- queuing -------------------------------------------------------------------------------------------------------
-# Each wrapper queues one event per call. For a model reply or a tool result (the calls an agent makes dozens of
-# times a run) the wrapper does it in its own body, reading only what cannot wait and reaching the queue through the
-# frame it already holds; anything unusual there (no run, content capture, a reply with no `token_usage` attribute)
-# raises and falls to `_queue_call`, the general path (also for errors and streams). Inside a run, smolagents' own work between
-# calls evicts our code and data from the CPU caches, so what a call costs is mostly how many objects and code
-# objects it reaches: on a cache-cold call (see benchmarks/) the helper function and the collector's attributes this
-# body no longer reaches were 0.55 of its 2.4 µs.
+# Each wrapper queues one event per call. For a model reply, a tool result or an action step (what an agent does
+# dozens of times a run) the wrapper does it in its own body, reading only what cannot wait and reaching the queue
+# through the frame it already holds; anything unusual there (no run, content capture, a reply with no
+# `token_usage` attribute, an error) raises or is told apart and goes to the general path (`_queue_call`,
+# `_step_finished`). Inside a run, smolagents' own work between calls evicts our code and data from the CPU caches,
+# so what a call costs is mostly how many objects and code objects it reaches: on a cache-cold call (benchmarks/,
+# section 2b) a helper function and the collector's attributes, which this body no longer reaches, were 0.55 of the
+# model wrapper's 2.4 µs.
 def _collector() -> Any:
     return TelemetryManager.get_instance().get_collector()
 
