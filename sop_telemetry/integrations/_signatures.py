@@ -7,8 +7,8 @@ Usage::
 
 Why: a wrapper `def f(self, *args, **kwargs): return original(self, *args, **kwargs)` packs the caller's arguments
 into a tuple and a dict and unpacks them again. On `Model.generate` called as smolagents calls it (a list and two
-keywords) that costs 370 ns against the original's 60, in a tight loop on the development machine; a wrapper with
-the original's own parameters that passes them on by position costs 120. Inside an agent run, with the caches cold,
+keywords) that costs 340 ns against the original's 60, in a tight loop on the development machine; a wrapper with
+the original's own parameters that passes them on by position costs 150. Inside an agent run, with the caches cold,
 every call through a wrapper costs several times more (benchmarks/, section 2b).
 
 A template is the source of ``def make(original): def <name>(PARAMS): ... original(CALL) ...; return <name>``,
