@@ -63,32 +63,33 @@ def _passthrough(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs
 
 
 class _Targets:
-    """The classes and attributes timed here, and a way to put a bare wrapt wrapper on exactly those."""
+    """The classes and attributes timed here, and ways to put a bare wrapt wrapper or the minimal timing hook on
+    exactly those (`unwrap()` takes either off)."""
 
     def __init__(self) -> None:
         from smolagents.agents import MultiStepAgent
         from smolagents.tools import Tool
 
         self.loop_class = _loop_agent_class()
-        self.wrapt_targets = [(TrivialModel, "generate"), (Tool, "__call__"), (self.loop_class, "run"),
-                              (MultiStepAgent, "_finalize_step")]
+        self.hooked = [(TrivialModel, "generate"), (Tool, "__call__"), (self.loop_class, "run"),
+                       (MultiStepAgent, "_finalize_step")]
         self._saved: List[Any] = []
         self.minimal_sink: List[tuple] = []
 
     def wrap_minimal(self) -> None:
         make = minimal_hook_factory(self.minimal_sink)
-        for owner, attr in self.wrapt_targets:
+        for owner, attr in self.hooked:
             self._saved.append((owner, attr, vars(owner)[attr]))
             setattr(owner, attr, make(vars(owner)[attr]))
 
     def wrap_floor(self) -> None:
         import wrapt
 
-        for owner, attr in self.wrapt_targets:
+        for owner, attr in self.hooked:
             self._saved.append((owner, attr, vars(owner)[attr]))
             wrapt.wrap_function_wrapper(owner, attr, _passthrough)
 
-    def unwrap_floor(self) -> None:
+    def unwrap(self) -> None:
         while self._saved:
             owner, attr, original = self._saved.pop()
             setattr(owner, attr, original)
@@ -257,14 +258,14 @@ def _measuring(manager: Any, integration: Any, targets: _Targets) -> Iterator[No
     try:
         yield
     finally:
-        targets.unwrap_floor()
+        targets.unwrap()
         integration.install()
         manager.enable_telemetry()
         manager.read_only = was_read_only
 
 
 def _switch(variant: str, integration: Any, manager: Any, targets: _Targets) -> None:
-    targets.unwrap_floor()
+    targets.unwrap()
     integration.uninstall()
     manager.enable_telemetry()
     if variant == "wrapt":
