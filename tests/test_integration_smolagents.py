@@ -217,6 +217,29 @@ def test_planning_calls_are_counted(manager):
     assert tokens(task) == (1300, 130)
 
 
+def test_a_callback_on_the_final_answer_step_that_raises_fails_the_run_and_keeps_its_steps(manager):
+    from smolagents.memory import FinalAnswerStep, PlanningStep
+
+    seen = []
+
+    def refuse(step, agent):
+        raise LookupError("no final answer today")
+
+    model = ScriptedModel(["Plan: add", call("add", a=1, b=2), call("final_answer", answer="3")],
+                          usage_by_index={0: (50, 5), 1: (100, 10), 2: (110, 11)})
+    agent = ToolCallingAgent(tools=[add], model=model, verbosity_level=0, planning_interval=5,
+                             step_callbacks={FinalAnswerStep: refuse, PlanningStep: lambda step: seen.append(step)})
+    with pytest.raises(LookupError, match="no final answer today"):
+        agent.run("refused")
+
+    task = only_task(written_session(manager))
+    assert (task["status"], task["error_type"]) == ("failed", "LookupError")
+    assert [(s["step_type"], s["step_number"], s["prompt_tokens"], s["error_type"]) for s in task["steps"]] == [
+        ("planning", 1, 50, None), ("action", 1, 100, None), ("action", 2, 110, None)]
+    assert task["steps"][-1]["is_final_answer"] is True
+    assert len(seen) == 1 and tokens(task) == (260, 26)
+
+
 @pytest.mark.parametrize("per_delta_usage", [False, True], ids=["usage-on-final-delta", "usage-per-delta"])
 def test_streaming_outputs_count_usage_once(manager, per_delta_usage):
     model = StreamingScriptedModel(

@@ -384,20 +384,29 @@ def make(original):
             return original(CALL)
         finally:
             # The usual case, an action step without error, queued here (see "queuing"); anything else (an
-            # error, a planning or final-answer step, content capture) by _step_finished.
+            # error, a planning step, content capture) by _step_finished.
             pending = frame.pending
             try:
                 step = FIRST
-                timing = step.timing
-                if step.error is None and (unwinding is None or unwinding is frame.outer_error):
-                    event = ("smolagents.step", records.record_step, frame, type(step).__name__, timing.start_time,
-                             timing.end_time, (step.step_number, step.is_final_answer, step.code_action), None,
-                             SELF.step_number)
+                kind = type(step).__name__
+                if kind == "FinalAnswerStep":
+                    # It carries only the run's output, which the action step before it has recorded: nothing
+                    # to queue (and it has none of the attributes read below: the general path would raise and
+                    # catch four AttributeErrors, at the end of every run).
+                    event = False
                 else:
-                    event = None
+                    timing = step.timing
+                    if step.error is None and (unwinding is None or unwinding is frame.outer_error):
+                        event = ("smolagents.step", records.record_step, frame, kind, timing.start_time,
+                                 timing.end_time, (step.step_number, step.is_final_answer, step.code_action), None,
+                                 SELF.step_number)
+                    else:
+                        event = None
             except Exception:
                 event = None
-            if event is None or pending is None:
+            if event is False:
+                pass
+            elif event is None or pending is None:
                 _step_finished(SELF, frame, FIRST, unwinding)
             else:
                 pending.append(event)
@@ -413,10 +422,7 @@ def _step_finished(agent: Any, frame: Frame, step: Any, unwinding: Optional[Base
     run, while queued events may wait until the task ends."""
     try:
         kind = type(step).__name__
-        try:
-            error = step.error
-        except Exception:  # noqa: BLE001 - planning and final-answer steps have none
-            error = None
+        error = records.attr(step, "error")  # (a planning step has none: a getattr default, no exception caught)
         if error is None and unwinding is not None and unwinding is not frame.outer_error:
             error = unwinding
         collector = frame.collector or _outside(frame)
