@@ -256,10 +256,10 @@ class Setups:
             limit = timeout if poked else min(timeout, _STALL)
             if not self._written.wait(timeout=max(0.0, limit - waited)):
                 if not poked and not self.manager._wake.is_set():
-                    # The task ended, yet the writer is not awake and has not written it: a wake-up was lost
-                    # (seen in about 1 of 20 quick runs on the development machine, never with the writer's
-                    # steps logged). Told, counted in the results, and the writer woken again so that the
-                    # measurement goes on.
+                    # The task ended, yet the writer is not awake and has not written it: a wake-up was lost.
+                    # This happened (about 1 quick run in 20) while has_records() could be read in the middle
+                    # of another thread's build of the queued events; kept as a check: told, counted in the
+                    # results, and the writer woken again so that the measurement goes on.
                     state = self._writer_state()
                     self.missed_wakes.append(state)
                     print(f"benchmarks: the writer missed a task's end; woken again ({state})", file=sys.stderr,

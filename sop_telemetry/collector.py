@@ -422,7 +422,18 @@ class TelemetryCollector:
 
     # -- reading -----------------------------------------------------------------------------------------------
     def has_records(self) -> bool:
-        return bool(self._tasks) or bool(self.pending)
+        # Under the lock: while another thread builds queued events, they are in neither list (taken from `pending`,
+        # their task not yet in `_tasks`). The writer, woken by a task's end, looked in that window, found nothing
+        # to write and left the finished task unwritten until the next change.
+        with self._lock:
+            return bool(self._tasks) or bool(self.pending)
+
+    def built_generation(self) -> int:
+        """Builds the queued events (waiting for a build another thread has under way) and returns the generation
+        the session is at with them: what a write of the session from now on contains at least."""
+        with self._lock:
+            self.materialize()
+            return self.generation
 
     def open_task_count(self) -> int:
         return len(self._open)

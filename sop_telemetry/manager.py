@@ -478,8 +478,7 @@ class TelemetryManager:
             self._write_pending()
             if not collector.has_records():
                 return None  # rolled over while we waited for the lock: the new session is still empty
-            collector.materialize()  # queued events are changes too (they bump the generation when built)
-            generation = collector.generation
+            generation = collector.built_generation()  # queued events are changes too (they bump it when built)
             if generation == self._written_generation and not (final or force):
                 return None
             try:
