@@ -42,6 +42,10 @@ def posonly(self, a, /, b=None, **extra):
     return (self, a, b, extra)
 
 
+def kwonly_extra(self, a, *, c=1, **extra):
+    return (self, a, c, extra)
+
+
 def only_self(self):
     return self
 
@@ -58,6 +62,7 @@ CASES = [
     (plain, [((1, 10), {}), ((1,), {"a": 10, "b": 3}), ((1, 10), {"c": 4})]),
     (star, [((1, 10, 11, 12), {"k": 5, "z": 6}), ((1,), {"a": 10, "k": 5})]),
     (posonly, [((1, 10), {}), ((1, 10, 20), {"x": 1}), ((1, 10), {"b": 20})]),
+    (kwonly_extra, [((1, 10), {}), ((1, 10), {"c": 2}), ((1,), {"a": 10, "c": 2, "z": 3})]),
     (only_self, [((1,), {})]),
 ]
 
@@ -72,6 +77,18 @@ def test_a_generated_wrapper_takes_the_original_parameters_and_passes_every_argu
         assert wrapper(*args, **kwargs) == original(*args, **kwargs)
         assert SEEN[0][0] == args[0]
     assert inspect.signature(wrapper, follow_wrapped=False) == inspect.signature(original)
+
+
+def test_with_no_extra_keywords_the_original_is_called_without_an_empty_dict():
+    """`original(..., **extra)` builds a tuple and a dict and goes through CALL_FUNCTION_EX even when `extra` is
+    empty; smolagents passes no extra keywords to generate, so the common case calls the original plainly."""
+    import dis
+
+    passing = _signatures.factory("def make(original):\n def w(PARAMS):\n  return original(CALL)\n return w", {})
+    wrapper = passing(posonly)
+    ops = [ins.opname for ins in dis.get_instructions(wrapper)]
+    assert ops.count("CALL_FUNCTION_EX") == 1 and ops.count("CALL") == 1  # the latter with no extra keywords
+    assert wrapper(1, 10) == (1, 10, None, {}) and wrapper(1, 10, x=2) == (1, 10, None, {"x": 2})
 
 
 def test_what_the_template_sees_of_the_arguments():

@@ -366,9 +366,12 @@ def _tool_call_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 # -- steps ---------------------------------------------------------------------------------------------------------
+# The exception being handled, if any: sys.exception() (3.11+) returns it without building sys.exc_info()'s tuple.
+_in_flight: Callable[[], Optional[BaseException]] = getattr(sys, "exception", None) or (lambda: sys.exc_info()[1])
+
 _FINALIZE_STEP = """
 def make(original):
-    enabled, frame_var, exc_info = switch, current, sys.exc_info  # (closure cells: faster to read)
+    enabled, frame_var, in_flight = switch, current, _in_flight  # (closure cells: faster to read)
 
     def _finalize_step(PARAMS):
         if not enabled.enabled:
@@ -379,7 +382,7 @@ def make(original):
         # smolagents finalizes a step in a `finally`: when a step dies of an error it re-raises (a model failure,
         # AgentGenerationError), that error is on its way out, not on the step object, and only sys.exc_info()
         # has it.
-        unwinding = exc_info()[1]
+        unwinding = in_flight()
         try:
             return original(CALL)
         finally:
@@ -465,7 +468,7 @@ def _begin_run(agent: Any, args: tuple, kwargs: dict, parent: Optional[Frame]) -
     if model is not None and type(model) not in _seen_model_classes:
         _ensure_model_class(type(model))  # before the model is called: its class may need patching
     frame = Frame(None, None, owner=agent, parent=parent, collector=collector)
-    frame.outer_error = sys.exc_info()[1]
+    frame.outer_error = _in_flight()
     description = args[0] if args else kwargs.get("task", "")
     now = _now()
     _queue(collector, ("smolagents.run", records.begin_run, frame, agent, model, description, now))
