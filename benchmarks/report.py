@@ -51,6 +51,22 @@ def targets(r: Dict[str, Any]) -> List[Tuple[str, str, str, Optional[bool]]]:
             out.append((f"{label}: OpenInference added / sop_telemetry added (CPU)",
                         f"{_f(ratio, 1)}x (conservative {_f(cons, 1)}x; wall "
                         f"{_f(wall.get('openinference_over_sop'), 1)}x)", ">= 20x", ratio >= 20.0))
+    ins = r.get("instructions")
+    if ins and ins.get("skipped"):
+        out.append(("agent run overhead in instructions (callgrind)", f"skipped: {ins['skipped']}", "<= 2%", None))
+    elif ins and ins.get("counted"):
+        for kind, label in (("tool_calling", "ToolCallingAgent"), ("code", "CodeAgent")):
+            k = ins.get(kind)
+            if not k:
+                continue
+            base, sop = k["setups"]["none"], k["setups"]["sop"]
+            out.append((f"{label} run overhead, sop_telemetry enabled (instructions on the agent's thread)",
+                        f"{_f(sop['added_pct'])}% (+{_f(sop['added'], 0)} of {_f(base['per_run'], 0)})", "<= 2%",
+                        sop["added_pct"] <= 2.0))
+            ratio = k.get("openinference_over_sop")
+            if ratio is not None:
+                out.append((f"{label}: OpenInference added / sop_telemetry added (instructions)", f"{_f(ratio, 1)}x",
+                            ">= 20x", ratio >= 20.0))
     calls = r.get("per_call")
     if calls:
         for name, label in (("model_generate", "model generate"), ("tool_call", "tool call"),
@@ -148,6 +164,9 @@ def render(r: Dict[str, Any]) -> str:
         if rec:
             notes.append("recorded per run: " + "; ".join(f"{k}: {v}" for k, v in rec.items()))
         parts.append("\n".join("   " + n for n in notes))
+    ins = r.get("instructions")
+    if ins:
+        parts.append(_instructions_table(ins, names))
     calls = r.get("per_call")
     if calls:
         rows = [[name, _f(c["bare_us"]), _f(c["wrapt_us"]), _f(c["disabled_us"]), _f(c["enabled_us"]),
@@ -218,4 +237,28 @@ def render(r: Dict[str, Any]) -> str:
              "skipped" if ok is None else ("not judged (--quick)" if quick else ("PASS" if ok else "FAIL"))]
             for what, measured, target, ok in verdicts]
     parts.append(table("\nTargets (issue 6)", ["target", "measured", "target", "result"], rows))
+    return "\n".join(parts)
+
+
+def _instructions_table(ins: Dict[str, Any], names: Dict[str, str]) -> str:
+    title = "\n1c. Instructions per agent run on the agent's thread (callgrind; the same count in every process)"
+    if ins.get("skipped"):
+        return f"{title}\n   skipped: {ins['skipped']}"
+    if not ins.get("counted"):
+        return f"{title}\n   not counted (--quick: each setup ran once, natively)"
+    parts = []
+    for kind, label in (("tool_calling", "ToolCallingAgent"), ("code", "CodeAgent")):
+        k = ins.get(kind)
+        if not k:
+            continue
+        rows = [[names.get(name, name), _f(c["per_run"], 0), "-" if name == "none" else _f(c["added"], 0),
+                 "-" if name == "none" else f"{_f(c['added_pct'])}%"] for name, c in k["setups"].items()]
+        parts.append(table(f"{title if not parts else ''}\n   {label}: {ins['runs']} counted runs per setup, after "
+                           f"{ins['warmup']} warm-up runs", ["setup", "instructions per run", "added", "added %"],
+                           rows))
+        ratio = k.get("openinference_over_sop")
+        if ratio is not None:
+            parts.append(f"   OpenInference adds {_f(ratio, 1)}x the instructions sop_telemetry adds")
+    if ins.get("openinference_skipped"):
+        parts.append("   " + ins["openinference_skipped"])
     return "\n".join(parts)
