@@ -58,12 +58,6 @@ def tokens(usage: Any) -> Tuple[Optional[int], Optional[int], Optional[int], boo
     return prompt, completion, total, True
 
 
-def error_of(exc: BaseException, collector: Any) -> Tuple[str, Optional[str]]:
-    """(type name, clipped message) of an error; the wrappers take it at once rather than queue the exception,
-    which holds its traceback (and every frame's locals) for as long as it is kept."""
-    return type(exc).__name__, clip(exc, collector.max_string_length)
-
-
 def model_name(model: Any, model_id: Any) -> str:
     return (clip(model_id, 200) if model_id is not None else None) or type(model).__name__
 

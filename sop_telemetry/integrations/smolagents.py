@@ -133,7 +133,8 @@ def _failed(operation: str, exc: Exception) -> None:
 
 
 def _error(exc: BaseException, collector: Any) -> Tuple[str, Optional[str]]:
-    return records.error_of(exc, collector)
+    # Taken at once rather than the exception queued: it holds its traceback (and every frame's locals).
+    return type(exc).__name__, clip(exc, collector.max_string_length)
 
 
 # -- model calls ---------------------------------------------------------------------------------------------------
@@ -446,10 +447,7 @@ def _step_finished(agent: Any, frame: Frame, step: Any, unwinding: Optional[Base
             number = agent.step_number  # see _queue_call
         except Exception:  # noqa: BLE001
             number = None
-        pending = collector.pending
-        pending.append(("smolagents.step", records.record_step, frame, kind, start, end, fields, error, number))
-        if len(pending) >= collector.pending_limit:
-            collector.materialize()
+        _queue(collector, ("smolagents.step", records.record_step, frame, kind, start, end, fields, error, number))
     except Exception as exc:  # noqa: BLE001 - this is the guard
         _failed("smolagents.step", exc)
 
