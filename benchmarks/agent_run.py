@@ -51,7 +51,7 @@ import sys
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .fake import ScriptedCodeModel, ScriptedToolModel, code_agent, tool_calling_agent
+from .fake import section_one_agent
 from .stats import (bootstrap_ci, cpu_time, freeze_heap, median, minimal_hook_factory, perf, quiet_gc,
                     trimmed_mean)
 
@@ -340,12 +340,7 @@ def run_agent_overhead(kind: str, iterations: int, warmup: int, repeats: int = 3
     run (the noise only ever adds). OpenInference costs tens of times more than the rest, so it is timed on every
     `openinference_every`-th iteration only; its ratio needs far less precision than sop_telemetry's few percent."""
     skipped = openinference_available()
-    if kind == "tool_calling":
-        model = ScriptedToolModel(tool_calls=20)
-        agent = tool_calling_agent(model)
-    else:
-        model = ScriptedCodeModel(code_steps=20)
-        agent = code_agent(model)
+    model, agent = section_one_agent(kind)
     setups = Setups([type(model)], use_openinference=skipped is None)
     freeze_heap()
     names = setups.names

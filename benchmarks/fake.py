@@ -12,9 +12,9 @@ This module is deliberately separate from tests/fakes.py: the benchmarks must ru
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
-from smolagents import CodeAgent, ToolCallingAgent, tool
+from smolagents import CodeAgent, MultiStepAgent, ToolCallingAgent, tool
 from smolagents.models import (
     ChatMessage,
     ChatMessageToolCall,
@@ -115,6 +115,16 @@ def tool_calling_agent(model: Model) -> ToolCallingAgent:
 
 def code_agent(model: Model) -> CodeAgent:
     return CodeAgent(tools=[add], model=model, verbosity_level=0, max_steps=model_steps(model) + 5)
+
+
+def section_one_agent(kind: str) -> Tuple[Model, MultiStepAgent]:
+    """(model, agent) of section 1's runs: "tool_calling" (20 tool calls + final answer) or "code" (20 code steps
+    calling a tool + final answer)."""
+    if kind == "tool_calling":
+        model: Model = ScriptedToolModel(tool_calls=20)
+        return model, tool_calling_agent(model)
+    model = ScriptedCodeModel(code_steps=20)
+    return model, code_agent(model)
 
 
 def model_steps(model: Model) -> int:

@@ -63,7 +63,7 @@ def run_instructions(runs: int = 5, quick: bool = False, log: Callable[[str], No
     with tempfile.TemporaryDirectory(prefix="sop_bench_cg_") as tmp:
         directory = Path(tmp)
         if quick:
-            library, why = None, ""
+            library = None
             plan = {"tool_calling": ["none", "sop"]}
             runs = 1
         else:
@@ -141,7 +141,7 @@ def _child(kind: str, setup: str, runs: int, library: str) -> None:
     from sop_telemetry import TelemetryManager
 
     from .agent_run import Setups
-    from .fake import ScriptedCodeModel, ScriptedToolModel, code_agent, tool_calling_agent
+    from .fake import section_one_agent
     from .stats import quiet_gc
 
     helper = ctypes.CDLL(library) if library else None
@@ -149,12 +149,7 @@ def _child(kind: str, setup: str, runs: int, library: str) -> None:
     with tempfile.TemporaryDirectory(prefix="sop_bench_child_") as tmp:
         manager = TelemetryManager.get_instance()
         manager.initialize({"storage_dir": tmp, "auto_cleanup": False, "flush_interval": 86_400, "fsync": False})
-        if kind == "tool_calling":
-            model: Any = ScriptedToolModel(tool_calls=20)
-            agent = tool_calling_agent(model)
-        else:
-            model = ScriptedCodeModel(code_steps=20)
-            agent = code_agent(model)
+        model, agent = section_one_agent(kind)
         setups = Setups([type(model)], use_openinference=setup.startswith("openinference"))
         setups.activate(setup)
         try:
