@@ -123,7 +123,23 @@ def clip(value: Any, limit: int) -> Optional[str]:
         except Exception:  # noqa: BLE001
             return None
     if len(text) > limit:
-        return text[: max(0, limit - 1)] + "…"
+        text = text[: max(0, limit - 1)] + "…"
+    if not text.isascii():
+        text = encodable(text)
+        if len(text) > limit:
+            text = text[: max(0, limit - 1)] + "…"
+    return text
+
+
+def encodable(text: str) -> str:
+    """`text` with any lone surrogate written out as an escape (`\\udce9`), so that it can go into UTF-8. They
+    are what Python makes of undecodable bytes in file names and environment values (surrogateescape): a tool that
+    fails with `f"cannot read {path}"` quotes one, and a single one anywhere in a session made every write of its
+    file fail, finished tasks included."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
 
 

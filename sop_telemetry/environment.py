@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
 
+from .collector import encodable
 from .models import EnvironmentInfo
 
 MASK = "***"
@@ -139,7 +140,7 @@ def collect_environment(extra_allowlist: Iterable[str] = ()) -> EnvironmentInfo:
         cwd = Path(os.getcwd())
     except OSError:
         cwd = Path(".")
-    return EnvironmentInfo(
+    fields = dict(
         os_type=platform.system(),
         os_version=platform.release(),
         python_version=platform.python_version(),
@@ -147,9 +148,13 @@ def collect_environment(extra_allowlist: Iterable[str] = ()) -> EnvironmentInfo:
         project_root=find_project_root(cwd),
         user_name=_user(),
         timezone=time.strftime("%Z") or "UTC",
-        environment_variables=select_environment(dict(os.environ), extra_allowlist),
         hostname=socket.gethostname(),
-        pid=os.getpid(),
         telemetry_version=_version("sop-telemetry"),
         smolagents_version=_version("smolagents") if "smolagents" in sys.modules else None,
     )
+    # A folder or a variable with bytes that are not UTF-8 (decoded with surrogateescape) must not make the file
+    # unwritable.
+    fields = {key: encodable(value) if isinstance(value, str) else value for key, value in fields.items()}
+    variables = select_environment(dict(os.environ), extra_allowlist)
+    return EnvironmentInfo(**fields, pid=os.getpid(),
+                           environment_variables={encodable(k): encodable(v) for k, v in variables.items()})

@@ -284,3 +284,13 @@ def test_sixteen_threads_lose_nothing(manager):
     assert data["total_tokens"]["prompt_tokens"] == expected_prompt
     assert sum(u.total_tokens for u in session.total_tokens.model_breakdown.values()) == \
         session.total_tokens.total_tokens
+
+
+def test_clip_escapes_lone_surrogates_and_keeps_the_limit() -> None:
+    from sop_telemetry.collector import clip
+
+    assert clip("caf\udce9", 500) == "caf\\udce9"
+    assert clip("café ✓", 500) == "café ✓"  # (encodable text is left alone)
+    clipped = clip("\udce9" * 100, 50)
+    assert len(clipped) == 50 and clipped.endswith("…") and clipped.startswith("\\udce9")
+    clipped.encode("utf-8")

@@ -496,6 +496,52 @@ def test_odd_objects_leave_the_run_unchanged_and_are_recorded_as_far_as_possible
     manager.flush_data()  # and it all still writes
 
 
+# Undecodable bytes: Python decodes file names and environment values with surrogateescape, so a path that is not
+# UTF-8 arrives as a str with lone surrogates, which UTF-8 cannot hold. One of them in a session made every write of
+# its file fail (pydantic refuses to serialize it), finished tasks included.
+NOT_UTF8 = os.fsdecode(b"/data/caf\xe9.csv")
+
+
+@tool
+def read_file(path: str) -> str:
+    """Fails, quoting a file name that is not UTF-8, as `f"cannot read {path}"` does.
+
+    Args:
+        path: the file
+    """
+    raise ValueError(f"cannot read {NOT_UTF8}")
+
+
+def test_undecodable_bytes_in_an_error_or_a_model_id_never_stop_the_file_from_being_written(manager, storage_dir):
+    model = ScriptedModel([call("read_file", path="x"), call("final_answer", answer="done")],
+                          model_id="model-" + NOT_UTF8)
+    agent = ToolCallingAgent(tools=[read_file], model=model, verbosity_level=0)
+    assert agent.run("read it") == "done"
+    path = manager.flush_data()
+    assert path is not None and get_error_handler().get_error_summary() == {}
+    text = path.read_text(encoding="utf-8")  # strict UTF-8: the file is valid JSON text
+    task = json.loads(text)["tasks"][0]
+    escaped = NOT_UTF8.encode("utf-8", "backslashreplace").decode()
+    assert escaped.endswith("caf\\udce9.csv")
+    assert escaped in task["tools"][0]["error_message"]
+    assert task["llm_calls"][0]["model"] == "model-" + escaped
+    assert TelemetrySession.from_json(text).tasks[0].status.value == "completed"
+
+
+def test_a_working_directory_and_variables_that_are_not_utf8_are_written(manager, monkeypatch, tmp_path):
+    folder = os.fsencode(tmp_path) + b"/caf\xe9"
+    os.mkdir(folder)
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("LANG", NOT_UTF8)
+    manager.initialize({"environment_allowlist": ["LANG"]})
+    manager.get_collector().record_tool_usage("t", 0.1)
+    path = manager.flush_data()
+    assert path is not None and get_error_handler().get_error_summary() == {}
+    environment = json.loads(path.read_text(encoding="utf-8"))["environment"]
+    assert environment["working_directory"].endswith("caf\\udce9")
+    assert environment["environment_variables"]["LANG"].endswith("caf\\udce9.csv")
+
+
 class _Reply:
     """A model reply (or stream delta) whose every attribute raises, as a broken proxy object might."""
 

@@ -65,7 +65,7 @@ def model_name(model: Any, model_id: Any) -> str:
 def begin_run(collector: Any, frame: Frame, agent: Any, model: Any, description: Any, start: float) -> None:
     agent_type = type(agent).__name__
     name = attr(agent, "name")
-    agent_name = name if isinstance(name, str) and name else agent_type
+    agent_name = clip(name, collector.max_string_length) if isinstance(name, str) and name else agent_type
     parent = frame.parent
     if parent is None:
         # Unique, not secret: the Mersenne Twister (reseeded in forked children) costs no system call per run.
