@@ -441,10 +441,17 @@ class TelemetryManager:
             key = None if task["task_id"] in open_ids else _finished_task_state(task)
             entry = cache.get((session_id, task["task_id"])) if key is not None else None
             if entry is None or entry[0] != key:
-                execution = TaskExecution.model_validate(task)
-                self._apply_task_costs(execution)
-                entry = (key, execution.model_dump_json(), execution.token_usage,
-                         execution.end_time or execution.start_time)
+                try:
+                    execution = TaskExecution.model_validate(task)
+                    self._apply_task_costs(execution)
+                    entry = (key, execution.model_dump_json(), execution.token_usage,
+                             execution.end_time or execution.start_time)
+                except Exception as exc:  # noqa: BLE001 - a value the model refuses, or cannot serialize
+                    # One task that cannot be written must not keep the session's other tasks off the disk, as it
+                    # did for as long as the process lived: it is left out of this write, counted, and tried again
+                    # at the next one (it stays in memory).
+                    get_error_handler().record_error("manager.task", exc)
+                    continue
             if key is not None:
                 kept[(session_id, task["task_id"])] = entry
             parts.append(entry[1])

@@ -87,3 +87,21 @@ def test_a_task_that_gets_a_record_after_closing_is_written_again(manager) -> No
     written = _written(manager)
     _same(written, _fresh(manager))
     assert [t["tool_name"] for t in written["tasks"][0]["tools"]] == ["straggler"]
+
+
+def test_a_task_that_cannot_be_written_leaves_the_others_written(manager) -> None:
+    from sop_telemetry.collector import Frame, current
+    from sop_telemetry.error_handler import get_error_handler
+
+    collector = manager.get_collector()
+    _fill(collector, "a", 2)
+    collector.start_task("bad", "")
+    frame = current.get()
+    collector.add("tools", {"tool_name": "t", "start_time": 1.0, "status": "no such status"}, Frame(frame.task))
+    collector.end_task("bad", TaskStatus.COMPLETED)
+    _fill(collector, "c", 1)
+    written = _written(manager)
+    assert [t["task_id"] for t in written["tasks"]] == ["a", "c"]
+    assert written["total_tokens"]["prompt_tokens"] == 100 + 101 + 100
+    assert get_error_handler().get_error_summary()["manager.task"]["count"] >= 1
+    assert collector.task_count() == 3  # still held, and tried again at each write
