@@ -241,7 +241,7 @@ def render(r: Dict[str, Any]) -> str:
 
 
 def _instructions_table(ins: Dict[str, Any], names: Dict[str, str]) -> str:
-    title = "\n1c. Instructions per agent run on the agent's thread (callgrind; the same count in every process)"
+    title = "\n1c. Instructions per agent run on the agent's thread (callgrind; nearly the same count in every process)"
     if ins.get("skipped"):
         return f"{title}\n   skipped: {ins['skipped']}"
     if not ins.get("counted"):
