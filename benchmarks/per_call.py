@@ -124,7 +124,10 @@ def run_per_call(calls: int, batches: int, run_calls: int, log: Callable[[str], 
         inner.run("top-level run")
 
     def finalize() -> None:
+        # As smolagents does: the finished step goes into the agent's memory, from which its record is built when
+        # the run ends (built_later_us, with the timing loop's run ended).
         outer._finalize_step(step)
+        outer.memory.steps.append(step)
 
     bodies: Dict[str, Callable[[], None]] = {"model_generate": gen, "tool_call": tool, "agent_run": run,
                                              "finalize_step": finalize}
@@ -144,6 +147,7 @@ def run_per_call(calls: int, batches: int, run_calls: int, log: Callable[[str], 
                         # A top-level run: the timing loop itself runs outside any agent, each call opens a task.
                         figures = per_call_us(run, n, 1)
                     else:
+                        outer.memory.steps.clear()
                         outer.body = lambda body=body, n=n: per_call_us(body, n, 1)
                         figures = outer.run("timing loop")
                     results[name][variant] += figures

@@ -62,8 +62,8 @@ switch = _Switch
 class Frame:
     """What a piece of running code records into: a task, and the agent run (if any) inside it."""
 
-    __slots__ = ("task", "agent", "owner", "parent", "collector", "pending", "limit", "calls_since_step",
-                 "tools_since_step", "dropped_since_step", "outer_error", "max_steps")
+    __slots__ = ("task", "agent", "owner", "parent", "collector", "pending", "limit", "epoch", "calls", "tools",
+                 "dropped", "planning", "step_errors", "lost_steps", "memory", "outer_error", "max_steps")
 
     def __init__(self, task: Optional[dict], agent: Optional[dict] = None, owner: Any = None,
                  parent: Optional["Frame"] = None, collector: Optional["TelemetryCollector"] = None):
@@ -80,19 +80,31 @@ class Frame:
         # from the next run on), or there is no collector.
         self.pending: Optional[List[tuple]] = None
         self.limit = 0
+        # Wall-clock time minus perf_counter: the usual call's event holds its two perf_counter readings (one clock
+        # read fewer than a start time and a duration), and its record's times are these plus `epoch`.
+        self.epoch = time.time() - time.perf_counter()
         if collector is not None and not collector.capture_content:
             self.pending, self.limit = collector.pending, collector.pending_limit
-        # The records made by this agent run since its last finished step: a step takes them when it is finalized
-        # (steps of one run are sequential, so "since the last step" is exactly "in this step"). Only records the
-        # task keeps are listed, so one step with 100,000 calls stays within max_records_per_task; the dropped
-        # ones are only counted (per kind, and their tokens), so that the step's figures stay exact.
-        self.calls_since_step: List[dict] = []
-        self.tools_since_step: List[dict] = []
-        self.dropped_since_step: Dict[str, int] = {}
+        # The step records of a run are built when it ends, from the agent's memory (see _smolagents_records), and
+        # each takes the call records made in it: these are the run's call records no step has taken yet. Only
+        # records the task keeps are listed, so one step with 100,000 calls stays within max_records_per_task; the
+        # dropped ones are only counted (per step number: kind, and their tokens), so that the step's figures stay
+        # exact.
+        self.calls: List[dict] = []
+        self.tools: List[dict] = []
+        self.dropped: Dict[Any, Dict[str, int]] = {}
+        # What a step's memory object does not tell, noted when the step is finalized (rare, so made when first
+        # needed: see the integration's `_step_noted`): the calls of each planning step (by the step object's id),
+        # the error a step died of (by id), and steps that never reached the memory (a step callback raised).
+        self.planning: Optional[Dict[int, tuple]] = None
+        self.step_errors: Optional[Dict[int, Tuple[str, Optional[str]]]] = None
+        self.lost_steps: Optional[List[Any]] = None
+        # A streamed run's (memory list, index of its first step): it may still be going when the agent runs again.
+        self.memory: Optional[Tuple[List[Any], int]] = None
         # The exception the caller was handling when this run began (code may run an agent inside an `except`):
         # sys.exc_info() shows it everywhere below, so it must not be taken for an error of this run.
         self.outer_error: Optional[BaseException] = None
-        self.max_steps = False  # the run stopped at max_steps (set when its last step is finalized)
+        self.max_steps = False  # the run stopped at max_steps (set when its steps are built)
 
 
 current: ContextVar[Optional[Frame]] = ContextVar("sop_telemetry_frame", default=None)
@@ -379,7 +391,7 @@ class TelemetryCollector:
             dropped = task["dropped_records"]
             dropped[kind] = dropped.get(kind, 0) + 1
             if frame is not None and frame.agent is not None:
-                step = frame.dropped_since_step
+                step = frame.dropped.setdefault(rec.get("step_number"), {})
                 step[kind] = step.get(kind, 0) + 1
                 if kind == "llm_calls":
                     for key in ("prompt_tokens", "completion_tokens"):

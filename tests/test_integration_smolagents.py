@@ -240,6 +240,68 @@ def test_a_callback_on_the_final_answer_step_that_raises_fails_the_run_and_keeps
     assert len(seen) == 1 and tokens(task) == (260, 26)
 
 
+def test_a_run_with_reset_false_records_only_its_own_steps(manager):
+    # smolagents keeps the first run's steps in the memory: the second run's task must not take them again.
+    model = ScriptedModel([call("add", a=1, b=2), call("final_answer", answer="3"),
+                           call("add", a=3, b=4), call("add", a=7, b=1), call("final_answer", answer="8")],
+                          usage_by_index={0: (10, 1), 1: (20, 2), 2: (30, 3), 3: (40, 4), 4: (50, 5)})
+    agent = ToolCallingAgent(tools=[add], model=model, verbosity_level=0)
+    assert agent.run("first") == "3"
+    assert agent.run("go on", reset=False) == "8"
+
+    first, second = [t for t in written_session(manager)["tasks"] if not t["implicit"]]
+    assert [(s["step_number"], s["prompt_tokens"]) for s in first["steps"]] == [(1, 10), (2, 20)]
+    assert [(s["step_number"], s["prompt_tokens"], s["tool_calls"]) for s in second["steps"]] == [
+        (1, 30, 1), (2, 40, 1), (3, 50, 1)]
+    assert [c["purpose"] for c in second["llm_calls"]] == ["action"] * 3
+    assert tokens(second) == (120, 12)
+
+
+def test_a_step_whose_callback_raises_is_still_recorded(manager):
+    # The callback raises inside _finalize_step, so smolagents never appends the step to its memory.
+    from smolagents.memory import ActionStep
+
+    def refuse(step, agent):
+        raise LookupError("no step today")
+
+    model = ScriptedModel([call("add", a=1, b=2), call("final_answer", answer="3")], usage=(100, 10))
+    agent = ToolCallingAgent(tools=[add], model=model, verbosity_level=0, step_callbacks={ActionStep: refuse})
+    with pytest.raises(LookupError):
+        agent.run("refused")
+
+    task = only_task(written_session(manager))
+    assert [(s["step_type"], s["step_number"], s["prompt_tokens"], s["tool_calls"], s["error_type"])
+            for s in task["steps"]] == [("action", 1, 100, 1, None)]
+    assert [(c["purpose"], c["step_number"]) for c in task["llm_calls"]] == [("action", 1)]
+    assert (task["status"], task["error_type"]) == ("failed", "LookupError")
+
+
+def test_an_interrupt_between_steps_is_the_runs_error_not_a_steps(manager):
+    from smolagents.memory import ActionStep
+
+    model = ScriptedModel([call("add", a=1, b=2), call("add", a=2, b=2), call("final_answer", answer="4")],
+                          usage=(100, 10))
+    agent = ToolCallingAgent(tools=[add], model=model, verbosity_level=0,
+                             step_callbacks={ActionStep: lambda step, agent: agent.interrupt()})
+    with pytest.raises(Exception, match="interrupted"):
+        agent.run("stop after one step")
+
+    task = only_task(written_session(manager))
+    assert [(s["step_number"], s["error_type"], s["prompt_tokens"]) for s in task["steps"]] == [(1, None, 100)]
+    assert task["status"] == "failed" and task["error_type"] == "AgentError"
+
+
+def test_a_planning_step_that_fails_leaves_its_call_unassigned(manager):
+    model = ScriptedModel([RuntimeError("planner down")])
+    agent = ToolCallingAgent(tools=[add], model=model, verbosity_level=0, planning_interval=1)
+    with pytest.raises(RuntimeError):
+        agent.run("plan then fail")
+
+    task = only_task(written_session(manager))
+    assert task["steps"] == []
+    assert [(c["status"], c["step_number"], c["purpose"]) for c in task["llm_calls"]] == [("error", 1, None)]
+
+
 @pytest.mark.parametrize("per_delta_usage", [False, True], ids=["usage-on-final-delta", "usage-per-delta"])
 def test_streaming_outputs_count_usage_once(manager, per_delta_usage):
     model = StreamingScriptedModel(
@@ -293,6 +355,33 @@ def test_run_stream_closed_early_is_cancelled_and_next_run_is_separate(manager, 
     first, second = session["tasks"]
     assert first["status"] == "cancelled" and second["status"] == "completed"
     assert second["agents"][0]["parent_agent_id"] is None
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_a_stream_left_open_while_the_agent_runs_again_keeps_its_own_steps(manager, reset):
+    # The second run resets the memory (reset=True) or appends after the first run's steps (reset=False) while the
+    # first stream is still open: each task must get its own steps, once.
+    model = ScriptedModel([call("add", a=1, b=2), call("add", a=5, b=5), call("final_answer", answer="10"),
+                           call("final_answer", answer="3")],
+                          usage_by_index={0: (10, 1), 1: (20, 2), 2: (30, 3), 3: (40, 4)})
+    agent = ToolCallingAgent(tools=[add], model=model, verbosity_level=0)
+    stream = agent.run("streamed", stream=True)
+    items = [next(stream) for _ in range(4)]  # up to the first step's ActionStep (tool call, output, ...)
+    assert type(items[-1]).__name__ == "ActionStep"
+    stream_rest = stream  # left open while the agent runs again
+    second = agent.run("again", reset=reset)
+    list(stream_rest)  # the first run goes on and ends (its model replies come after the second run's)
+
+    tasks = {t["description"]: t for t in written_session(manager)["tasks"]}
+    assert second == "10"
+    assert [(s["step_number"], s["prompt_tokens"]) for s in tasks["again"]["steps"]] == [(1, 20), (2, 30)]
+    assert tokens(tasks["again"]) == (50, 5)
+    # The first run's later step shares the agent's counter and memory with the second run (smolagents numbers it 4
+    # and appends it to the second run's memory): its call and tokens stay the first task's; it has no step record.
+    assert [(s["step_number"], s["prompt_tokens"]) for s in tasks["streamed"]["steps"]] == [(1, 10)]
+    assert [(c["step_number"], c["prompt_tokens"], c["purpose"]) for c in tasks["streamed"]["llm_calls"]] == [
+        (1, 10, "action"), (4, 40, None)]
+    assert tokens(tasks["streamed"]) == (50, 5)
 
 
 def test_reply_without_token_usage_is_unknown_not_zero(manager):

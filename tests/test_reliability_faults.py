@@ -98,7 +98,9 @@ FAULT_POINTS = {
     "records.record_result": (records, "record_result"),
     "records.record_llm": (records, "record_llm"),
     "records.record_tool": (records, "record_tool"),
-    "records.record_step": (records, "record_step"),
+    "records.record_steps": (records, "record_steps"),
+    "records.planning_done": (records, "planning_done"),
+    "records.step_fields": (records, "step_fields"),
     "records.remember_credentials": (records, "remember_credentials"),
     "records.tokens": (records, "tokens"),
     "records.next_id": (records, "next_id"),
@@ -116,9 +118,10 @@ NOT_REACHED = (
     | {(p, s) for p in ("collector.open_fallback_task", "integration._outside") for s in SCENARIOS
        if s != "direct_calls"}
     | {(p, "direct_calls") for p in ("integration._begin_run", "integration._end_run", "records.begin_run",
-                                     "records.end_run",
-                                     "records.record_step", "records.remember_credentials",
-                                     "integration._ensure_model_class")}
+                                     "records.end_run", "records.record_steps", "records.step_fields",
+                                     "records.remember_credentials", "integration._ensure_model_class")}
+    # (only the streamed scenario plans)
+    | {("records.planning_done", s) for s in SCENARIOS if s != "stream"}
 )
 
 

@@ -145,21 +145,21 @@ def record_llm(collector: Any, frame: Optional[Frame], model: Any, model_id: Any
     rec.update(model=model_name(model, model_id), prompt_tokens=prompt, completion_tokens=completion,
                total_tokens=total, tokens_reported=reported, streamed=streamed, purpose=None)
     if collector.add("llm_calls", rec, frame) and frame is not None and frame.agent is not None:
-        frame.calls_since_step.append(rec)
+        frame.calls.append(rec)
 
 
-def record_reply(collector: Any, frame: Optional[Frame], model: Any, usage: Any, step_number: Optional[int],
-                 start: float, duration: float) -> None:
-    """A model call that returned, with its model's id read now."""
-    record_llm(collector, frame, model, attr(model, "model_id"), step_number, start, duration, None, None, usage,
-               False)
+def record_reply(collector: Any, frame: Frame, model: Any, usage: Any, step_number: Optional[int], t0: float,
+                 t1: float) -> None:
+    """A model call that returned, with its model's id read now; `t0`, `t1` its perf_counter readings."""
+    record_llm(collector, frame, model, attr(model, "model_id"), step_number, t0 + frame.epoch, t1 - t0, None, None,
+               usage, False)
 
 
-def record_result(collector: Any, frame: Optional[Frame], tool: Any, usage: None, step_number: Optional[int],
-                  start: float, duration: float) -> None:
+def record_result(collector: Any, frame: Frame, tool: Any, usage: None, step_number: Optional[int], t0: float,
+                  t1: float) -> None:
     """A tool call that returned, with the tool's name read now (`usage` is always None: the event has the shape
     of a model reply's)."""
-    record_tool(collector, frame, tool, attr(tool, "name"), step_number, start, duration, None, None)
+    record_tool(collector, frame, tool, attr(tool, "name"), step_number, t0 + frame.epoch, t1 - t0, None, None)
 
 
 def record_tool(collector: Any, frame: Optional[Frame], tool: Any, name: Any, step_number: Optional[int],
@@ -169,30 +169,106 @@ def record_tool(collector: Any, frame: Optional[Frame], tool: Any, name: Any, st
     rec["tool_name"] = clip(name, collector.max_string_length) if isinstance(name, str) and name \
         else type(tool).__name__
     if collector.add("tools", rec, frame) and frame is not None and frame.agent is not None:
-        frame.tools_since_step.append(rec)
+        frame.tools.append(rec)
 
 
-def record_step(collector: Any, frame: Frame, kind: str, start: Any, end: Any, fields: Optional[tuple],
-                error: Optional[Tuple[str, Optional[str]]], agent_step: Optional[int]) -> None:
-    """One finished memory step of type `kind`: its timing, `fields` (step_number, is_final_answer, code_action) when
-    it is an action step, `error` (type name, message) of its own error or the one it died of, `agent_step` the
-    agent's step counter when it was finalized (a planning step has no number of its own)."""
-    if kind == "FinalAnswerStep":
-        return  # carries only the output; the action step that produced it is already recorded
-    if agent_step.__class__ is not int:
-        agent_step = None
-    agent = frame.agent
-    assert agent is not None
-    number, is_final, code = fields if fields is not None else (None, False, None)
-    if kind == "PlanningStep":
-        step_type, number = "planning", agent_step
+# -- steps ---------------------------------------------------------------------------------------------------------
+# A run's step records are built when it ends, from the agent's memory: smolagents appends every finished planning
+# and action step to `agent.memory.steps`, with its timing, number, error and code. Nothing is recorded per step while
+# the run goes (see the integration's `_finalize_step`) except what the memory cannot tell: which calls a planning
+# step made (it shares its number with the action step after it: `planning_done`, queued when it is finalized), the
+# error a step died of when it is not on the step (AgentGenerationError, an interrupt: `frame.step_errors`), and a
+# step whose callback raised, which never reaches the memory (`frame.lost_steps`). Every other call belongs to the
+# action step whose number the agent's counter had when the call was made.
+def _take(frame: Frame, number: Any) -> Tuple[list, list, dict]:
+    """The run's calls and tools no step has taken that were made at step `number`, and its dropped counts."""
+    calls = [rec for rec in frame.calls if rec["step_number"] == number]
+    tools = [rec for rec in frame.tools if rec["step_number"] == number]
+    if calls:
+        frame.calls = [rec for rec in frame.calls if rec["step_number"] != number]
+    if tools:
+        frame.tools = [rec for rec in frame.tools if rec["step_number"] != number]
+    return calls, tools, frame.dropped.pop(number, {})
+
+
+def planning_done(collector: Any, frame: Frame, key: int, number: Any) -> None:
+    """A planning step (the id of its object: `key`) was finalized at the agent's step `number`: the run's calls
+    made at that number so far are its own (the action step of that number has not begun)."""
+    if frame.planning is None:
+        frame.planning = {}
+    frame.planning[key] = (number if number.__class__ is int else None, *_take(frame, number))
+
+
+def step_fields(frame: Frame, steps: list, limit: int) -> list:
+    """(kind, start, end, number, is_final_answer, code_action, error, key) of each planning and action step of the
+    run that just ended, then of any that never reached the memory. `steps` is the agent's memory, of which the
+    run's steps are those after the last TaskStep (`run` appends one at every start, with reset=False too); for a
+    streamed run, the memory from the run's first step on, of which they are those before the next TaskStep."""
+    from smolagents.memory import ActionStep, PlanningStep, TaskStep
+
+    first, last = 0, len(steps)
+    if frame.memory is not None:
+        last = next((index for index, step in enumerate(steps) if isinstance(step, TaskStep)), last)
     else:
-        if not isinstance(number, int):
-            number = agent_step
-        step_type = "final_answer" if error is not None and error[0] == "AgentMaxStepsError" else "action"
-    calls, frame.calls_since_step = frame.calls_since_step, []
-    tools, frame.tools_since_step = frame.tools_since_step, []
-    dropped, frame.dropped_since_step = frame.dropped_since_step, {}
+        for index in range(len(steps) - 1, -1, -1):
+            if isinstance(steps[index], TaskStep):
+                first = index + 1
+                break
+    errors = frame.step_errors or {}
+    out = []
+    for step in steps[first:last] + (frame.lost_steps or []):
+        if isinstance(step, PlanningStep):
+            kind = "planning"
+        elif isinstance(step, ActionStep):
+            kind = "action"
+        else:
+            continue
+        timing = attr(step, "timing")
+        error = attr(step, "error")
+        if error is not None:
+            error = (type(error).__name__, clip(error, limit))
+        else:
+            error = errors.get(id(step))
+        out.append((kind, attr(timing, "start_time"), attr(timing, "end_time"), attr(step, "step_number"),
+                    attr(step, "is_final_answer"), attr(step, "code_action"), error, id(step)))
+    return out
+
+
+def record_steps(collector: Any, frame: Frame, steps: list, extracted: bool) -> None:
+    """The step records of a run that ended: `steps` is the agent's memory (a copy taken at the run's end), or
+    what `step_fields` took from it when `extracted` (a nested run's: its memory is let go of at its next run, and
+    the queued events of the task may wait until the task ends)."""
+    agent = frame.agent
+    if agent is None:
+        return  # its begin_run failed (counted then): nothing to add to
+    fields = steps if extracted else step_fields(frame, steps, collector.max_string_length)
+    by_number: dict = {}
+    for key, records in (("calls", frame.calls), ("tools", frame.tools)):
+        for rec in records:
+            by_number.setdefault(rec["step_number"], {"calls": [], "tools": []})[key].append(rec)
+    planning = frame.planning or {}
+    for kind, start, end, number, is_final, code, error, key in fields:
+        if kind == "planning":
+            number, calls, tools, dropped = planning.pop(key, (None, [], [], {}))
+            step_type = "planning"
+        else:
+            if number.__class__ is not int:
+                number = None
+            mine = by_number.pop(number, None)
+            calls, tools = (mine["calls"], mine["tools"]) if mine is not None else ([], [])
+            dropped = frame.dropped.pop(number, {})
+            step_type = "final_answer" if error is not None and error[0] == "AgentMaxStepsError" else "action"
+            if step_type == "final_answer":
+                frame.max_steps = True
+        _add_step(collector, frame, agent, step_type, number, start, end, calls, tools, dropped, error, is_final,
+                  code)
+    # Calls of a step that never finished (a planning step that failed) keep the number they were made at.
+    frame.calls, frame.tools = [], []
+
+
+def _add_step(collector: Any, frame: Frame, agent: dict, step_type: str, number: Optional[int], start: Any, end: Any,
+              calls: list, tools: list, dropped: dict, error: Optional[Tuple[str, Optional[str]]], is_final: Any,
+              code: Any) -> None:
     prompt, completion = dropped.get("prompt_tokens", 0), dropped.get("completion_tokens", 0)
     for call in calls:
         call["purpose"] = step_type

@@ -11,8 +11,11 @@ What is patched (all undone by `uninstall()`):
 - `run` of MultiStepAgent and of every subclass that defines its own: a top-level run is a task, a run inside
   another run (a managed agent) is an AgentExecution nested under its parent. `run(stream=True)` returns a proxy of
   the generator that ends the task when the generator is exhausted, closed, raises or is dropped.
-- `_finalize_step` of MultiStepAgent: called by smolagents at the end of every planning, action and max-steps step
-  with the finished memory step, so one hook sees every step's timing and error.
+- `_finalize_step` of MultiStepAgent: called by smolagents at the end of every planning, action and max-steps step.
+  The steps themselves are read from the agent's memory when the run ends (smolagents appends each finished step
+  to `agent.memory.steps`, with its timing, number, error and code), so this hook does nothing for the usual step.
+  It notes only what the memory will not tell: an error the step dies of that is not on the step object, a step
+  that never reaches the memory (its callback raised), and where a planning step's calls end.
 - `generate` / `generate_stream` of Model and of every subclass that defines them, including subclasses created
   later (an `__init_subclass__` hook) and model classes first seen on an agent. A per-thread flag makes a call that
   delegates to another patched method (super().generate, generate_stream -> generate) count once.
@@ -61,16 +64,28 @@ logger = logging.getLogger("sop_telemetry")
 SUPPORTED_VERSIONS = ((1, 23), (1, 27))  # >= 1.23 (copies context into tool threads), < 1.27 (tested up to 1.26)
 
 
-class _ModelCall(threading.local):
+class _ModelCall:
     """Set while this thread is inside a recorded model call, so that one that delegates to another patched method
     (super().generate, generate_stream -> generate, a model wrapping a model) counts once. Per thread rather than
     a context variable: setting a ContextVar allocates a new context each time (≈0.5 µs a call inside a run), and
     model calls are synchronous, so a thread is exactly one chain of them."""
 
-    busy = False
+    __slots__ = ("busy",)
+
+    def __init__(self) -> None:
+        self.busy = False
 
 
-_model_call = _ModelCall()
+class _PerThread(threading.local):
+    """Each thread's own `_ModelCall`. The flag is read and set on an object of its own rather than on the
+    thread-local: each attribute access on a threading.local looks the thread's dict up first (≈40 ns, against
+    ≈8 for a slot), and a model call reads the flag once and sets it twice."""
+
+    def __init__(self) -> None:
+        self.model_call = _ModelCall()
+
+
+_per_thread = _PerThread()
 
 _lock = threading.RLock()
 _installed = False
@@ -84,17 +99,18 @@ _perf = time.perf_counter
 _now = time.time
 # Wall-clock time minus perf_counter: a call's start is its perf_counter reading plus this (one clock read a call
 # instead of two). Taken again when a top-level run begins and for every call outside a run, so that a change of
-# the system clock reaches the records within a run.
+# the system clock reaches the records within a run. (The usual call inside a run uses its run's `Frame.epoch`,
+# taken when the run began, in the builder.)
 _epoch = _now() - _perf()
 _COMPLETED, _CANCELLED, _FAILED = TaskStatus.COMPLETED, TaskStatus.CANCELLED, TaskStatus.FAILED
 
 
 # -- queuing -------------------------------------------------------------------------------------------------------
-# Each wrapper queues one event per call. For a model reply, a tool result or an action step (what an agent does
+# Each model and tool wrapper queues one event per call. For a model reply or a tool result (what an agent does
 # dozens of times a run) the wrapper does it in its own body, reading only what cannot wait and reaching the queue
 # through the frame it already holds; anything unusual there (no run, content capture, a reply with no
-# `token_usage` attribute, an error) raises or is told apart and goes to the general path (`_queue_call`,
-# `_step_finished`). Inside a run, smolagents' own work between calls evicts our code and data from the CPU caches,
+# `token_usage` attribute, an error) raises or is told apart and goes to the general path (`_queue_call`). Steps
+# queue nothing as they go (see `_finalize_step`); a run queues its steps once, when it ends. Inside a run, smolagents' own work between calls evicts our code and data from the CPU caches,
 # so what a call costs is mostly how many objects and code objects it reaches: on a cache-cold call (benchmarks/,
 # section 2b) a helper function and the collector's attributes, which this body no longer reaches, were 0.55 of the
 # model wrapper's 2.4 µs.
@@ -183,10 +199,13 @@ def _llm_previews(content: Any, limit: int) -> Tuple[Optional[str], Optional[str
 # (`_signatures`: no packing and unpacking of the arguments, the cheapest call through a wrapper in Python).
 _GENERATE = """
 def make(original):
-    enabled, model_call, perf, frame_var = switch, _model_call, _perf, current  # (closure cells: faster to read)
+    enabled, per_thread, perf, frame_var = switch, _per_thread, _perf, current  # (closure cells: faster to read)
 
     def generate(PARAMS):
-        if not enabled.enabled or model_call.busy:
+        if not enabled.enabled:
+            return original(CALL)
+        model_call = per_thread.model_call
+        if model_call.busy:
             return original(CALL)
         model_call.busy = True
         t0 = perf()
@@ -197,17 +216,16 @@ def make(original):
             raise
         finally:
             model_call.busy = False
-        duration = perf() - t0
+        t1 = perf()
         try:
             frame = frame_var.get()
             pending = frame.pending
-            # (The usage is taken now, not the reply kept: it holds the content and the raw response.)
-            usage = result.token_usage
-            step = frame.owner.step_number  # the agent's step counter now: it moves on as the run goes
-            pending.append(("smolagents.model", records.record_reply, frame, SELF, usage, step, t0 + _epoch,
-                            duration))
+            # (The usage is taken now, not the reply kept: it holds the content and the raw response.) The agent's
+            # step counter is read now: it moves on as the run goes, and it tells which step the call was in.
+            pending.append(("smolagents.model", records.record_reply, frame, SELF, result.token_usage,
+                            frame.owner.step_number, t0, t1))
         except Exception:  # no run, content capture, an odd reply or agent: the general path
-            _llm_returned(SELF, t0, duration, result, ARGS, KWARGS)
+            _llm_returned(SELF, t0, t1 - t0, result, ARGS, KWARGS)
             return result
         if len(pending) >= frame.limit:
             _materialize(frame)
@@ -263,13 +281,14 @@ def _traced_stream(iterator: Any, model: Any, frame: Optional[Frame], start: flo
     try:
         while True:
             # Flagged while the model produces a delta, so that a generate_stream built on generate counts once.
-            was, _model_call.busy = _model_call.busy, True
+            model_call = _per_thread.model_call
+            was, model_call.busy = model_call.busy, True
             try:
                 delta = next(iterator)
             except StopIteration:
                 return
             finally:
-                _model_call.busy = was
+                model_call.busy = was
             delta_usage = records.attr(delta, "token_usage")
             if delta_usage is not None:
                 _safe("smolagents.model_stream", usage.add, delta_usage)
@@ -287,9 +306,10 @@ def _traced_stream(iterator: Any, model: Any, frame: Optional[Frame], start: flo
 
 def _generate_stream_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
     def generate_stream(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not switch.enabled or _model_call.busy:
+        model_call = _per_thread.model_call
+        if not switch.enabled or model_call.busy:
             return original(self, *args, **kwargs)
-        _model_call.busy = True
+        model_call.busy = True
         start = _now()
         t0 = _perf()
         try:
@@ -298,7 +318,7 @@ def _generate_stream_wrapper(original: Callable[..., Any]) -> Callable[..., Any]
             _queue_llm(self, current.get(), start, _perf() - t0, None, exc, True)
             raise
         finally:
-            _model_call.busy = False
+            model_call.busy = False
         if not hasattr(stream, "__next__"):
             # Not an iterator (a list of deltas, say): count it now and hand back the very same object.
             def count_now() -> None:
@@ -349,15 +369,14 @@ def _tool_call_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
         except BaseException as exc:
             _queue_tool(self, current.get(), t0 + _epoch, perf() - t0, exc)
             raise
-        duration = perf() - t0
+        t1 = perf()
         try:
             frame = frame_var.get()
             pending = frame.pending
-            step = frame.owner.step_number
-            pending.append(("smolagents.tool", records.record_result, frame, self, None, step, t0 + _epoch,
-                            duration))
+            pending.append(("smolagents.tool", records.record_result, frame, self, None, frame.owner.step_number, t0,
+                            t1))
         except Exception:  # no run, content capture, an odd agent: the general path (see generate)
-            _queue_tool(self, current.get(), t0 + _epoch, duration, None, (args, kwargs, result))
+            _queue_tool(self, current.get(), t0 + _epoch, t1 - t0, None, (args, kwargs, result))
             return result
         if len(pending) >= frame.limit:
             _materialize(frame)
@@ -372,82 +391,63 @@ _in_flight: Callable[[], Optional[BaseException]] = getattr(sys, "exception", No
 
 _FINALIZE_STEP = """
 def make(original):
-    enabled, frame_var, in_flight = switch, current, _in_flight  # (closure cells: faster to read)
+    in_flight, planning_step, noted = _in_flight, _PlanningStep, _step_noted  # (closure cells: faster to read)
 
     def _finalize_step(PARAMS):
-        if not enabled.enabled:
-            return original(CALL)
-        frame = frame_var.get()
-        if frame is None or frame.owner is not SELF:
-            return original(CALL)
-        # smolagents finalizes a step in a `finally`: when a step dies of an error it re-raises (a model failure,
-        # AgentGenerationError), that error is on its way out, not on the step object, and only sys.exc_info()
-        # has it.
+        # The usual step, an action step finalized with no exception in flight, costs nothing here: its record is
+        # built from the agent's memory when the run ends (_end_run). smolagents finalizes a step in a `finally`:
+        # when a step dies of an error it re-raises (a model failure, AgentGenerationError), that error is on its
+        # way out, not on the step object, and only sys.exception() has it.
         unwinding = in_flight()
-        try:
-            return original(CALL)
-        finally:
-            # The usual case, an action step without error, queued here (see "queuing"); anything else (an
-            # error, a planning step, content capture) by _step_finished.
-            pending = frame.pending
+        if unwinding is None and not isinstance(FIRST, planning_step):
             try:
-                step = FIRST
-                kind = type(step).__name__
-                if kind == "FinalAnswerStep":
-                    # It carries only the run's output, which the action step before it has recorded: nothing
-                    # to queue (and it has none of the attributes read below: the general path would raise and
-                    # catch four AttributeErrors, at the end of every run).
-                    event = False
-                else:
-                    timing = step.timing
-                    if step.error is None and (unwinding is None or unwinding is frame.outer_error):
-                        event = ("smolagents.step", records.record_step, frame, kind, timing.start_time,
-                                 timing.end_time, (step.step_number, step.is_final_answer, step.code_action), None,
-                                 SELF.step_number)
-                    else:
-                        event = None
-            except Exception:
-                event = None
-            if event is False:
-                pass
-            elif event is None or pending is None:
-                _step_finished(SELF, frame, FIRST, unwinding)
-            else:
-                pending.append(event)
-                if len(pending) >= frame.limit:
-                    _materialize(frame)
+                return original(CALL)
+            except BaseException:  # a step callback raised: the step never reaches the memory
+                noted(SELF, FIRST, None, True)
+                raise
+        try:
+            result = original(CALL)
+        except BaseException:
+            noted(SELF, FIRST, unwinding, True)
+            raise
+        noted(SELF, FIRST, unwinding, False)
+        return result
     return _finalize_step
 """
 
 
-def _step_finished(agent: Any, frame: Frame, step: Any, unwinding: Optional[BaseException]) -> None:
-    """Queues a finished memory step. What the record needs is read now, not the step kept: a step holds the
-    messages the model was given (the whole conversation so far), which the agent's memory lets go of at its next
-    run, while queued events may wait until the task ends."""
+class _NoPlanningStep:
+    """Stands for smolagents' PlanningStep until install() imports it."""
+
+
+_PlanningStep: type = _NoPlanningStep
+
+
+def _step_noted(agent: Any, step: Any, unwinding: Optional[BaseException], lost: bool) -> None:
+    """What the memory will not tell about a step being finalized: the error it dies of (`unwinding`, when it is not
+    the one the run began inside), that it never reaches the memory (`lost`: a step callback raised), and, for a
+    planning step, which calls were its own (queued now: the calls queued before it are)."""
     try:
-        kind = type(step).__name__
-        error = records.attr(step, "error")  # (a planning step has none: a getattr default, no exception caught)
-        if error is None and unwinding is not None and unwinding is not frame.outer_error:
-            error = unwinding
+        if not switch.enabled:
+            return
+        frame = current.get()
+        if frame is None or frame.owner is not agent:
+            return
         collector = frame.collector or _outside(frame)
-        if error is not None:
-            error = _error(error, collector)
-            if error[0] == "AgentMaxStepsError":
-                frame.max_steps = True
-        try:
-            timing = step.timing
-            start, end = timing.start_time, timing.end_time
-        except Exception:  # noqa: BLE001 - a step object without timing
-            start = end = None
-        try:
-            fields = (step.step_number, step.is_final_answer, step.code_action)
-        except Exception:  # noqa: BLE001 - only action steps have these
-            fields = None
-        try:
-            number = agent.step_number  # see _queue_call
-        except Exception:  # noqa: BLE001
-            number = None
-        _queue(collector, ("smolagents.step", records.record_step, frame, kind, start, end, fields, error, number))
+        if unwinding is not None and unwinding is not frame.outer_error:
+            if frame.step_errors is None:
+                frame.step_errors = {}
+            frame.step_errors[id(step)] = _error(unwinding, collector)
+        if lost:
+            if frame.lost_steps is None:
+                frame.lost_steps = []
+            frame.lost_steps.append(step)
+        if isinstance(step, _PlanningStep):
+            try:
+                number = agent.step_number
+            except Exception:  # noqa: BLE001 - a user's agent class that makes this anything
+                number = None
+            _queue(collector, ("smolagents.step", records.planning_done, frame, id(step), number))
     except Exception as exc:  # noqa: BLE001 - this is the guard
         _failed("smolagents.step", exc)
 
@@ -487,9 +487,33 @@ def _end_run(frame: Frame, exc: Optional[BaseException]) -> None:
     else:
         status = _CANCELLED if isinstance(exc, KeyboardInterrupt) else _FAILED
         error = _error(exc, collector)
+    _queue_steps(frame, collector)
     _queue(collector, ("smolagents.run", records.end_run, frame, _now(), status, error))
     if frame.parent is None:
         collector.changed(True)  # the task is over: the writer builds its records and writes the file now
+
+
+def _queue_steps(frame: Frame, collector: Any) -> None:
+    """Queues the run's steps: a copy of the agent's memory (the list; the next run with reset=False appends to it),
+    whose records are built later. A nested run's steps are read now instead: its memory is let go of at its next
+    run, while the task's queued events may wait until the task ends."""
+    try:
+        try:
+            if frame.memory is None:
+                steps = list(frame.owner.memory.steps)
+            else:
+                memory, first = frame.memory  # a streamed run: see _trace_run_stream
+                steps = memory[first:]
+        except Exception:  # noqa: BLE001 - an agent class without smolagents' memory
+            steps = []
+        if frame.parent is None:
+            event: tuple = ("smolagents.step", records.record_steps, frame, steps, False)
+        else:
+            event = ("smolagents.step", records.record_steps, frame,
+                     records.step_fields(frame, steps, collector.max_string_length), True)
+        _queue(collector, event)
+    except Exception as exc:  # noqa: BLE001 - this is the guard (the run's end is queued all the same)
+        _failed("smolagents.step", exc)
 
 
 def _traced_run_class() -> type:
@@ -560,6 +584,13 @@ def _trace_run_stream(gen: Any, frame: Frame) -> Any:
     global _traced_run
     if _traced_run is None:
         _traced_run = _traced_run_class()
+    # The memory list this run appends its steps to, and where they begin: a streamed run may still be going when
+    # the agent runs again, and that run resets the memory (a new list) or, with reset=False, appends after it.
+    try:
+        steps = frame.owner.memory.steps
+        frame.memory = (steps, len(steps))
+    except Exception:  # noqa: BLE001 - an agent class without smolagents' memory
+        pass
     return _traced_run(gen, frame)
 
 
@@ -732,7 +763,7 @@ def _version_ok(version: str) -> bool:
 
 def install() -> bool:
     """Patches smolagents; returns True if it is (now or already) instrumented. Idempotent and thread-safe."""
-    global _installed, _warned_version
+    global _installed, _warned_version, _PlanningStep
     with _lock:
         if _installed:
             logger.debug("sop_telemetry: smolagents already instrumented")
@@ -749,6 +780,9 @@ def install() -> bool:
                 )
             return False
         from smolagents import agents, local_python_executor, models, tools
+        from smolagents.memory import PlanningStep
+
+        _PlanningStep = PlanningStep
 
         bases = {"Model": models.Model, "Tool": tools.Tool, "MultiStepAgent": agents.MultiStepAgent}
         try:
