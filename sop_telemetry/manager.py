@@ -363,9 +363,20 @@ class TelemetryManager:
             self._writer_running = False
 
     def _write_until_stopped(self) -> None:
+        resume = 0.0  # (perf_counter) when the pause after the last write ends
         while not self._stopped:
             interval = self._config.flush_interval if self._config is not None else 30.0
             self._wake.wait(interval)
+            # Rewriting the file costs time in proportion to the session, and it holds the GIL the agents need.
+            # After a write that took d seconds the next waits _WRITE_BACKOFF * d: a small session (≈1 ms a write)
+            # is still written at each task's end, while a large one with short tasks ending back to back is
+            # written every few hundred ms instead of after every task. The pause is taken once there is something
+            # to write, not right after a write: a writer that slept through it and then went back to waiting
+            # would wake once after every write for nothing, and take the GIL from the agent's thread to do so.
+            # Task ends during the pause are kept by `_wake` (cleared after it) and written right after it.
+            pause = resume - time.perf_counter()
+            if pause > 0.002 and not self._stopped:
+                self._halt.wait(pause)
             self._wake.clear()
             if self._stopped:
                 return
@@ -375,14 +386,8 @@ class TelemetryManager:
                 self._write(final=False)
             except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
                 get_error_handler().record_error("manager.writer", exc)
-            # Rewriting the file costs time in proportion to the session, and it holds the GIL the agents need.
-            # After a write that took d seconds the next waits _WRITE_BACKOFF * d: a small session (≈1 ms a write)
-            # is still written at each task's end, while a large one with short tasks ending back to back is
-            # written every few hundred ms instead of after every task. Task ends during the pause are kept by
-            # `_wake` and written right after it.
-            pause = min(_WRITE_BACKOFF * (time.perf_counter() - began), _MAX_WRITE_PAUSE)
-            if pause > 0.002:
-                self._halt.wait(pause)
+            now = time.perf_counter()
+            resume = now + min(_WRITE_BACKOFF * (now - began), _MAX_WRITE_PAUSE)
 
     def _maybe_cleanup(self) -> None:
         cfg = self._config

@@ -118,6 +118,33 @@ def test_records_outside_a_task_reach_disk_within_the_flush_interval(manager, st
     wait_for(lambda: path.exists() and TelemetrySession.from_json(path.read_bytes()).total_tokens.total_tokens == 6)
 
 
+def test_the_writer_sleeps_through_its_pause_only_when_a_write_waits(manager, storage_dir, monkeypatch):
+    # After a write the writer pauses before the next one (a large session is not rewritten after every task). It
+    # must not sleep that pause off and then wake (taking the GIL from the agents) with nothing to write: it waits
+    # for a task's end, and takes what is left of the pause then.
+    from sop_telemetry import manager as manager_module
+
+    monkeypatch.setattr(manager_module, "_WRITE_BACKOFF", 1e9)  # every pause is the longest
+    monkeypatch.setattr(manager_module, "_MAX_WRITE_PAUSE", 1.0)
+    record_task(manager, "first")
+    path = storage_dir / f"{manager.get_collector().session_id}.json"
+    wait_for(lambda: path.exists())
+    written = time.perf_counter()
+
+    def where() -> str:
+        frame = sys._current_frames().get(manager._writer.ident)
+        while frame is not None and frame.f_code.co_name != "_write_until_stopped":
+            frame = frame.f_back
+        return "" if frame is None else textwrap.dedent(
+            Path(frame.f_code.co_filename).read_text().splitlines()[frame.f_lineno - 1]).strip()
+
+    wait_for(lambda: where().startswith("self._wake.wait("))  # not "self._halt.wait(pause)" for 1 s
+    assert time.perf_counter() - written < 0.5
+    record_task(manager, "second")  # within the pause: written when it is over, not at once
+    wait_for(lambda: len(TelemetrySession.from_json(path.read_bytes()).tasks) == 2)
+    assert time.perf_counter() - written >= 0.9  # (`written` was taken up to one poll after the write)
+
+
 def test_shutdown_writes_the_session_with_its_end(manager, storage_dir):
     record_task(manager)
     manager.shutdown()
