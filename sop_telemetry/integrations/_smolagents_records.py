@@ -199,49 +199,72 @@ def planning_done(collector: Any, frame: Frame, key: int, number: Any) -> None:
     frame.planning[key] = (number if number.__class__ is int else None, *_take(frame, number))
 
 
+_step_classes: Optional[tuple] = None  # smolagents' (ActionStep, PlanningStep, TaskStep), imported at first use
+
+
 def step_fields(frame: Frame, steps: list, limit: int) -> list:
     """(kind, start, end, number, is_final_answer, code_action, error, key) of each planning and action step of the
     run that just ended, then of any that never reached the memory. `steps` is the agent's memory, of which the
     run's steps are those after the last TaskStep (`run` appends one at every start, with reset=False too); for a
-    streamed run, the memory from the run's first step on, of which they are those before the next TaskStep."""
-    from smolagents.memory import ActionStep, PlanningStep, TaskStep
+    streamed run, the memory from the run's first step on, of which they are those before the next TaskStep.
+    Runs on the agent's thread when its run ends (the steps hold the whole conversation, which must not wait in the
+    queue), so an action step's fields are read at once, and anything unusual by `_odd_step_fields`."""
+    global _step_classes
+    if _step_classes is None:
+        from smolagents.memory import ActionStep, PlanningStep, TaskStep
 
+        _step_classes = (ActionStep, PlanningStep, TaskStep)
+    action, planning, task = _step_classes
     first, last = 0, len(steps)
     if frame.memory is not None:
-        last = next((index for index, step in enumerate(steps) if isinstance(step, TaskStep)), last)
+        last = next((index for index, step in enumerate(steps) if isinstance(step, task)), last)
     else:
-        for index in range(len(steps) - 1, -1, -1):
-            if isinstance(steps[index], TaskStep):
+        for index in range(last - 1, -1, -1):
+            if isinstance(steps[index], task):
                 first = index + 1
                 break
-    errors = frame.step_errors or {}
+    errors = frame.step_errors
     out = []
+    append = out.append
     for step in steps[first:last] + (frame.lost_steps or []):
-        if isinstance(step, PlanningStep):
-            kind = "planning"
-        elif isinstance(step, ActionStep):
-            kind = "action"
-        else:
-            continue
-        timing = attr(step, "timing")
-        error = attr(step, "error")
-        if error is not None:
-            error = (type(error).__name__, clip(error, limit))
-        else:
-            error = errors.get(id(step))
-        out.append((kind, attr(timing, "start_time"), attr(timing, "end_time"), attr(step, "step_number"),
-                    attr(step, "is_final_answer"), attr(step, "code_action"), error, id(step)))
+        if step.__class__ is action and errors is None:
+            try:
+                timing = step.timing
+                if step.error is None:
+                    append(("action", timing.start_time, timing.end_time, step.step_number, step.is_final_answer,
+                            step.code_action, None, None))
+                    continue
+            except Exception:  # noqa: BLE001 - an odd step: read attribute by attribute below
+                pass
+        fields = _odd_step_fields(step, action, planning, errors, limit)
+        if fields is not None:
+            append(fields)
     return out
 
 
-def record_steps(collector: Any, frame: Frame, steps: list, extracted: bool) -> None:
-    """The step records of a run that ended: `steps` is the agent's memory (a copy taken at the run's end), or
-    what `step_fields` took from it when `extracted` (a nested run's: its memory is let go of at its next run, and
-    the queued events of the task may wait until the task ends)."""
+def _odd_step_fields(step: Any, action: type, planning: type, errors: Optional[dict], limit: int) -> Optional[tuple]:
+    """`step_fields` for a planning step, a step with an error, a subclass, or one whose attributes raise."""
+    if isinstance(step, planning):
+        kind = "planning"
+    elif isinstance(step, action):
+        kind = "action"
+    else:
+        return None
+    timing = attr(step, "timing")
+    error = attr(step, "error")
+    if error is not None:
+        error = (type(error).__name__, clip(error, limit))
+    elif errors is not None:
+        error = errors.get(id(step))
+    return (kind, attr(timing, "start_time"), attr(timing, "end_time"), attr(step, "step_number"),
+            attr(step, "is_final_answer"), attr(step, "code_action"), error, id(step))
+
+
+def record_steps(collector: Any, frame: Frame, fields: list) -> None:
+    """The step records of a run that ended, from what `step_fields` read of its steps."""
     agent = frame.agent
     if agent is None:
         return  # its begin_run failed (counted then): nothing to add to
-    fields = steps if extracted else step_fields(frame, steps, collector.max_string_length)
     by_number: dict = {}
     for key, records in (("calls", frame.calls), ("tools", frame.tools)):
         for rec in records:

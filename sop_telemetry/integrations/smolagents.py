@@ -494,24 +494,19 @@ def _end_run(frame: Frame, exc: Optional[BaseException]) -> None:
 
 
 def _queue_steps(frame: Frame, collector: Any) -> None:
-    """Queues the run's steps: a copy of the agent's memory (the list; the next run with reset=False appends to it),
-    whose records are built later. A nested run's steps are read now instead: its memory is let go of at its next
-    run, while the task's queued events may wait until the task ends."""
+    """Queues the run's steps, read from the agent's memory now: they hold the whole conversation, which the memory
+    lets go of at the agent's next run and which must not wait in the queue until the writer runs."""
     try:
         try:
             if frame.memory is None:
-                steps = list(frame.owner.memory.steps)
+                steps = frame.owner.memory.steps
             else:
                 memory, first = frame.memory  # a streamed run: see _trace_run_stream
                 steps = memory[first:]
         except Exception:  # noqa: BLE001 - an agent class without smolagents' memory
             steps = []
-        if frame.parent is None:
-            event: tuple = ("smolagents.step", records.record_steps, frame, steps, False)
-        else:
-            event = ("smolagents.step", records.record_steps, frame,
-                     records.step_fields(frame, steps, collector.max_string_length), True)
-        _queue(collector, event)
+        fields = records.step_fields(frame, steps, collector.max_string_length)
+        _queue(collector, ("smolagents.step", records.record_steps, frame, fields))
     except Exception as exc:  # noqa: BLE001 - this is the guard (the run's end is queued all the same)
         _failed("smolagents.step", exc)
 
