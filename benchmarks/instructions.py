@@ -8,7 +8,7 @@ Usage::
 Why: section 1 times runs on a shared VM whose speed drifts by more than the 2% being measured, so its figure moves
 from one full run to the next (1.4% to 3.9% for the same code). An instruction count moves far less: the
 uninstrumented run counts the same whatever else the machine does (±0.01% between processes), and what a setup adds
-moves by up to ±0.1 point (a setup with a writer thread interleaves with it differently in each process). It is not
+moves by up to ±0.15 point (a setup with a writer thread interleaves with it differently in each process). It is not
 time (a cache miss costs no instruction), so it is a lower bound of the timed overhead and a check on it, not a
 replacement.
 
