@@ -110,10 +110,10 @@ _COMPLETED, _CANCELLED, _FAILED = TaskStatus.COMPLETED, TaskStatus.CANCELLED, Ta
 # dozens of times a run) the wrapper does it in its own body, reading only what cannot wait and reaching the queue
 # through the frame it already holds; anything unusual there (no run, content capture, a reply with no
 # `token_usage` attribute, an error) raises or is told apart and goes to the general path (`_queue_call`). Steps
-# queue nothing as they go (see `_finalize_step`); a run queues its steps once, when it ends. Inside a run, smolagents' own work between calls evicts our code and data from the CPU caches,
-# so what a call costs is mostly how many objects and code objects it reaches: on a cache-cold call (benchmarks/,
-# section 2b) a helper function and the collector's attributes, which this body no longer reaches, were 0.55 of the
-# model wrapper's 2.4 µs.
+# queue nothing as they go (see `_finalize_step`); a run queues its steps once, when it ends. Inside a run,
+# smolagents' own work between calls evicts our code and data from the CPU caches, so what a call costs is mostly how
+# many objects and code objects it reaches: on a cache-cold call (benchmarks/, section 2b) a helper function and the
+# collector's attributes, which this body no longer reaches, were 0.55 of the model wrapper's 2.4 µs.
 def _collector() -> Any:
     return TelemetryManager.get_instance().get_collector()
 
@@ -306,8 +306,10 @@ def _traced_stream(iterator: Any, model: Any, frame: Optional[Frame], start: flo
 
 def _generate_stream_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
     def generate_stream(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not switch.enabled:
+            return original(self, *args, **kwargs)
         model_call = _per_thread.model_call
-        if not switch.enabled or model_call.busy:
+        if model_call.busy:
             return original(self, *args, **kwargs)
         model_call.busy = True
         start = _now()
