@@ -23,6 +23,10 @@ is a young-generation GC (the heap is frozen first, so that collections stay che
   end, is outside the timing (the run returns before it);
 - ``sop_with_write``: the same, timed until that file is written, so the writer's CPU time for the run counts (but
   not what the write costs the run after it);
+- ``sop_unwritten`` (a diagnostic): the same hooks as ``sop``, but the session is never written: the manager is
+  read-only during its runs (a task's end does not wake the writer) and each run's events are dropped unbuilt
+  afterwards. ``sop`` minus ``sop_unwritten`` is what the writer's work between runs costs the runs after it, through
+  the caches and the allocator's state, which the untimed cool-down run does not fully absorb;
 - ``sop_disabled``: ``install()`` then ``disable_telemetry()``;
 - ``minimal_hooks``: the cheapest hook possible at every place sop_telemetry hooks to time a call (generate,
   generate_stream, a tool's ``__call__``, ``_finalize_step``, ``run``): read the clock, call the original, read the
@@ -55,7 +59,8 @@ from .fake import section_one_agent
 from .stats import (bootstrap_ci, cpu_time, freeze_heap, median, minimal_hook_factory, perf, quiet_gc,
                     trimmed_mean)
 
-_ORDER = ("none", "minimal_hooks", "sop", "sop_with_write", "sop_disabled", "openinference", "openinference_batch")
+_ORDER = ("none", "minimal_hooks", "sop", "sop_unwritten", "sop_with_write", "sop_disabled", "openinference",
+          "openinference_batch")
 _HOOKED = ("generate", "generate_stream", "__call__", "_finalize_step", "run")
 _ATTRS = ("run", "_step_stream", "_finalize_step", "generate", "generate_stream", "__call__", "__init_subclass__")
 _ABSENT = object()
@@ -143,7 +148,7 @@ class Setups:
         self.snapshot = _Snapshot(_all_subclasses(Model, Tool, MultiStepAgent))
         self.active = "none"
         self.leftovers: Dict[str, int] = {}
-        self.names = ["none", "minimal_hooks", "sop", "sop_with_write", "sop_disabled"]
+        self.names = ["none", "minimal_hooks", "sop", "sop_unwritten", "sop_with_write", "sop_disabled"]
         self._written = threading.Event()
         self._written_ids: set = set()
         self.missed_wakes: List[str] = []
@@ -168,14 +173,15 @@ class Setups:
 
     def activate(self, name: str) -> None:
         self._deactivate()
-        if name in ("sop", "sop_with_write", "sop_disabled"):
+        if name in ("sop", "sop_unwritten", "sop_with_write", "sop_disabled"):
             self.integration.install()
             if name == "sop_disabled":
                 self.manager.disable_telemetry()
             else:
                 self.manager.enable_telemetry()
-            if name != "sop_disabled":
+            if name in ("sop", "sop_with_write"):
                 self._spy_writes()
+            self.manager.read_only = name == "sop_unwritten"
         elif name == "minimal_hooks":
             make = minimal_hook_factory(self._minimal_sink)
             for owner, attr, original in self._hook_targets:
@@ -212,12 +218,12 @@ class Setups:
         have left the caches cold (a session just written by the writer thread costs the next run about 1 ms).
         sop_telemetry's warm-up run records nothing to disk: its queued events are dropped unbuilt, so that no
         write lands right before the timed run."""
-        if name in ("sop", "sop_with_write"):
+        if name in ("sop", "sop_unwritten", "sop_with_write"):
             self.manager.read_only = True
             try:
                 agent.run("Add the numbers.")
             finally:
-                self.manager.read_only = False
+                self.manager.read_only = name == "sop_unwritten"
             collector = self.manager.get_collector()
             collector.pending.clear()
             _fresh_session(collector)
@@ -290,9 +296,10 @@ class Setups:
         name = self.active
         if name in ("sop", "sop_with_write"):
             self._unspy()
-        if name in ("sop", "sop_with_write", "sop_disabled"):
+        if name in ("sop", "sop_unwritten", "sop_with_write", "sop_disabled"):
             self.integration.uninstall()
             self.manager.enable_telemetry()
+            self.manager.read_only = False
         elif name.startswith("openinference"):
             self._instrumentor.uninstrument()
         fixed = self.snapshot.restore()
@@ -306,6 +313,12 @@ class Setups:
             calls = len(self._minimal_sink)
             self._minimal_sink.clear()
             return {"timed_calls": calls}
+        if name == "sop_unwritten":
+            collector = self.manager.get_collector()
+            queued = len(collector.pending)
+            collector.pending.clear()
+            _fresh_session(collector)
+            return {"queued_events": queued}
         if name in ("sop", "sop_with_write"):
             collector = self.manager.get_collector()
             tasks = collector.snapshot()["tasks"]

@@ -128,6 +128,7 @@ def render(r: Dict[str, Any]) -> str:
     parts.append(f"sop_telemetry benchmarks ({meta.get('mode', '?')}): python {meta.get('python')}, "
                  f"smolagents {meta.get('smolagents')}, {meta.get('cpus')} CPUs, {meta.get('platform')}")
     names = {"none": "no telemetry", "minimal_hooks": "minimal timing hooks", "sop": "sop_telemetry enabled",
+             "sop_unwritten": "sop_telemetry enabled, never written (diagnostic)",
              "sop_with_write": "sop_telemetry enabled + its file write", "sop_disabled": "sop_telemetry disabled",
              "openinference": "OpenInference (SimpleSpanProcessor)",
              "openinference_batch": "OpenInference (BatchSpanProcessor)"}
