@@ -58,6 +58,11 @@ def tokens(usage: Any) -> Tuple[Optional[int], Optional[int], Optional[int], boo
     return prompt, completion, total, True
 
 
+def error_of(exc: BaseException, limit: int) -> Tuple[str, Optional[str]]:
+    """(type name, message cut to `limit`) of an error: what a record keeps of it."""
+    return type(exc).__name__, clip(exc, limit)
+
+
 def model_name(model: Any, model_id: Any) -> str:
     return (clip(model_id, 200) if model_id is not None else None) or type(model).__name__
 
@@ -253,7 +258,7 @@ def _odd_step_fields(step: Any, action: type, planning: type, errors: Optional[d
     timing = attr(step, "timing")
     error = attr(step, "error")
     if error is not None:
-        error = (type(error).__name__, clip(error, limit))
+        error = error_of(error, limit)
     elif errors is not None:
         error = errors.get(id(step))
     return (kind, attr(timing, "start_time"), attr(timing, "end_time"), attr(step, "step_number"),
