@@ -115,6 +115,15 @@ def _fresh_session(collector: Any) -> None:
         raise RuntimeError(f"a task is still open after the run: {list(collector._open)}")
 
 
+def _drop_queued(collector: Any) -> int:
+    """Drops the run's queued events unbuilt (nothing of it is written) and starts a fresh session; returns how
+    many events there were."""
+    queued = len(collector.pending)
+    collector.pending.clear()
+    _fresh_session(collector)
+    return queued
+
+
 def _all_subclasses(*bases: type) -> List[type]:
     seen: List[type] = []
     todo = list(bases)
@@ -224,9 +233,7 @@ class Setups:
                 agent.run("Add the numbers.")
             finally:
                 self.manager.read_only = name == "sop_unwritten"
-            collector = self.manager.get_collector()
-            collector.pending.clear()
-            _fresh_session(collector)
+            _drop_queued(self.manager.get_collector())
             return
         agent.run("Add the numbers.")
         self.after_run(name)
@@ -314,11 +321,7 @@ class Setups:
             self._minimal_sink.clear()
             return {"timed_calls": calls}
         if name == "sop_unwritten":
-            collector = self.manager.get_collector()
-            queued = len(collector.pending)
-            collector.pending.clear()
-            _fresh_session(collector)
-            return {"queued_events": queued}
+            return {"queued_events": _drop_queued(self.manager.get_collector())}
         if name in ("sop", "sop_with_write"):
             collector = self.manager.get_collector()
             tasks = collector.snapshot()["tasks"]
