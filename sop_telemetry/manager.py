@@ -76,6 +76,10 @@ class TelemetryManager:
         self._wake = threading.Event()
         self._halt = threading.Event()  # set by shutdown(): ends the writer's pause between writes at once
         self._stopped = False
+        # A task ended since the writer last looked (`_due`); the writer is in its pause after a write and will look
+        # when it is over, so that a task's end need not wake it (`_pausing`). See _write_until_stopped.
+        self._due = False
+        self._pausing = False
         self._writer: Optional[threading.Thread] = None
         self._writer_running = False  # set by _start_writer, cleared by the writer thread as it ends
         self._written_generation = -1
@@ -340,7 +344,9 @@ class TelemetryManager:
         if not self._writer_running:  # (a flag, not Thread.is_alive(): this runs twice in every agent run)
             self._start_writer()
         if urgent:
-            self._wake.set()
+            self._due = True
+            if not self._pausing:
+                self._wake.set()
 
     def _start_writer(self) -> None:
         with self._lock:
@@ -365,18 +371,30 @@ class TelemetryManager:
     def _write_until_stopped(self) -> None:
         resume = 0.0  # (perf_counter) when the pause after the last write ends
         while not self._stopped:
-            interval = self._config.flush_interval if self._config is not None else 30.0
-            self._wake.wait(interval)
             # Rewriting the file costs time in proportion to the session, and it holds the GIL the agents need.
-            # After a write that took d seconds the next waits _WRITE_BACKOFF * d: a small session (≈1 ms a write)
-            # is still written at each task's end, while a large one with short tasks ending back to back is
-            # written every few hundred ms instead of after every task. The pause is taken once there is something
-            # to write, not right after a write: a writer that slept through it and then went back to waiting
-            # would wake once after every write for nothing, and take the GIL from the agent's thread to do so.
-            # Task ends during the pause are kept by `_wake` (cleared after it) and written right after it.
+            # After a write that took d seconds the writer pauses _WRITE_BACKOFF * d: a small session (≈2 ms a
+            # write) is still written within ≈40 ms of each task's end, while a large one with short tasks ending
+            # back to back is written every few hundred ms instead of after every task.
+            # The pause is taken right after the write, on the writer's own timer, so that a task that ends during
+            # it does not wake the writer: `_on_change` only sets `_due`, which the writer reads when the pause is
+            # over. Waking a sleeping thread costs the thread that does it a system call and, on a VM, an interrupt
+            # to another CPU: 15-30 µs on the agent's thread at the end of its run (benchmarks/, section 1: 0.3-0.8%
+            # of a short ToolCallingAgent run). So only a task that ends while the writer is idle (a pause went by
+            # with nothing to write) pays for a wake; short tasks run back to back pay none. The price: after each
+            # pause the writer looks once, even when nothing is due (one GIL acquisition per write, off the agent's
+            # thread). `_pausing` is cleared before `_due` is read, and `_on_change` sets `_due` before it reads
+            # `_pausing`: a task's end is either seen here or wakes the writer.
             pause = resume - time.perf_counter()
-            if pause > 0.002 and not self._stopped:
+            if pause > 0.002:
+                self._pausing = True
                 self._halt.wait(pause)
+                self._pausing = False
+            if self._stopped:
+                return
+            if not self._due:
+                interval = self._config.flush_interval if self._config is not None else 30.0
+                self._wake.wait(interval)
+            self._due = False
             self._wake.clear()
             if self._stopped:
                 return
@@ -589,6 +607,7 @@ class TelemetryManager:
         self._write_lock = threading.Lock()
         self._wake = threading.Event()
         self._halt = threading.Event()
+        self._due = self._pausing = False
         self._writer = None
         self._writer_running = False
         self._written_generation = -1

@@ -118,18 +118,19 @@ def test_records_outside_a_task_reach_disk_within_the_flush_interval(manager, st
     wait_for(lambda: path.exists() and TelemetrySession.from_json(path.read_bytes()).total_tokens.total_tokens == 6)
 
 
-def test_the_writer_sleeps_through_its_pause_only_when_a_write_waits(manager, storage_dir, monkeypatch):
-    # After a write the writer pauses before the next one (a large session is not rewritten after every task). It
-    # must not sleep that pause off and then wake (taking the GIL from the agents) with nothing to write: it waits
-    # for a task's end, and takes what is left of the pause then.
+def test_a_task_that_ends_in_the_writers_pause_does_not_wake_it_and_one_that_ends_when_it_is_idle_does(
+        manager, storage_dir, monkeypatch):
+    # After a write the writer pauses before the next one (a large session is not rewritten after every task). The
+    # pause is its own timer: a task that ends during it is written when it is over, without a wake (a system call
+    # on the agent's thread). A pause that goes by with nothing to write leaves the writer waiting for a task's end,
+    # and that end wakes it: written at once.
     from sop_telemetry import manager as manager_module
 
     monkeypatch.setattr(manager_module, "_WRITE_BACKOFF", 1e9)  # every pause is the longest
     monkeypatch.setattr(manager_module, "_MAX_WRITE_PAUSE", 1.0)
-    record_task(manager, "first")
-    path = storage_dir / f"{manager.get_collector().session_id}.json"
-    wait_for(lambda: path.exists())
-    written = time.perf_counter()
+    wakes = []
+    real_set = manager._wake.set
+    monkeypatch.setattr(manager._wake, "set", lambda: (wakes.append(time.perf_counter()), real_set()))
 
     def where() -> str:
         frame = sys._current_frames().get(manager._writer.ident)
@@ -138,11 +139,26 @@ def test_the_writer_sleeps_through_its_pause_only_when_a_write_waits(manager, st
         return "" if frame is None else textwrap.dedent(
             Path(frame.f_code.co_filename).read_text().splitlines()[frame.f_lineno - 1]).strip()
 
-    wait_for(lambda: where().startswith("self._wake.wait("))  # not "self._halt.wait(pause)" for 1 s
-    assert time.perf_counter() - written < 0.5
-    record_task(manager, "second")  # within the pause: written when it is over, not at once
-    wait_for(lambda: len(TelemetrySession.from_json(path.read_bytes()).tasks) == 2)
+    def tasks_on_disk() -> int:
+        return len(TelemetrySession.from_json(path.read_bytes()).tasks) if path.exists() else 0
+
+    record_task(manager, "first")  # the writer, just started, waits for it: woken
+    path = storage_dir / f"{manager.get_collector().session_id}.json"
+    wait_for(lambda: tasks_on_disk() == 1)
+    written = time.perf_counter()
+    assert len(wakes) == 1
+    wait_for(lambda: where() == "self._halt.wait(pause)")
+    record_task(manager, "second")  # within the pause: no wake, written when it is over
+    assert len(wakes) == 1 and where() == "self._halt.wait(pause)" and tasks_on_disk() == 1
+    wait_for(lambda: tasks_on_disk() == 2)
     assert time.perf_counter() - written >= 0.9  # (`written` was taken up to one poll after the write)
+    assert len(wakes) == 1
+    wait_for(lambda: where().startswith("self._wake.wait("), timeout=5)  # the next pause went by: idle
+    ended = time.perf_counter()
+    record_task(manager, "third")  # ends while the writer is idle: woken, written at once
+    assert len(wakes) == 2
+    wait_for(lambda: tasks_on_disk() == 3)
+    assert time.perf_counter() - ended < 0.5
 
 
 def test_shutdown_writes_the_session_with_its_end(manager, storage_dir):
