@@ -19,10 +19,14 @@ because on a shared machine wall time also measures the neighbours. Switching is
 is a young-generation GC (the heap is frozen first, so that collections stay cheap and out of the runs):
 
 - ``none``: sop_telemetry's integration uninstalled, OpenInference uninstrumented;
-- ``sop``: ``install()``, telemetry enabled; the session file, written by the background thread woken at the task's
-  end, is outside the timing (the run returns before it);
-- ``sop_with_write``: the same, timed until that file is written, so the writer's CPU time for the run counts (but
-  not what the write costs the run after it);
+- ``sop``: ``install()``, telemetry enabled, runs back to back: each timed run ends within the pause the writer
+  takes after the previous run's write, so its end does not wake the writer, which writes the session when the
+  pause is over, outside the timing;
+- ``sop_idle``: the same, but each timed run ends with the writer idle (its pause waited out before the run), so its
+  end wakes the writer: a system call on the agent's thread, which a program whose tasks are further apart than the
+  writer's pause pays at every task's end;
+- ``sop_with_write``: as ``sop_idle``, timed until the session file is written, so the writer's CPU time for the run
+  counts (but not what the write costs the run after it);
 - ``sop_unwritten`` (a diagnostic): the same hooks as ``sop``, but the session is never written: the manager is
   read-only during its runs (a task's end does not wake the writer) and each run's events are dropped unbuilt
   afterwards. ``sop`` minus ``sop_unwritten`` is what the writer's work between runs costs the runs after it, through
@@ -44,8 +48,10 @@ copies of inherited methods on subclasses; every attribute either tool touches i
 back after each switch, and checked, so no setup runs with another's leftovers.
 
 Background work is kept out of the next setup's timing: after a run, the writer's own write of the session is waited
-for (not forced: a forced extra write would leave the writer a stale wake-up that lands in a later run), and
-OpenInference's batch processor is force-flushed.
+for (not forced: a forced extra write would leave the writer a stale wake-up that lands in a later run), and so is,
+when a sop_telemetry setup is switched off, the end of the writer's pause (when it is over the writer looks once for
+something to write, a GIL acquisition that belongs to sop_telemetry's runs); OpenInference's batch processor is
+force-flushed.
 """
 
 from __future__ import annotations
@@ -53,17 +59,21 @@ from __future__ import annotations
 import random
 import sys
 import threading
+import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .fake import section_one_agent
 from .stats import (bootstrap_ci, cpu_time, freeze_heap, median, minimal_hook_factory, perf, quiet_gc,
                     trimmed_mean)
 
-_ORDER = ("none", "minimal_hooks", "sop", "sop_unwritten", "sop_with_write", "sop_disabled", "openinference",
-          "openinference_batch")
+_ORDER = ("none", "minimal_hooks", "sop", "sop_idle", "sop_unwritten", "sop_with_write", "sop_disabled",
+          "openinference", "openinference_batch")
 _HOOKED = ("generate", "generate_stream", "__call__", "_finalize_step", "run")
 _ATTRS = ("run", "_step_stream", "_finalize_step", "generate", "generate_stream", "__call__", "__init_subclass__")
 _ABSENT = object()
+_WRITTEN = ("sop", "sop_idle", "sop_with_write")  # sop_telemetry setups whose sessions are written
+_IDLE = ("sop_idle", "sop_with_write")  # ...each of whose timed runs ends with the writer idle (see warm_up)
+_SOP = _WRITTEN + ("sop_unwritten", "sop_disabled")
 
 
 def openinference_available() -> Optional[str]:
@@ -157,7 +167,7 @@ class Setups:
         self.snapshot = _Snapshot(_all_subclasses(Model, Tool, MultiStepAgent))
         self.active = "none"
         self.leftovers: Dict[str, int] = {}
-        self.names = ["none", "minimal_hooks", "sop", "sop_unwritten", "sop_with_write", "sop_disabled"]
+        self.names = ["none", "minimal_hooks", "sop", "sop_idle", "sop_unwritten", "sop_with_write", "sop_disabled"]
         self._written = threading.Event()
         self._written_ids: set = set()
         self.missed_wakes: List[str] = []
@@ -182,13 +192,13 @@ class Setups:
 
     def activate(self, name: str) -> None:
         self._deactivate()
-        if name in ("sop", "sop_unwritten", "sop_with_write", "sop_disabled"):
+        if name in _SOP:
             self.integration.install()
             if name == "sop_disabled":
                 self.manager.disable_telemetry()
             else:
                 self.manager.enable_telemetry()
-            if name in ("sop", "sop_with_write"):
+            if name in _WRITTEN:
                 self._spy_writes()
             self.manager.read_only = name == "sop_unwritten"
         elif name == "minimal_hooks":
@@ -222,18 +232,25 @@ class Setups:
         TelemetryDataStore.write = write  # type: ignore[method-assign]
 
     def warm_up(self, name: str, agent: Any) -> None:
-        """One untimed run after each switch. Moving methods in and out of classes invalidates what the interpreter
+        """Untimed runs after each switch. Moving methods in and out of classes invalidates what the interpreter
         has specialized for them, so the first run after a switch is not a typical one; and the run before it may
         have left the caches cold (a session just written by the writer thread costs the next run about 1 ms).
         sop_telemetry's warm-up run records nothing to disk: its queued events are dropped unbuilt, so that no
-        write lands right before the timed run."""
-        if name in ("sop", "sop_unwritten", "sop_with_write"):
-            self.manager.read_only = True
-            try:
+        write lands right before the timed run.
+
+        Here and in `cool_down` the writer is also put in the state the setup measures it in when a timed run
+        ends. After a write it pauses (20 times as long as the write took: about 40 ms here); a task that ends
+        in that pause does not wake it, one that ends while it is idle does (a system call on the agent's thread,
+        15-30 µs here). ``sop`` measures runs back to back: one written run after the warm-up, so that the first
+        timed run, like every later one, ends within the pause after the previous run's write. ``sop_idle`` and
+        ``sop_with_write`` measure the other case: the pause is waited out before each timed run."""
+        if name in _SOP and name != "sop_disabled":
+            self._quiet_run(name, agent)
+            if name == "sop":
                 agent.run("Add the numbers.")
-            finally:
-                self.manager.read_only = name == "sop_unwritten"
-            _drop_queued(self.manager.get_collector())
+                self._await_write()
+                _fresh_session(self.manager.get_collector())
+                self._quiet_run(name, agent)
             return
         agent.run("Add the numbers.")
         self.after_run(name)
@@ -241,9 +258,21 @@ class Setups:
     def cool_down(self, name: str, agent: Any) -> None:
         """After a timed run of sop_telemetry (and the write it set off, already waited for): one more run that
         writes nothing, so that the caches that write disturbed are warm again before the next timed run, as
-        they are after the other setups' runs."""
-        if name in ("sop", "sop_with_write"):
-            self.warm_up(name, agent)
+        they are after the other setups' runs; for the setups that measure a task's end with the writer idle, after
+        the writer's pause is over."""
+        if name in _WRITTEN:
+            if name in _IDLE:
+                self._await_idle_writer()
+            self._quiet_run(name, agent)
+
+    def _quiet_run(self, name: str, agent: Any) -> None:
+        """A run whose events are dropped unbuilt, the manager read-only meanwhile: its end wakes no writer."""
+        self.manager.read_only = True
+        try:
+            agent.run("Add the numbers.")
+        finally:
+            self.manager.read_only = name == "sop_unwritten"
+        _drop_queued(self.manager.get_collector())
 
     def wait(self, name: str) -> None:
         """Inside the timed region of `sop_with_write`: until the run's session is on disk, so that the writer
@@ -268,7 +297,7 @@ class Setups:
                                    f"{self._writer_state()}")
             limit = timeout if poked else min(timeout, _STALL)
             if not self._written.wait(timeout=max(0.0, limit - waited)):
-                if not poked and not self.manager._wake.is_set():
+                if not poked and not (self.manager._wake.is_set() or self.manager._due):
                     # The task ended, yet the writer is not awake and has not written it: a wake-up was lost.
                     # This happened (about 1 quick run in 20) while has_records() could be read in the middle
                     # of another thread's build of the queued events; kept as a check: told, counted in the
@@ -282,6 +311,25 @@ class Setups:
                 continue
             self._written.clear()
         self._written_ids.clear()
+
+    def _await_idle_writer(self, timeout: float = 60.0) -> None:
+        """Until the writer has ended the pause it takes after a write and waits for the next task's end: when
+        the pause is over it looks once for something to write, and that look (a GIL acquisition) belongs to
+        sop_telemetry's runs, not to the next setup's."""
+        writer = self.manager._writer
+        start = perf()
+        while writer is not None and writer.is_alive() and not self._writer_idle(writer):
+            if perf() - start > timeout:
+                raise RuntimeError(f"the writer did not go idle within {timeout:g} s: {self._writer_state()}")
+            time.sleep(0.001)
+
+    def _writer_idle(self, writer: threading.Thread) -> bool:
+        """Whether the writer thread is blocked in its wait for a task's end (`_wake.wait`), not in its pause."""
+        frame, inner = sys._current_frames().get(writer.ident), None
+        while frame is not None and frame.f_code.co_name != "_write_until_stopped":
+            frame, inner = frame.f_back, frame
+        return (inner is not None and inner.f_code.co_name == "wait"
+                and inner.f_locals.get("self") is self.manager._wake)
 
     def _writer_state(self) -> str:
         import traceback
@@ -301,9 +349,10 @@ class Setups:
 
     def _deactivate(self) -> None:
         name = self.active
-        if name in ("sop", "sop_with_write"):
+        if name in _WRITTEN:
             self._unspy()
-        if name in ("sop", "sop_unwritten", "sop_with_write", "sop_disabled"):
+            self._await_idle_writer()
+        if name in _SOP:
             self.integration.uninstall()
             self.manager.enable_telemetry()
             self.manager.read_only = False
@@ -322,14 +371,14 @@ class Setups:
             return {"timed_calls": calls}
         if name == "sop_unwritten":
             return {"queued_events": _drop_queued(self.manager.get_collector())}
-        if name in ("sop", "sop_with_write"):
+        if name in _WRITTEN:
             collector = self.manager.get_collector()
             tasks = collector.snapshot()["tasks"]
             counts = {kind: sum(len(t[kind]) for t in tasks) for kind in ("llm_calls", "tools", "steps", "agents")}
-            # The writer was woken when the task ended: its write is waited for here (sop_with_write waited inside
-            # the timing), not forced, so that nothing of it spills into the next run. Then a fresh session, so that
-            # every run is a short script's.
-            if name == "sop":
+            # The writer saw the task's end (woken by it, or when its pause was over): its write is waited for here
+            # (sop_with_write waited inside the timing), not forced, so that nothing of it spills into the next
+            # run. Then a fresh session, so that every run is a short script's.
+            if name != "sop_with_write":
                 self._await_write()
             _fresh_session(collector)
             return counts
@@ -362,6 +411,7 @@ def run_agent_overhead(kind: str, iterations: int, warmup: int, repeats: int = 3
     names = setups.names
     rows: List[Dict[str, Tuple[float, float]]] = []
     recorded: Dict[str, Dict[str, int]] = {}
+    paused: Dict[str, List[bool]] = {"sop": [], "sop_idle": []}  # was the writer in its pause when a timed run ended
     rng = random.Random(seed)
     try:
         for i in range(warmup + iterations):
@@ -379,6 +429,8 @@ def run_agent_overhead(kind: str, iterations: int, warmup: int, repeats: int = 3
                         setups.wait(name)
                         t1, c1 = perf(), cpu_time()
                     best = (min(best[0], t1 - t0), min(best[1], c1 - c0))
+                    if name in paused:
+                        paused[name].append(setups.manager._pausing)
                     counts = setups.after_run(name)
                     if counts and name not in recorded:
                         recorded[name] = counts
@@ -392,6 +444,7 @@ def run_agent_overhead(kind: str, iterations: int, warmup: int, repeats: int = 3
         setups.close()
     out: Dict[str, Any] = {"wall": summarize(rows, 0), "cpu": summarize(rows, 1), "recorded": recorded,
                            "runs": len(rows), "repeats": repeats, "openinference_every": openinference_every}
+    out["writer_paused_at_run_end"] = {name: sum(v) / len(v) for name, v in paused.items() if v}
     if setups.leftovers:
         out["leftovers_restored"] = setups.leftovers
     if setups.missed_wakes:

@@ -25,7 +25,11 @@ def test_quick_benchmark_runs_every_section(tmp_path: Path) -> None:
     assert "Targets (issue 6)" in proc.stdout
     for kind in ("agent_tool_calling", "agent_code"):
         agent = figures[kind]
-        assert agent["recorded"]["sop"] == {"llm_calls": 21, "tools": 21, "steps": 21, "agents": 1}
+        for name in ("sop", "sop_idle", "sop_with_write"):
+            assert agent["recorded"][name] == {"llm_calls": 21, "tools": 21, "steps": 21, "agents": 1}, name
+        # sop_idle's runs end with the writer idle, woken by the run's end (sop's end in its pause: not asserted,
+        # a slow machine may outlast the pause).
+        assert agent["writer_paused_at_run_end"]["sop_idle"] == 0.0
         # The diagnostic setup runs the same hooks (one event per model and tool call, and the run's own) unwritten.
         assert agent["recorded"]["sop_unwritten"]["queued_events"] >= 42
         if "openinference_skipped" in agent:
