@@ -171,6 +171,7 @@ class Setups:
         self._written = threading.Event()
         self._written_ids: set = set()
         self.missed_wakes: List[str] = []
+        self.writes = {True: 0, False: 0}  # the sop setups' writes, by whether they were fsynced as they were made
         self._oi: Dict[str, Any] = {}
         if use_openinference:
             self._setup_openinference()
@@ -219,13 +220,14 @@ class Setups:
         """Notes each session id written (by the writer thread, woken at the task's end) and sets `_written`."""
         from sop_telemetry.storage import TelemetryDataStore
 
-        original, written, ids = TelemetryDataStore.write, self._written, self._written_ids
+        original, written, ids, counts = TelemetryDataStore.write, self._written, self._written_ids, self.writes
 
-        def write(store: Any, session_id: str, payload: Any) -> Any:
+        def write(store: Any, session_id: str, payload: Any, sync: bool = True) -> Any:
             try:
-                return original(store, session_id, payload)
+                return original(store, session_id, payload, sync)
             finally:
                 ids.add(session_id)
+                counts[sync and store.fsync] += 1
                 written.set()
 
         self._unspy = lambda: setattr(TelemetryDataStore, "write", original)
@@ -444,6 +446,8 @@ def run_agent_overhead(kind: str, iterations: int, warmup: int, repeats: int = 3
     out: Dict[str, Any] = {"wall": summarize(rows, 0), "cpu": summarize(rows, 1), "recorded": recorded,
                            "runs": len(rows), "repeats": repeats, "openinference_every": openinference_every}
     out["writer_paused_at_run_end"] = {name: sum(v) / len(v) for name, v in paused.items() if v}
+    # At most one fsync a second (TelemetryConfig.fsync_interval): the other writes are synced later, in a batch.
+    out["writes"] = {"fsynced_at_once": setups.writes[True], "fsync_deferred": setups.writes[False]}
     if setups.leftovers:
         out["leftovers_restored"] = setups.leftovers
     if setups.missed_wakes:

@@ -175,6 +175,10 @@ def render(r: Dict[str, Any]) -> str:
         if paused:
             notes.append("timed runs that ended within the writer's pause (no wake): " +
                          "; ".join(f"{k}: {v:.0%}" for k, v in paused.items()))
+        writes = a.get("writes")
+        if writes:
+            notes.append(f"session writes fsynced as they were made: {writes['fsynced_at_once']}, fsync deferred "
+                         f"(synced later, at most one batch a second): {writes['fsync_deferred']}")
         parts.append("\n".join("   " + n for n in notes))
     ins = r.get("instructions")
     if ins:

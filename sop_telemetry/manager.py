@@ -12,7 +12,9 @@ Usage::
 
 Writing happens on a background thread: when a task ends (at once, unless the last write was so recent that
 rewriting now would keep the writer busy more than ~5% of the time), every `flush_interval` seconds while records
-arrive, and once more, synchronously, at interpreter exit. A process that records nothing writes nothing.
+arrive, and once more, synchronously, at interpreter exit. A process that records nothing writes nothing. Files are
+fsynced at most once every `fsync_interval` seconds (a write sooner than that is renamed into place at once and
+synced when the interval is over); an explicit flush and the exit's write are synced at once.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
 from .collector import TelemetryCollector, current, env_disabled, switch
-from .error_handler import get_error_handler, safe_telemetry_operation
+from .error_handler import get_error_handler, guard, safe_telemetry_operation
 from .status import TaskStatus
 
 if TYPE_CHECKING:
@@ -83,6 +85,10 @@ class TelemetryManager:
         self._writer: Optional[threading.Thread] = None
         self._writer_running = False  # set by _start_writer, cleared by the writer thread as it ends
         self._written_generation = -1
+        # Files written without their fsync (see TelemetryConfig.fsync_interval), oldest first, and when the last
+        # fsync was (time.monotonic()); both under _write_lock.
+        self._unsynced: Dict[Path, None] = {}
+        self._last_sync = float("-inf")
         self._cleanup_done = False
         self._atexit_registered = False
         self._loaded: "OrderedDict[str, tuple]" = OrderedDict()
@@ -393,18 +399,20 @@ class TelemetryManager:
                 return
             if not self._due:
                 interval = self._config.flush_interval if self._config is not None else 30.0
-                self._wake.wait(interval)
+                sync_wait = self._sync_wait()
+                self._wake.wait(interval if sync_wait is None else min(interval, sync_wait))
             self._due = False
             self._wake.clear()
             if self._stopped:
                 return
-            began = time.perf_counter()
+            began = now = time.perf_counter()
             try:
                 self._maybe_cleanup()
                 self._write(final=False)
+                now = time.perf_counter()
+                self._sync_if_due()  # (not counted in the pause: an fsync waits on the disk, without the GIL)
             except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
                 get_error_handler().record_error("manager.writer", exc)
-            now = time.perf_counter()
             resume = now + min(_WRITE_BACKOFF * (now - began), _MAX_WRITE_PAUSE)
 
     def _maybe_cleanup(self) -> None:
@@ -513,7 +521,7 @@ class TelemetryManager:
                 return None
             try:
                 session_id, text = self._session_text(final)
-                path = store.write(session_id, text)
+                path = self._put(store, session_id, text, durable=final or force)
             except Exception as exc:  # noqa: BLE001 - disk full, read-only, deleted directory, a bug
                 get_error_handler().record_error("storage.write", exc)
                 return None
@@ -525,6 +533,61 @@ class TelemetryManager:
             if not final:
                 self._roll_over_if_full(collector)
             return path
+
+    def _put(self, store: "TelemetryDataStore", session_id: str, text: str, durable: bool) -> Path:
+        """`store.write` with its fsync, unless the last fsync was less than `fsync_interval` ago and this write is
+        not `durable` (an explicit flush, the exit's): then the file is synced when the interval is over
+        (`_sync_if_due`, on the writer thread). Under _write_lock."""
+        cfg = self._config
+        now = time.monotonic()
+        if not store.fsync or cfg is None:
+            return store.write(session_id, text)
+        if durable or now - self._last_sync >= cfg.fsync_interval:
+            path = store.write(session_id, text)
+            self._last_sync = now
+            self._unsynced.pop(path, None)
+            self._sync_files()  # any others waiting for theirs: one batch
+            return path
+        path = store.write(session_id, text, sync=False)
+        self._unsynced[path] = None
+        return path
+
+    def _sync_wait(self) -> Optional[float]:
+        """Seconds until the files written without their fsync are due for it; None when there are none."""
+        if not self._unsynced:
+            return None
+        cfg = self._config
+        interval = cfg.fsync_interval if cfg is not None else 0.0
+        return max(0.0, self._last_sync + interval - time.monotonic())
+
+    def _sync_if_due(self, now: bool = False) -> None:
+        if self._unsynced:
+            with self._write_lock:
+                wait = self._sync_wait()
+                if wait is not None and (now or wait <= 0):
+                    self._sync_files()
+
+    def _sync_files(self) -> None:
+        """fsyncs the files written without it. Under _write_lock. A failed fsync is counted, and the current
+        session is written again (after a failed fsync the kernel may have dropped the data)."""
+        store = self._store
+        if not self._unsynced or store is None:
+            return
+        failed = False
+        while self._unsynced:
+            path = next(iter(self._unsynced))
+            del self._unsynced[path]
+            try:
+                store.sync(path)
+            except OSError as exc:
+                failed = True
+                get_error_handler().record_error("storage.sync", exc)
+                collector = self._collector
+                if collector is not None and store.path_for(collector.session_id) == path:
+                    self._written_generation = -1
+                    self._due = True  # rewritten when the writer looks next, and synced as it is written
+        if not failed:
+            self._last_sync = time.monotonic()
 
     def _roll_over_if_full(self, collector: TelemetryCollector) -> None:
         """A long-lived process (a server running agents all day) starts a new session every
@@ -572,6 +635,9 @@ class TelemetryManager:
                 self._otlp.shutdown()  # a bounded wait for queued tasks; none if the collector is failing
         except Exception as exc:  # noqa: BLE001 - never fail the interpreter's exit
             get_error_handler().record_error("manager.at_exit", exc)
+        finally:
+            # Files of earlier sessions (rolled over) written without their fsync; the final write synced the rest.
+            guard("manager.at_exit", self._sync_if_due, True)
 
     def shutdown(self, flush: bool = True) -> None:
         """Writes the session one last time (unless flush=False) and stops the writer thread. Used at exit and
@@ -611,6 +677,8 @@ class TelemetryManager:
         self._writer = None
         self._writer_running = False
         self._written_generation = -1
+        self._unsynced = {}  # the parent's files: the parent syncs them
+        self._last_sync = float("-inf")
         self._pending = []
         self._environment = None  # it holds the parent's pid
         if self._collector is not None:

@@ -68,8 +68,9 @@ class TelemetryDataStore:
             raise NotADirectoryError(errno.ENOTDIR, "storage path is not a directory", str(self.directory))
 
     # -- writing -----------------------------------------------------------------------------------------------
-    def write(self, session_id: str, payload: str | bytes) -> Path:
-        """Writes the session atomically: a temp file in the same directory, fsync, then os.replace."""
+    def write(self, session_id: str, payload: str | bytes, sync: bool = True) -> Path:
+        """Writes the session atomically: a temp file in the same directory, fsync (when the store syncs and `sync`
+        asks for it; see `sync`), then os.replace."""
         path = self.path_for(session_id)
         if path is None:
             raise ValueError(f"not a session id: {session_id!r}")
@@ -83,7 +84,7 @@ class TelemetryDataStore:
                 while view:
                     written = os.write(fd, view)
                     view = view[written:]
-                if self.fsync:
+                if self.fsync and sync:
                     os.fsync(fd)
             finally:
                 os.close(fd)
@@ -95,6 +96,20 @@ class TelemetryDataStore:
                 pass
             raise
         return path
+
+    def sync(self, path: Path) -> bool:
+        """fsyncs a file written earlier with ``sync=False``; False if it is gone (a cleaner removed it)."""
+        # Windows' fsync (_commit) needs a handle open for writing; opening one changes nothing in the file.
+        flags = (os.O_RDWR if os.name == "nt" else os.O_RDONLY) | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            return False
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
 
     # -- reading -----------------------------------------------------------------------------------------------
     def _entries(self) -> List[Tuple[str, os.DirEntry]]:

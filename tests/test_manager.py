@@ -161,6 +161,100 @@ def test_a_task_that_ends_in_the_writers_pause_does_not_wake_it_and_one_that_end
     assert time.perf_counter() - ended < 0.5
 
 
+class _Fsyncs:
+    """Which files os.fsync was called on (by inode) and when. (Inode numbers are reused once a file is gone, so a
+    file's fsyncs are looked for from a moment on: `since`.)"""
+
+    def __init__(self, monkeypatch) -> None:
+        self.calls = []
+        real = os.fsync
+        monkeypatch.setattr(os, "fsync", lambda fd: (self.calls.append((time.monotonic(), os.fstat(fd).st_ino)),
+                                                      real(fd))[1])
+
+    def of(self, path: Path, since: float) -> list:
+        inode = os.stat(path).st_ino
+        return [when for when, ino in self.calls if ino == inode and when >= since]
+
+
+def _tasks_on_disk(path: Path) -> int:
+    return len(TelemetrySession.from_json(path.read_bytes()).tasks) if path.exists() else 0
+
+
+@pytest.fixture
+def no_pause(monkeypatch):
+    """The writer writes each task's end at once, with no pause after a write."""
+    from sop_telemetry import manager as manager_module
+
+    monkeypatch.setattr(manager_module, "_WRITE_BACKOFF", 0.0)
+
+
+def test_a_write_within_fsync_interval_of_the_last_fsync_is_synced_when_the_interval_is_over(
+        manager, storage_dir, monkeypatch, no_pause):
+    manager.initialize({"fsync": True, "fsync_interval": 2.0})
+    fsyncs = _Fsyncs(monkeypatch)
+    path = storage_dir / f"{manager.get_collector().session_id}.json"
+    began = time.monotonic()
+    record_task(manager, "first")
+    wait_for(lambda: _tasks_on_disk(path) == 1)
+    [first_sync] = fsyncs.of(path, began)  # the first write is synced as it is made
+    second = time.monotonic()
+    record_task(manager, "second")
+    wait_for(lambda: _tasks_on_disk(path) == 2)  # written at once all the same: whole, renamed into place
+    assert fsyncs.of(path, second) == []  # but not synced yet: it came moments after the last fsync
+    [deferred] = wait_for(lambda: fsyncs.of(path, second), timeout=10)
+    assert deferred - first_sync >= 2.0 - 0.01
+    flushed = time.monotonic()
+    record_task(manager, "third")
+    assert manager.flush_data() == path  # an explicit flush is synced at once, however recent the last fsync
+    assert _tasks_on_disk(path) == 3 and len(fsyncs.of(path, flushed)) == 1
+    assert get_error_handler().total_errors() == 0
+
+
+def test_fsync_interval_0_syncs_every_write_and_shutdown_syncs_a_deferred_one(manager, storage_dir, monkeypatch,
+                                                                             no_pause):
+    fsyncs = _Fsyncs(monkeypatch)
+    path = storage_dir / f"{manager.get_collector().session_id}.json"
+    manager.initialize({"fsync": True, "fsync_interval": 0})
+    for n in range(3):
+        began = time.monotonic()
+        record_task(manager, f"t{n}")
+        wait_for(lambda: _tasks_on_disk(path) == n + 1)
+        assert len(fsyncs.of(path, began)) == 1
+    manager.initialize({"fsync_interval": 3600})
+    began = time.monotonic()
+    record_task(manager, "t3")
+    wait_for(lambda: _tasks_on_disk(path) == 4)
+    assert fsyncs.of(path, began) == [] and list(manager._unsynced) == [path]
+    began = time.monotonic()
+    manager.shutdown()  # the exit's write is synced, and so is anything still waiting for its fsync
+    assert len(fsyncs.of(path, began)) == 1 and not manager._unsynced
+
+
+def test_a_failed_deferred_fsync_is_counted_and_the_session_written_again(manager, storage_dir, monkeypatch,
+                                                                          no_pause):
+    from sop_telemetry.storage import TelemetryDataStore
+
+    manager.initialize({"fsync": True, "fsync_interval": 1.0})
+    fsyncs = _Fsyncs(monkeypatch)
+
+    def broken(store, path):
+        raise OSError(errno.EIO, "I/O error", str(path))
+
+    monkeypatch.setattr(TelemetryDataStore, "sync", broken)
+    path = storage_dir / f"{manager.get_collector().session_id}.json"
+    record_task(manager, "first")
+    wait_for(lambda: _tasks_on_disk(path) == 1)
+    second = time.monotonic()
+    record_task(manager, "second")
+    wait_for(lambda: _tasks_on_disk(path) == 2)
+    deferred = os.stat(path).st_ino
+    assert list(manager._unsynced) == [path] and fsyncs.of(path, second) == []
+    wait_for(lambda: get_error_handler().get_error_summary().get("storage.sync", {}).get("count", 0) == 1)
+    # After a failed fsync the kernel may have dropped the data: the file is written again, and synced as it is.
+    wait_for(lambda: os.stat(path).st_ino != deferred and fsyncs.of(path, second))
+    assert _tasks_on_disk(path) == 2 and not manager._unsynced
+
+
 def test_shutdown_writes_the_session_with_its_end(manager, storage_dir):
     record_task(manager)
     manager.shutdown()

@@ -286,7 +286,9 @@ def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 )
 def test_a_broken_directory_loses_nothing_and_heals(manager, storage_dir, monkeypatch, caplog, error, on):
     caplog.set_level(logging.WARNING, logger="sop_telemetry")
-    manager.initialize({"storage_dir": str(storage_dir), "auto_cleanup": False, "fsync": True})
+    # (fsync_interval 0: every write meets the broken fsync, none is renamed into place unsynced to be synced
+    # later; that path is tested in test_manager.py.)
+    manager.initialize({"storage_dir": str(storage_dir), "auto_cleanup": False, "fsync": True, "fsync_interval": 0})
     assert _run_task(1) == "2"
     assert manager.flush_data() is not None
     before = (storage_dir / f"{manager.get_collector().session_id}.json").read_bytes()
