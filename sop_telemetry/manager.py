@@ -539,12 +539,11 @@ class TelemetryManager:
         not `durable` (an explicit flush, the exit's): then the file is synced when the interval is over
         (`_sync_if_due`, on the writer thread). Under _write_lock."""
         cfg = self._config
-        now = time.monotonic()
         if not store.fsync or cfg is None:
             return store.write(session_id, text)
-        if durable or now - self._last_sync >= cfg.fsync_interval:
+        if durable or time.monotonic() - self._last_sync >= cfg.fsync_interval:
             path = store.write(session_id, text)
-            self._last_sync = now
+            self._last_sync = time.monotonic()  # (the interval counts from the fsync's end)
             self._unsynced.pop(path, None)
             self._sync_files()  # any others waiting for theirs: one batch
             return path
