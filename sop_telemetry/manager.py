@@ -378,8 +378,8 @@ class TelemetryManager:
         resume = 0.0  # (perf_counter) when the pause after the last write ends
         while not self._stopped:
             # Rewriting the file costs time in proportion to the session, and it holds the GIL the agents need.
-            # After a write that took d seconds the writer pauses _WRITE_BACKOFF * d: a small session (≈2 ms a
-            # write) is still written within ≈40 ms of each task's end, while a large one with short tasks ending
+            # After a write that took d seconds the writer pauses _WRITE_BACKOFF * d: a small session (≈1 ms a
+            # write) is still written within ≈20 ms of each task's end, while a large one with short tasks ending
             # back to back is written every few hundred ms instead of after every task.
             # The pause is taken right after the write, on the writer's own timer, so that a task that ends during
             # it does not wake the writer: `_on_change` only sets `_due`, which the writer reads when the pause is

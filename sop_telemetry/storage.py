@@ -97,19 +97,18 @@ class TelemetryDataStore:
             raise
         return path
 
-    def sync(self, path: Path) -> bool:
-        """fsyncs a file written earlier with ``sync=False``; False if it is gone (a cleaner removed it)."""
+    def sync(self, path: Path) -> None:
+        """fsyncs a file written earlier with ``sync=False``. One gone since (a cleaner removed it) needs none."""
         # Windows' fsync (_commit) needs a handle open for writing; opening one changes nothing in the file.
         flags = (os.O_RDWR if os.name == "nt" else os.O_RDONLY) | getattr(os, "O_NOFOLLOW", 0)
         try:
             fd = os.open(path, flags)
         except FileNotFoundError:
-            return False
+            return
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        return True
 
     # -- reading -----------------------------------------------------------------------------------------------
     def _entries(self) -> List[Tuple[str, os.DirEntry]]:
