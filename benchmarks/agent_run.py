@@ -33,7 +33,7 @@ is a young-generation GC (the heap is frozen first, so that collections stay che
   the caches and the allocator's state, which the untimed cool-down run does not fully absorb;
 - ``sop_disabled``: ``install()`` then ``disable_telemetry()``;
 - ``minimal_hooks``: the cheapest hook possible at every place sop_telemetry hooks to time a call (generate,
-  generate_stream, a tool's ``__call__``, ``_finalize_step``, ``run``): read the clock, call the original, read the
+  generate_stream, a tool's ``__call__``, ``_generate_planning_step``, ``run``): read the clock, call the original, read the
   clock, append the two figures to a list; generated with the original's own parameters where it can be, as
   sop_telemetry's are. No telemetry written in Python at these call sites costs less, so ``sop`` minus
   ``minimal_hooks`` is what sop_telemetry's own bookkeeping adds;
@@ -68,8 +68,9 @@ from .stats import (bootstrap_ci, cpu_time, freeze_heap, median, minimal_hook_fa
 
 _ORDER = ("none", "minimal_hooks", "sop", "sop_idle", "sop_unwritten", "sop_with_write", "sop_disabled",
           "openinference", "openinference_batch")
-_HOOKED = ("generate", "generate_stream", "__call__", "_finalize_step", "run")
-_ATTRS = ("run", "_step_stream", "_finalize_step", "generate", "generate_stream", "__call__", "__init_subclass__")
+_HOOKED = ("generate", "generate_stream", "__call__", "_generate_planning_step", "run")
+_ATTRS = ("run", "_step_stream", "_finalize_step", "_generate_planning_step", "generate", "generate_stream", "__call__",
+          "__init_subclass__")
 _ABSENT = object()
 _WRITTEN = ("sop", "sop_idle", "sop_with_write")  # sop_telemetry setups whose sessions are written
 _IDLE = ("sop_idle", "sop_with_write")  # ...each of whose timed runs ends with the writer idle (see warm_up)

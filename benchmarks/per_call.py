@@ -6,8 +6,9 @@ Usage::
     result = run_per_call(calls=5000, batches=20, run_calls=1000)
     result["model_generate"]["enabled_added_us"]
 
-For each wrapped method (model `generate`, tool `__call__`, agent `run`, agent `_finalize_step`) four variants are
-timed on the same objects: ``bare`` (nothing installed), ``wrapt`` (a `wrapt.FunctionWrapper` that only calls the
+For each wrapped method (model `generate`, tool `__call__`, agent `run`) and for a step (smolagents' `_finalize_step`,
+which sop_telemetry does not hook: a step's record is built from the agent's memory when its run ends) four variants
+are timed on the same objects: ``bare`` (nothing installed), ``wrapt`` (a `wrapt.FunctionWrapper` that only calls the
 original: the floor any wrapt-based instrumentation pays), ``disabled`` (sop_telemetry installed,
 `disable_telemetry()`) and ``enabled`` (recording). Calls are made inside a running agent, as in real use, so the
 enabled wrappers see a task, an agent and a step number: the timing loop is the body of an agent's `run` (a
@@ -67,12 +68,10 @@ class _Targets:
     exactly those (`unwrap()` takes either off)."""
 
     def __init__(self) -> None:
-        from smolagents.agents import MultiStepAgent
         from smolagents.tools import Tool
 
         self.loop_class = _loop_agent_class()
-        self.hooked = [(TrivialModel, "generate"), (Tool, "__call__"), (self.loop_class, "run"),
-                       (MultiStepAgent, "_finalize_step")]
+        self.hooked = [(TrivialModel, "generate"), (Tool, "__call__"), (self.loop_class, "run")]
         self._saved: List[Any] = []
         self.minimal_sink: List[tuple] = []
 

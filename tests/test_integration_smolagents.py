@@ -291,6 +291,65 @@ def test_an_interrupt_between_steps_is_the_runs_error_not_a_steps(manager):
     assert task["status"] == "failed" and task["error_type"] == "AgentError"
 
 
+def test_a_step_that_dies_of_an_error_while_its_callback_raises_keeps_both(manager):
+    # The model fails (smolagents re-raises it as AgentGenerationError); finalizing the step, a callback raises too:
+    # the step never reaches the memory, the run fails of the callback's error, and the step of the model's.
+    from smolagents.memory import ActionStep
+
+    def refuse(step, agent):
+        raise LookupError("no step today")
+
+    model = ScriptedModel([RuntimeError("provider down")])
+    agent = ToolCallingAgent(tools=[add], model=model, verbosity_level=0, step_callbacks={ActionStep: refuse})
+    with pytest.raises(LookupError) as info:
+        agent.run("doubly failed")
+    generation_error = type(info.value.__context__).__name__
+
+    task = only_task(written_session(manager))
+    assert generation_error == "AgentGenerationError"
+    assert [(s["step_type"], s["step_number"], s["error_type"]) for s in task["steps"]] == [
+        ("action", 1, generation_error)]
+    assert (task["status"], task["error_type"]) == ("failed", "LookupError")
+    assert [(c["status"], c["purpose"]) for c in task["llm_calls"]] == [("error", "action")]
+
+
+def test_an_interrupt_inside_a_tool_is_the_steps_error_and_the_runs(manager):
+    class Stop(Tool):
+        name, description, output_type = "stop", "Raises KeyboardInterrupt.", "string"
+        inputs = {}
+
+        def forward(self):
+            raise KeyboardInterrupt
+
+    model = ScriptedModel([call("add", a=1, b=2), call("stop")], usage=(100, 10))
+    agent = ToolCallingAgent(tools=[add, Stop()], model=model, verbosity_level=0)
+    with pytest.raises(KeyboardInterrupt):
+        agent.run("interrupted")
+
+    task = only_task(written_session(manager))
+    assert [(s["step_number"], s["error_type"]) for s in task["steps"]] == [(1, None), (2, "KeyboardInterrupt")]
+    assert (task["status"], task["error_type"]) == ("cancelled", "KeyboardInterrupt")
+
+
+def test_a_planning_step_of_a_subclass_that_delegates_to_smolagents_takes_its_calls_once(manager):
+    class Planner(ToolCallingAgent):
+        def _generate_planning_step(self, task, is_first_step, step):
+            self.plans = getattr(self, "plans", 0) + 1
+            yield from super()._generate_planning_step(task, is_first_step, step)
+
+    assert integration._is_ours(vars(Planner)["_generate_planning_step"])
+    model = ScriptedModel(["Plan: add then answer", call("add", a=1, b=2), "Updated plan",
+                           call("final_answer", answer="3")],
+                          usage_by_index={0: (500, 50), 1: (100, 10), 2: (600, 60), 3: (100, 10)})
+    agent = Planner(tools=[add], model=model, verbosity_level=0, planning_interval=1)
+    assert agent.run("plan it") == "3" and agent.plans == 2
+
+    task = only_task(written_session(manager))
+    assert [(s["step_type"], s["step_number"], s["prompt_tokens"], s["llm_calls"]) for s in task["steps"]] == [
+        ("planning", 1, 500, 1), ("action", 1, 100, 1), ("planning", 2, 600, 1), ("action", 2, 100, 1)]
+    assert tokens(task) == (1300, 130)
+
+
 def test_a_planning_step_that_fails_leaves_its_call_unassigned(manager):
     model = ScriptedModel([RuntimeError("planner down")])
     agent = ToolCallingAgent(tools=[add], model=model, verbosity_level=0, planning_interval=1)
@@ -355,6 +414,23 @@ def test_run_stream_closed_early_is_cancelled_and_next_run_is_separate(manager, 
     first, second = session["tasks"]
     assert first["status"] == "cancelled" and second["status"] == "completed"
     assert second["agents"][0]["parent_agent_id"] is None
+    # Closed inside its first step, which smolagents finalizes and keeps while the GeneratorExit goes out.
+    assert [(s["step_number"], s["error_type"], s["llm_calls"]) for s in first["steps"]] == [
+        (1, "GeneratorExit", 1)]
+    assert [s["error_type"] for s in second["steps"]] == [None]
+
+
+def test_a_streamed_plan_closed_midway_is_cancelled_with_its_call_and_no_step(manager):
+    model = StreamingScriptedModel(["Plan: never finished", code_reply("final_answer(1)")], chunks=5,
+                                   usage_by_index={0: (40, 4), 1: (30, 3)})
+    agent = CodeAgent(tools=[], model=model, verbosity_level=0, stream_outputs=True, planning_interval=1)
+    stream = agent.run("abandon the plan", stream=True)
+    next(stream), next(stream)
+    stream.close()
+
+    task = only_task(written_session(manager))
+    assert task["status"] == "cancelled" and task["steps"] == []
+    assert [(c["streamed"], c["step_number"], c["purpose"]) for c in task["llm_calls"]] == [(True, 1, None)]
 
 
 @pytest.mark.parametrize("reset", [True, False])
@@ -650,7 +726,7 @@ def test_disable_makes_wrappers_pass_through_and_enable_resumes(manager):
 
 
 # -- install / uninstall ---------------------------------------------------------------------------------------
-PATCHED = {"MultiStepAgent": ("run", "_finalize_step"), "Model": ("generate",), "OpenAIModel": ("generate",
+PATCHED = {"MultiStepAgent": ("run", "_generate_planning_step"), "Model": ("generate",), "OpenAIModel": ("generate",
            "generate_stream"), "LiteLLMModel": ("generate", "generate_stream"), "TransformersModel": ("generate",
            "generate_stream"), "Tool": ("__call__",), "PipelineTool": ("__call__",)}
 

@@ -1,5 +1,5 @@
 """Wrappers generated with the wrapped function's own parameters (integrations/_signatures.py), on their own and as
-the generate / _finalize_step patches of real smolagents classes."""
+the generate patches of real smolagents classes."""
 
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ SEEN: List[tuple] = []
 TEMPLATE = '''
 def make(original):
     def wrapped(PARAMS):
-        SEEN.append((SELF, ARGS, KWARGS, FIRST))
+        SEEN.append((SELF, ARGS, KWARGS))
         return original(CALL)
     return wrapped
 '''
-make = _signatures.factory(TEMPLATE, {"SEEN": SEEN}, first_keyword="first")
+make = _signatures.factory(TEMPLATE, {"SEEN": SEEN})
 
 
 def plain(self, a, b=2, *, c=_SENTINEL):
@@ -96,7 +96,7 @@ def test_what_the_template_sees_of_the_arguments():
     make(plain)(1, 10, c=4)
     make(star)(1, 10, 11, k=5, z=6)
     make(posonly)(1, 10)
-    assert SEEN == [(1, (10, 2), {"c": 4}, 10), (1, (10, 11), {"k": 5, "z": 6}, 10), (1, (10, None), {}, 10)]
+    assert SEEN == [(1, (10, 2), {"c": 4}), (1, (10, 11), {"k": 5, "z": 6}), (1, (10, None), {})]
 
 
 def test_a_default_object_reaches_the_original_as_that_very_object():
@@ -117,7 +117,7 @@ def test_a_parameter_named_like_a_name_of_the_template_gets_the_generic_wrapper(
     assert _is_generic(wrapper)
     SEEN.clear()
     assert wrapper(1, 2, SEEN=3) == (1, 2, 3)
-    assert SEEN == [(1, (2,), {"SEEN": 3}, 2)]
+    assert SEEN == [(1, (2,), {"SEEN": 3})]
 
 
 def test_a_callable_that_is_not_a_function_gets_the_generic_wrapper():

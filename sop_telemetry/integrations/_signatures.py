@@ -2,7 +2,7 @@
 
 Usage::
 
-    make = factory(TEMPLATE, globals(), first_keyword="memory_step")
+    make = factory(TEMPLATE, globals())
     wrapper = make(original)        # same parameters and defaults as `original`; calls it through the template
 
 Why: a wrapper `def f(self, *args, **kwargs): return original(self, *args, **kwargs)` packs the caller's arguments
@@ -23,8 +23,7 @@ compiled with `namespace` as its globals, with these words replaced:
   which differ by only this, went from 189k to 159k instructions added per run);
 - SELF: the first parameter's name;
 - ARGS / KWARGS: expressions for the positional arguments after SELF (a tuple) and the keyword-only and extra
-  keyword ones (a dict), for code that needs the call's arguments (content capture);
-- FIRST: the argument after SELF (by position, else by the keyword `first_keyword`).
+  keyword ones (a dict), for code that needs the call's arguments (content capture).
 
 Anything that is not a plain function with a positional first parameter, or whose parameters are named like a name
 the template uses, gets the generic wrapper `(self, *args, **kwargs)` made from the same template.
@@ -42,7 +41,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 _GENERIC = {"PARAMS": "self, *args, **kwargs", "CALL": "self, *args, **kwargs", "SELF": "self", "ARGS": "args",
             "KWARGS": "kwargs"}
 _serial = itertools.count(1)
-_WORD = re.compile(r"\b(PARAMS|CALL|SELF|ARGS|KWARGS|FIRST)\b")
+_WORD = re.compile(r"\b(PARAMS|CALL|SELF|ARGS|KWARGS)\b")
 
 
 def _fill(template: str, words: Dict[str, str]) -> str:
@@ -65,7 +64,7 @@ def _inner_code(make: Callable[..., Any]) -> CodeType:
     return next(const for const in make.__code__.co_consts if isinstance(const, CodeType))
 
 
-def _words(original: Any, first_keyword: str) -> Optional[Dict[str, str]]:
+def _words(original: Any) -> Optional[Dict[str, str]]:
     """The replacements for `original`'s own signature, or None when it gets the generic one."""
     if type(original) is not FunctionType:
         return None
@@ -113,13 +112,12 @@ def _words(original: Any, first_keyword: str) -> Optional[Dict[str, str]]:
         "SELF": positional[0],
         "ARGS": args,
         "KWARGS": kwargs,
-        "FIRST": positional[1] if count > 1 else f"({args}[0] if {args} else {kwargs}.get({first_keyword!r}))",
     }
 
 
-def factory(template: str, namespace: Dict[str, Any], first_keyword: str = "") -> Callable[[Any], Any]:
+def factory(template: str, namespace: Dict[str, Any]) -> Callable[[Any], Any]:
     """`make(original)` for `template` (see the module's docstring). One compiled `make` per distinct signature."""
-    generic_words = dict(_GENERIC, FIRST=f"(args[0] if args else kwargs.get({first_keyword!r}))")
+    generic_words = _GENERIC
     compiled: Dict[Tuple[str, str], Callable[..., Any]] = {}
     reserved: set = set()
 
@@ -132,7 +130,7 @@ def factory(template: str, namespace: Dict[str, Any], first_keyword: str = "") -
             # named like one of them would shadow it.
             reserved.update(inner.co_varnames, inner.co_names, inner.co_freevars, generic.__code__.co_varnames)
             reserved.difference_update(("self", "args", "kwargs"))
-        words = _words(original, first_keyword)
+        words = _words(original)
         if words is not None and reserved.intersection(original.__code__.co_varnames[:_arg_count(original)]):
             words = None
         if words is None:

@@ -180,10 +180,10 @@ def record_tool(collector: Any, frame: Optional[Frame], tool: Any, name: Any, st
 # -- steps ---------------------------------------------------------------------------------------------------------
 # A run's step records are built when it ends, from the agent's memory: smolagents appends every finished planning
 # and action step to `agent.memory.steps`, with its timing, number, error and code. Nothing is recorded per step while
-# the run goes (see the integration's `_finalize_step`) except what the memory cannot tell: which calls a planning
-# step made (it shares its number with the action step after it: `planning_done`, queued when it is finalized), the
-# error a step died of when it is not on the step (AgentGenerationError, an interrupt: `frame.step_errors`), and a
-# step whose callback raised, which never reaches the memory (`frame.lost_steps`). Every other call belongs to the
+# the run goes except what the memory cannot tell (see the integration's steps section): which calls a planning step
+# made (it shares its number with the action step after it: `planning_done`, queued when its generator yields it),
+# the error a step died of when it is not on the step (AgentGenerationError, an interrupt: `frame.step_errors`), and
+# a step whose callback raised, which never reaches the memory (`frame.lost_steps`). Every other call belongs to the
 # action step whose number the agent's counter had when the call was made.
 def _take(frame: Frame, number: Any) -> Tuple[list, list, dict]:
     """The run's calls and tools no step has taken that were made at step `number`, and its dropped counts."""
@@ -201,6 +201,8 @@ def planning_done(collector: Any, frame: Frame, key: int, number: Any) -> None:
     made at that number so far are its own (the action step of that number has not begun)."""
     if frame.planning is None:
         frame.planning = {}
+    elif key in frame.planning:
+        return  # noted again by a subclass's planning step that delegates to smolagents' (both are patched)
     frame.planning[key] = (number if number.__class__ is int else None, *_take(frame, number))
 
 

@@ -11,11 +11,12 @@ What is patched (all undone by `uninstall()`):
 - `run` of MultiStepAgent and of every subclass that defines its own: a top-level run is a task, a run inside
   another run (a managed agent) is an AgentExecution nested under its parent. `run(stream=True)` returns a proxy of
   the generator that ends the task when the generator is exhausted, closed, raises or is dropped.
-- `_finalize_step` of MultiStepAgent: called by smolagents at the end of every planning, action and max-steps step.
-  The steps themselves are read from the agent's memory when the run ends (smolagents appends each finished step
-  to `agent.memory.steps`, with its timing, number, error and code), so this hook does nothing for the usual step.
-  It notes only what the memory will not tell: an error the step dies of that is not on the step object, a step
-  that never reaches the memory (its callback raised), and where a planning step's calls end.
+- `_generate_planning_step` of MultiStepAgent (only planning agents call it): its generator is passed through item
+  for item, and the PlanningStep it yields last marks where that planning step's calls end. Steps are otherwise not
+  hooked: they are read from the agent's memory when the run ends (smolagents appends each finished step to
+  `agent.memory.steps`, with its timing, number, error and code); what the memory will not tell of a failing run (an
+  error a step died of that is not on the step object, a step whose callback raised and so never reached the
+  memory) is read off the run's exception when it ends.
 - `generate` / `generate_stream` of Model and of every subclass that defines them, including subclasses created
   later (an `__init_subclass__` hook) and model classes first seen on an agent. A per-thread flag makes a call that
   delegates to another patched method (super().generate, generate_stream -> generate) count once.
@@ -29,8 +30,8 @@ every attribute access and calls through it; on a 21-step ToolCallingAgent run w
 did nothing but call the original added 1.6% to the run as FunctionWrappers and nothing measurable as plain
 functions (the two timed side by side in one process, as in benchmarks/, section 1). Each patch here is
 a function closing over the original, marked as ours, with `functools.update_wrapper` (so `__wrapped__`, the name
-and the signature are the original's); `uninstall()` restores by identity as before. The two called on every step
-(generate and _finalize_step) are generated with the original's own parameters (`_signatures`): what a call
+and the signature are the original's); `uninstall()` restores by identity as before. The one called on every step
+(generate) is generated with the original's own parameters (`_signatures`): what a call
 through the wrapper adds drops from about 280 ns to 90 in a tight loop. wrapt is still what proxies the generator
 of `run(stream=True)`.
 
@@ -110,7 +111,7 @@ _COMPLETED, _CANCELLED, _FAILED = TaskStatus.COMPLETED, TaskStatus.CANCELLED, Ta
 # dozens of times a run) the wrapper does it in its own body, reading only what cannot wait and reaching the queue
 # through the frame it already holds; anything unusual there (no run, content capture, a reply with no
 # `token_usage` attribute, an error) raises or is told apart and goes to the general path (`_queue_call`). Steps
-# queue nothing as they go (see `_finalize_step`); a run queues its steps once, when it ends. Inside a run,
+# queue nothing as they go (see the steps section); a run queues its steps once, when it ends. Inside a run,
 # smolagents' own work between calls evicts our code and data from the CPU caches, so what a call costs is mostly how
 # many objects and code objects it reaches: on a cache-cold call (benchmarks/, section 2b) a helper function and the
 # collector's attributes, which this body no longer reaches, were 0.55 of the model wrapper's 2.4 µs.
@@ -195,7 +196,7 @@ def _llm_previews(content: Any, limit: int) -> Tuple[Optional[str], Optional[str
     return clip(getattr(last, "content", last), limit), clip(records.attr(reply, "content"), limit)
 
 
-# generate and _finalize_step run on every step, so their wrappers take the original's own parameters
+# generate runs on every step, so its wrapper takes the original's own parameters
 # (`_signatures`: no packing and unpacking of the arguments, the cheapest call through a wrapper in Python).
 _GENERATE = """
 def make(original):
@@ -388,36 +389,13 @@ def _tool_call_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 # -- steps ---------------------------------------------------------------------------------------------------------
-# The exception being handled, if any: sys.exception() (3.11+) returns it without building sys.exc_info()'s tuple.
+# Steps queue nothing as they go: a run's step records are built from the agent's memory when it ends (_end_run),
+# and smolagents' `_finalize_step`, called at every step, is not patched (a wrapper there cost ≈20 µs of a 21-step
+# ToolCallingAgent run, benchmarks/ section 1, to do nothing in the usual case). What the memory will not tell is
+# read elsewhere: where a planning step's calls end (`_generate_planning_step`, which only planning agents call),
+# and, from a failing run's traceback (`_note_failure`: only failing runs pay), the error a step died of when it is
+# not stored on the step and a step that never reached the memory because its callback raised.
 _in_flight: Callable[[], Optional[BaseException]] = getattr(sys, "exception", None) or (lambda: sys.exc_info()[1])
-
-_FINALIZE_STEP = """
-def make(original):
-    in_flight, planning_step, noted = _in_flight, _PlanningStep, _step_noted  # (closure cells: faster to read)
-
-    def _finalize_step(PARAMS):
-        # The usual step, an action step finalized with no exception in flight, costs nothing here: its record is
-        # built from the agent's memory when the run ends (_end_run). smolagents finalizes a step in a `finally`:
-        # when a step dies of an error it re-raises (a model failure, AgentGenerationError), that error is on its
-        # way out, not on the step object, and only sys.exception() has it.
-        # (Two paths rather than one with a flag: the usual one is run at every step, and returning from inside
-        # its `try` saves it 8 of its 29 bytecodes.)
-        unwinding = in_flight()
-        if unwinding is None and not isinstance(FIRST, planning_step):
-            try:
-                return original(CALL)
-            except BaseException:  # a step callback raised: the step never reaches the memory
-                noted(SELF, FIRST, None, True)
-                raise
-        try:
-            result = original(CALL)
-        except BaseException:
-            noted(SELF, FIRST, unwinding, True)
-            raise
-        noted(SELF, FIRST, unwinding, False)
-        return result
-    return _finalize_step
-"""
 
 
 class _NoPlanningStep:
@@ -427,36 +405,68 @@ class _NoPlanningStep:
 _PlanningStep: type = _NoPlanningStep
 
 
-def _step_noted(agent: Any, step: Any, unwinding: Optional[BaseException], lost: bool) -> None:
-    """What the memory will not tell about a step being finalized: the error it dies of (`unwinding`, when it is not
-    the one the run began inside), that it never reaches the memory (`lost`: a step callback raised), and, for a
-    planning step, which calls were its own (queued now: the calls queued before it are)."""
+def _planning_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
+    def _generate_planning_step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        steps = original(self, *args, **kwargs)
+        if not switch.enabled or not hasattr(steps, "__next__"):
+            return steps
+        return _traced_planning(self, steps)
+
+    return _generate_planning_step
+
+
+def _traced_planning(agent: Any, steps: Any) -> Any:
+    """The planning step's generator, item for item; the PlanningStep it yields last (after its model calls) notes
+    that the calls the run has made at this step number so far are the planning step's."""
+    for item in steps:
+        if isinstance(item, _PlanningStep):
+            _planned(agent, item)
+        yield item
+
+
+def _planned(agent: Any, step: Any) -> None:
     try:
-        if not switch.enabled:
-            return
         frame = current.get()
         if frame is None or frame.owner is not agent:
             return
-        collector = frame.collector or _outside(frame)
-        if unwinding is not None and unwinding is not frame.outer_error:
-            if frame.step_errors is None:
-                frame.step_errors = {}
-            frame.step_errors[id(step)] = _error(unwinding, collector)
-        if lost:
-            if frame.lost_steps is None:
-                frame.lost_steps = []
-            frame.lost_steps.append(step)
-        if isinstance(step, _PlanningStep):
-            try:
-                number = agent.step_number
-            except Exception:  # noqa: BLE001 - a user's agent class that makes this anything
-                number = None
-            _queue(collector, ("smolagents.step", records.planning_done, frame, id(step), number))
+        try:
+            number = agent.step_number
+        except Exception:  # noqa: BLE001 - a user's agent class that makes this anything
+            number = None
+        _queue(frame.collector or _outside(frame), ("smolagents.step", records.planning_done, frame, id(step), number))
     except Exception as exc:  # noqa: BLE001 - this is the guard
         _failed("smolagents.step", exc)
 
 
-_finalize_step_wrapper = _signatures.factory(_FINALIZE_STEP, globals(), first_keyword="memory_step")
+def _note_failure(frame: Frame, exc: BaseException) -> None:
+    """What a failing run's exception tells of its steps, read off its traceback and those of the errors it was
+    raised while handling. smolagents finalizes a step in a `finally`: an error a step dies of that it re-raises
+    (a model failure as AgentGenerationError, an interrupt) passed through the agent's `_step_stream` for that step,
+    and is not stored on the step; an error raised in `_finalize_step` (a step callback) kept that step out of the
+    memory. Both frames are this agent's (`self`), and their first argument is the step."""
+    agent, collector = frame.owner, frame.collector
+    error: Optional[BaseException] = exc
+    for _ in range(8):  # (the chain of errors raised while handling others: bounded, it may be a cycle)
+        if error is None:
+            break
+        tb = error.__traceback__
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            if code.co_name in ("_step_stream", "_finalize_step") and code.co_argcount > 1:
+                local = tb.tb_frame.f_locals
+                step = local.get(code.co_varnames[1])
+                if local.get(code.co_varnames[0]) is agent and step is not None:
+                    if code.co_name == "_finalize_step":
+                        if frame.lost_steps is None:
+                            frame.lost_steps = []
+                        if not any(lost is step for lost in frame.lost_steps):
+                            frame.lost_steps.append(step)
+                    elif error is not frame.outer_error:
+                        if frame.step_errors is None:
+                            frame.step_errors = {}
+                        frame.step_errors.setdefault(id(step), _error(error, collector))
+            tb = tb.tb_next
+        error = error.__context__
 
 
 # -- agent runs ----------------------------------------------------------------------------------------------------
@@ -491,6 +501,8 @@ def _end_run(frame: Frame, exc: Optional[BaseException]) -> None:
     else:
         status = _CANCELLED if isinstance(exc, KeyboardInterrupt) else _FAILED
         error = _error(exc, collector)
+    if exc is not None and exc.__traceback__ is not None:
+        _safe("smolagents.step", _note_failure, frame, exc)
     _queue_steps(frame, collector)
     _queue(collector, ("smolagents.run", records.end_run, frame, _now(), status, error))
     if frame.parent is None:
@@ -513,6 +525,18 @@ def _queue_steps(frame: Frame, collector: Any) -> None:
         _queue(collector, ("smolagents.step", records.record_steps, frame, fields))
     except Exception as exc:  # noqa: BLE001 - this is the guard (the run's end is queued all the same)
         _failed("smolagents.step", exc)
+
+
+def _steps_of(frame: Frame) -> Any:
+    """The memory list a streamed run appends its steps to (see _trace_run_stream), or None."""
+    return frame.memory[0] if frame.memory is not None else None
+
+
+def _closed_in(frame: Frame, steps: list) -> None:
+    if frame.step_errors is None:
+        frame.step_errors = {}
+    for step in steps:
+        frame.step_errors.setdefault(id(step), _error(GeneratorExit(), frame.collector))
 
 
 def _traced_run_class() -> type:
@@ -555,10 +579,16 @@ def _traced_run_class() -> type:
 
         def close(self) -> None:
             token = current.set(self._self_frame)
+            steps = _safe("smolagents.step", _steps_of, self._self_frame)
+            first = len(steps) if steps is not None else 0
             try:
                 self.__wrapped__.close()
             finally:
                 current.reset(token)
+                if steps is not None and len(steps) > first and not self._self_done:
+                    # Closed inside an action step: smolagents finalizes it in a `finally` and appends it to the
+                    # memory while the GeneratorExit is on its way out. That is what the step died of.
+                    _safe("smolagents.step", _closed_in, self._self_frame, steps[first:])
                 self._self_finish(GeneratorExit())
 
         def _self_finish(self, exc: Optional[BaseException]) -> None:
@@ -651,7 +681,7 @@ def _timeout_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
 _CLASS_TARGETS: Dict[str, Dict[str, Callable[..., Any]]] = {
     "Model": {"generate": _generate_wrapper, "generate_stream": _generate_stream_wrapper},
     "Tool": {"__call__": _tool_call_wrapper},
-    "MultiStepAgent": {"run": _run_wrapper, "_finalize_step": _finalize_step_wrapper},
+    "MultiStepAgent": {"run": _run_wrapper, "_generate_planning_step": _planning_wrapper},
 }
 
 
