@@ -223,8 +223,9 @@ def test_fsync_interval_0_syncs_every_write_and_shutdown_syncs_a_deferred_one(ma
     manager.initialize({"fsync_interval": 3600})
     began = time.monotonic()
     record_task(manager, "t3")
-    wait_for(lambda: _tasks_on_disk(path) == 4)
-    assert fsyncs.of(path, began) == [] and list(manager._unsynced) == [path]
+    # (The writer notes the file as unsynced right after renaming it into place: both are waited for.)
+    wait_for(lambda: _tasks_on_disk(path) == 4 and list(manager._unsynced) == [path])
+    assert fsyncs.of(path, began) == []
     began = time.monotonic()
     manager.shutdown()  # the exit's write is synced, and so is anything still waiting for its fsync
     assert len(fsyncs.of(path, began)) == 1 and not manager._unsynced
@@ -246,9 +247,9 @@ def test_a_failed_deferred_fsync_is_counted_and_the_session_written_again(manage
     wait_for(lambda: _tasks_on_disk(path) == 1)
     second = time.monotonic()
     record_task(manager, "second")
-    wait_for(lambda: _tasks_on_disk(path) == 2)
+    wait_for(lambda: _tasks_on_disk(path) == 2 and list(manager._unsynced) == [path])
     deferred = os.stat(path).st_ino
-    assert list(manager._unsynced) == [path] and fsyncs.of(path, second) == []
+    assert fsyncs.of(path, second) == []
     wait_for(lambda: get_error_handler().get_error_summary().get("storage.sync", {}).get("count", 0) == 1)
     # After a failed fsync the kernel may have dropped the data: the file is written again, and synced as it is.
     wait_for(lambda: os.stat(path).st_ino != deferred and fsyncs.of(path, second))
