@@ -390,8 +390,9 @@ def _tool_call_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
 
 # -- steps ---------------------------------------------------------------------------------------------------------
 # Steps queue nothing as they go: a run's step records are built from the agent's memory when it ends (_end_run),
-# and smolagents' `_finalize_step`, called at every step, is not patched (a wrapper there cost ≈20 µs of a 21-step
-# ToolCallingAgent run, benchmarks/ section 1, to do nothing in the usual case). What the memory will not tell is
+# and smolagents' `_finalize_step`, called at every step, is not patched (a wrapper there ran 22 times in a 21-step
+# ToolCallingAgent run to do nothing in the usual case: ≈35k of the ≈350k instructions sop_telemetry added to it,
+# benchmarks/ section 1c, though not enough time to tell apart in section 1). What the memory will not tell is
 # read elsewhere: where a planning step's calls end (`_generate_planning_step`, which only planning agents call),
 # and, from a failing run's traceback (`_note_failure`: only failing runs pay), the error a step died of when it is
 # not stored on the step and a step that never reached the memory because its callback raised.
