@@ -118,6 +118,9 @@ def test_a_reader_never_sees_a_partial_file(store):
             except ValueError as exc:
                 problems.append(f"{exc} ({len(data)} bytes)")
             reads[0] += 1
+            # Hands the GIL back at once: otherwise each of the writer's system calls waits out the interpreter's
+            # switch interval (5 ms) to get it back, and the 300 writes took 20-35 s.
+            time.sleep(0)
 
     thread = threading.Thread(target=reader)
     thread.start()
