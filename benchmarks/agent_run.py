@@ -326,12 +326,11 @@ class Setups:
             time.sleep(0.001)
 
     def _writer_idle(self, writer: threading.Thread) -> bool:
-        """Whether the writer thread is blocked in its wait for a task's end (`_wake.wait`), not in its pause."""
+        """Whether the writer thread waits for a task's end (`_await_change`), not in its pause."""
         frame, inner = sys._current_frames().get(writer.ident), None
         while frame is not None and frame.f_code.co_name != "_write_until_stopped":
             frame, inner = frame.f_back, frame
-        return (inner is not None and inner.f_code.co_name == "wait"
-                and inner.f_locals.get("self") is self.manager._wake)
+        return inner is not None and inner.f_code.co_name == "_await_change"
 
     def _writer_state(self) -> str:
         import traceback

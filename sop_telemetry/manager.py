@@ -398,9 +398,7 @@ class TelemetryManager:
             if self._stopped:
                 return
             if not self._due:
-                interval = self._config.flush_interval if self._config is not None else 30.0
-                sync_wait = self._sync_wait()
-                self._wake.wait(interval if sync_wait is None else min(interval, sync_wait))
+                self._await_change(self._config.flush_interval if self._config is not None else 30.0)
             self._due = False
             self._wake.clear()
             if self._stopped:
@@ -414,6 +412,28 @@ class TelemetryManager:
             except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
                 get_error_handler().record_error("manager.writer", exc)
             resume = now + min(_WRITE_BACKOFF * (now - began), _MAX_WRITE_PAUSE)
+
+    def _await_change(self, interval: float) -> None:
+        """Waits until a task's end wakes the writer or `interval` (the flush interval) is over. Files whose deferred
+        fsync comes due meanwhile are synced on the way, without a write: a write pass there would rewrite the
+        session of a task still running, in the middle of its run (the GIL it holds for about 1 ms, then a pause)."""
+        deadline = time.perf_counter() + interval
+        while not self._stopped:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return
+            sync_wait = self._sync_wait()
+            if sync_wait is None or sync_wait >= left:
+                self._wake.wait(left)
+                return
+            if self._wake.wait(sync_wait):
+                return
+            try:
+                self._sync_if_due()
+            except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
+                get_error_handler().record_error("manager.writer", exc)
+            if self._due:
+                return  # a failed fsync: the session is to be written again
 
     def _maybe_cleanup(self) -> None:
         cfg = self._config

@@ -153,7 +153,7 @@ def test_a_task_that_ends_in_the_writers_pause_does_not_wake_it_and_one_that_end
     wait_for(lambda: tasks_on_disk() == 2)
     assert time.perf_counter() - written >= 0.9  # (`written` was taken up to one poll after the write)
     assert len(wakes) == 1
-    wait_for(lambda: where().startswith("self._wake.wait("), timeout=5)  # the next pause went by: idle
+    wait_for(lambda: where().startswith("self._await_change("), timeout=5)  # the next pause went by: idle
     ended = time.perf_counter()
     record_task(manager, "third")  # ends while the writer is idle: woken, written at once
     assert len(wakes) == 2
@@ -254,6 +254,30 @@ def test_a_failed_deferred_fsync_is_counted_and_the_session_written_again(manage
     # After a failed fsync the kernel may have dropped the data: the file is written again, and synced as it is.
     wait_for(lambda: os.stat(path).st_ino != deferred and fsyncs.of(path, second))
     assert _tasks_on_disk(path) == 2 and not manager._unsynced
+
+
+def test_a_deferred_fsync_does_not_rewrite_the_session_of_a_task_still_running(manager, storage_dir, monkeypatch,
+                                                                               no_pause):
+    # The writer, idle, wakes when a deferred fsync comes due: it syncs, and writes nothing (a write there would land
+    # in the middle of the running task, for nothing: the task's end is written when it comes).
+    manager.initialize({"fsync": True, "fsync_interval": 0.5})
+    fsyncs = _Fsyncs(monkeypatch)
+    path = storage_dir / f"{manager.get_collector().session_id}.json"
+    record_task(manager, "first")
+    wait_for(lambda: _tasks_on_disk(path) == 1)
+    began = time.monotonic()
+    record_task(manager, "second")
+    wait_for(lambda: _tasks_on_disk(path) == 2 and list(manager._unsynced) == [path])
+    deferred = os.stat(path).st_ino
+    collector = manager.get_collector()
+    collector.start_task("third", "still running")
+    collector.record_llm_call("gpt-4", 7, 3, 0.1)
+    [synced] = wait_for(lambda: fsyncs.of(path, began), timeout=10)  # the deferred fsync, of the second write
+    assert synced - began >= 0.5 - 0.01 and not manager._unsynced
+    assert os.stat(path).st_ino == deferred and _tasks_on_disk(path) == 2  # not written again
+    collector.end_task("third", TaskStatus.COMPLETED)
+    wait_for(lambda: _tasks_on_disk(path) == 3)
+    assert get_error_handler().total_errors() == 0
 
 
 def test_shutdown_writes_the_session_with_its_end(manager, storage_dir):
