@@ -133,10 +133,10 @@ def _write_thread(manager: Any) -> Dict[str, Any]:
     written = threading.Event()
     original = TelemetryDataStore.write
 
-    def spy(self: Any, session_id: str, payload: Any) -> Any:
+    def spy(self: Any, session_id: str, payload: Any, sync: bool = True) -> Any:
         t0 = perf()
         try:
-            return original(self, session_id, payload)
+            return original(self, session_id, payload, sync)
         finally:
             seen.setdefault("thread", threading.current_thread().name)
             seen.setdefault("store_write_ms", (perf() - t0) * 1e3)

@@ -41,4 +41,7 @@ def test_quick_benchmark_runs_every_section(tmp_path: Path) -> None:
     assert set(figures["instructions"]["tool_calling"]["setups"]) == {"none", "sop"}
     assert figures["instructions"]["counted"] is False
     assert figures["memory"]["capped"]["drops_counted"]
+    # The session of section 3's agent run is written, and by the writer thread (a write spy that refused the
+    # storage layer's `sync` argument once made this write fail, half the time, and the section wait 10 s).
+    assert figures["flush"]["write_thread"]["thread"] == "sop_telemetry-writer"
     assert not figures["imports"]["imports_smolagents"]
