@@ -180,6 +180,18 @@ def _tasks_on_disk(path: Path) -> int:
     return len(TelemetrySession.from_json(path.read_bytes()).tasks) if path.exists() else 0
 
 
+def _second_write_deferred(manager, path: Path) -> tuple:
+    """Records two tasks: the first write is fsynced as it is made, the second, moments later, is not yet. Returns
+    when the second task began and the inode of its file."""
+    record_task(manager, "first")
+    wait_for(lambda: _tasks_on_disk(path) == 1)
+    second = time.monotonic()
+    record_task(manager, "second")
+    # (The writer notes the file as unsynced right after renaming it into place: both are waited for.)
+    wait_for(lambda: _tasks_on_disk(path) == 2 and list(manager._unsynced) == [path])
+    return second, os.stat(path).st_ino
+
+
 @pytest.fixture
 def no_pause(monkeypatch):
     """The writer writes each task's end at once, with no pause after a write."""
@@ -243,12 +255,7 @@ def test_a_failed_deferred_fsync_is_counted_and_the_session_written_again(manage
 
     monkeypatch.setattr(TelemetryDataStore, "sync", broken)
     path = storage_dir / f"{manager.get_collector().session_id}.json"
-    record_task(manager, "first")
-    wait_for(lambda: _tasks_on_disk(path) == 1)
-    second = time.monotonic()
-    record_task(manager, "second")
-    wait_for(lambda: _tasks_on_disk(path) == 2 and list(manager._unsynced) == [path])
-    deferred = os.stat(path).st_ino
+    second, deferred = _second_write_deferred(manager, path)
     assert fsyncs.of(path, second) == []
     wait_for(lambda: get_error_handler().get_error_summary().get("storage.sync", {}).get("count", 0) == 1)
     # After a failed fsync the kernel may have dropped the data: the file is written again, and synced as it is.
@@ -263,12 +270,7 @@ def test_a_deferred_fsync_does_not_rewrite_the_session_of_a_task_still_running(m
     manager.initialize({"fsync": True, "fsync_interval": 0.5})
     fsyncs = _Fsyncs(monkeypatch)
     path = storage_dir / f"{manager.get_collector().session_id}.json"
-    record_task(manager, "first")
-    wait_for(lambda: _tasks_on_disk(path) == 1)
-    began = time.monotonic()
-    record_task(manager, "second")
-    wait_for(lambda: _tasks_on_disk(path) == 2 and list(manager._unsynced) == [path])
-    deferred = os.stat(path).st_ino
+    began, deferred = _second_write_deferred(manager, path)
     collector = manager.get_collector()
     collector.start_task("third", "still running")
     collector.record_llm_call("gpt-4", 7, 3, 0.1)
