@@ -33,8 +33,8 @@ is a young-generation GC (the heap is frozen first, so that collections stay che
   the caches and the allocator's state, which the untimed cool-down run does not fully absorb;
 - ``sop_disabled``: ``install()`` then ``disable_telemetry()``;
 - ``minimal_hooks``: the cheapest hook possible at every place sop_telemetry hooks to time a call (generate,
-  generate_stream, a tool's ``__call__``, ``_generate_planning_step``, ``run``): read the clock, call the original, read the
-  clock, append the two figures to a list; generated with the original's own parameters where it can be, as
+  generate_stream, a tool's ``__call__``, ``_generate_planning_step``, ``run``): read the clock, call the original,
+  read the clock, append the two figures to a list; generated with the original's own parameters where it can be, as
   sop_telemetry's are. No telemetry written in Python at these call sites costs less, so ``sop`` minus
   ``minimal_hooks`` is what sop_telemetry's own bookkeeping adds;
 - ``openinference`` / ``openinference_batch``: ``SmolagentsInstrumentor().instrument(tracer_provider=...)`` with an

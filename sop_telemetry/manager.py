@@ -428,10 +428,7 @@ class TelemetryManager:
                 return
             if self._wake.wait(sync_wait):
                 return
-            try:
-                self._sync_if_due()
-            except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
-                get_error_handler().record_error("manager.writer", exc)
+            guard("manager.writer", self._sync_if_due)  # (the writer thread must survive anything)
             if self._due:
                 return  # a failed fsync: the session is to be written again
 

@@ -528,11 +528,6 @@ def _queue_steps(frame: Frame, collector: Any) -> None:
         _failed("smolagents.step", exc)
 
 
-def _steps_of(frame: Frame) -> Any:
-    """The memory list a streamed run appends its steps to (see _trace_run_stream), or None."""
-    return frame.memory[0] if frame.memory is not None else None
-
-
 def _closed_in(frame: Frame, steps: list) -> None:
     if frame.step_errors is None:
         frame.step_errors = {}
@@ -580,7 +575,8 @@ def _traced_run_class() -> type:
 
         def close(self) -> None:
             token = current.set(self._self_frame)
-            steps = _safe("smolagents.step", _steps_of, self._self_frame)
+            memory = self._self_frame.memory  # (the list this run appends its steps to: see _trace_run_stream)
+            steps = memory[0] if memory is not None else None
             first = len(steps) if steps is not None else 0
             try:
                 self.__wrapped__.close()
