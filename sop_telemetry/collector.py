@@ -444,9 +444,12 @@ class TelemetryCollector:
     def changed(self, urgent: bool) -> None:
         self.generation += 1
         if self._on_change is not None:
-            # Guarded here: a failure to start the writer (say, at interpreter shutdown) must not undo the change
-            # that has already been made.
-            guard("collector.on_change", self._on_change, urgent)
+            # Guarded here (inline: this runs at every agent run's start and end): a failure to start the writer
+            # (say, at interpreter shutdown) must not undo the change that has already been made.
+            try:
+                self._on_change(urgent)
+            except Exception as exc:  # noqa: BLE001 - this is the guard
+                get_error_handler().record_error("collector.on_change", exc)
 
     # -- reading -----------------------------------------------------------------------------------------------
     def has_records(self) -> bool:

@@ -92,7 +92,9 @@ FAULT_POINTS = {
     "integration._trace_run_stream": (integration, "_trace_run_stream"),
     "integration._ensure_model_class": (integration, "_ensure_model_class"),
     "integration._Usage.add": (integration._Usage, "add"),
+    "records.start_run": (records, "start_run"),
     "records.begin_run": (records, "begin_run"),
+    "records.finish_run": (records, "finish_run"),
     "records.end_run": (records, "end_run"),
     "records.record_reply": (records, "record_reply"),
     "records.record_result": (records, "record_result"),
@@ -117,8 +119,9 @@ NOT_REACHED = (
        ("records.record_result", "direct_calls")}
     | {(p, s) for p in ("collector.open_fallback_task", "integration._outside") for s in SCENARIOS
        if s != "direct_calls"}
-    | {(p, "direct_calls") for p in ("integration._begin_run", "integration._end_run", "records.begin_run",
-                                     "records.end_run", "records.record_steps", "records.step_fields",
+    | {(p, "direct_calls") for p in ("integration._begin_run", "integration._end_run", "records.start_run",
+                                     "records.begin_run", "records.finish_run", "records.end_run",
+                                     "records.record_steps", "records.step_fields",
                                      "records.remember_credentials", "integration._ensure_model_class")}
     # (only the streamed scenario plans)
     | {("records.planning_done", s) for s in SCENARIOS if s != "stream"}

@@ -623,6 +623,26 @@ def test_secrets_never_reach_a_session_file_or_the_log(manager, storage_dir, mon
         assert secret not in caplog.text
 
 
+def test_a_model_key_is_masked_even_when_its_run_record_fails_to_build(manager, storage_dir, monkeypatch):
+    # The key is remembered by the run's first queued event, before its agent record is built: a failure there
+    # (counted and logged) must not leave the failed call's error message, which quotes the key, unmasked.
+    from sop_telemetry.integrations import _smolagents_records as records
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("injected: no agent record")
+
+    monkeypatch.setattr(records, "begin_run", broken)
+    model = OfflineOpenAIModel(model_id="gpt-offline", api_key=MODEL_SECRET)
+    model.fail = True
+    with pytest.raises(Exception):
+        ToolCallingAgent(tools=[], model=model, verbosity_level=0).run("the key fails")
+    path = manager.flush_data()
+    calls = [c for t in json.loads(path.read_bytes())["tasks"] for c in t["llm_calls"]]
+    assert [c["error_message"] for c in calls] == ["401 Unauthorized for url: https://api.example/v1/chat?key=***"]
+    assert MODEL_SECRET.encode() not in path.read_bytes()
+    assert get_error_handler().get_error_summary()["smolagents.run"]["count"] == 1
+
+
 def test_masking_never_makes_a_file_unreadable_and_handles_json_escapes(manager, storage_dir, monkeypatch):
     # A variable named like a credential whose value is also a status, and a key that JSON has to escape.
     monkeypatch.setenv("DEPLOY_TOKEN_STATE", "completed")

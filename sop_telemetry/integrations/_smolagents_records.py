@@ -19,6 +19,7 @@ import random
 from typing import Any, Optional, Tuple
 
 from ..collector import Frame, clip, next_id
+from ..error_handler import guard
 from ..status import CallStatus, TaskStatus
 
 _SUCCESS = CallStatus.SUCCESS.value
@@ -65,6 +66,23 @@ def error_of(exc: BaseException, limit: int) -> Tuple[str, Optional[str]]:
 
 def model_name(model: Any, model_id: Any) -> str:
     return (clip(model_id, 200) if model_id is not None else None) or type(model).__name__
+
+
+def start_run(collector: Any, frame: Frame, agent: Any, model: Any, description: Any, start: float) -> None:
+    """A run's first event (one queued where there were two: one tuple and one call fewer on the agent's thread):
+    its model's credentials, then its agent record. Each guarded apart: either failing must not cost the other, the
+    masking least of all."""
+    if model is not None:
+        guard("smolagents.run", remember_credentials, collector, model)
+    begin_run(collector, frame, agent, model, description, start)
+
+
+def finish_run(collector: Any, frame: Frame, fields: Optional[list], end: float, status: TaskStatus,
+               error: Optional[Tuple[str, Optional[str]]]) -> None:
+    """A run's last event: its steps (`fields`: see step_fields; None if they could not be read), then its end."""
+    if fields is not None:
+        guard("smolagents.step", record_steps, collector, frame, fields)
+    end_run(collector, frame, end, status, error)
 
 
 def begin_run(collector: Any, frame: Frame, agent: Any, model: Any, description: Any, start: float) -> None:

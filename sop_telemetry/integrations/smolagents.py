@@ -483,10 +483,7 @@ def _begin_run(agent: Any, args: tuple, kwargs: dict, parent: Optional[Frame]) -
     frame = Frame(None, None, owner=agent, parent=parent, collector=collector)
     frame.outer_error = _in_flight()
     description = args[0] if args else kwargs.get("task", "")
-    now = _now()
-    _queue(collector, ("smolagents.run", records.begin_run, frame, agent, model, description, now))
-    if model is not None:
-        _queue(collector, ("smolagents.run", records.remember_credentials, model))
+    _queue(collector, ("smolagents.run", records.start_run, frame, agent, model, description, _now()))
     if parent is None:
         _epoch = frame.epoch  # (the frame took it a moment ago: no clock read again)
         collector.changed(False)  # a task is starting: the writer runs (every flush_interval) and exit is hooked
@@ -504,15 +501,16 @@ def _end_run(frame: Frame, exc: Optional[BaseException]) -> None:
         error = _error(exc, collector)
     if exc is not None and exc.__traceback__ is not None:
         _safe("smolagents.step", _note_failure, frame, exc)
-    _queue_steps(frame, collector)
-    _queue(collector, ("smolagents.run", records.end_run, frame, _now(), status, error))
+    _queue(collector, ("smolagents.run", records.finish_run, frame, _step_fields(frame, collector), _now(), status,
+                       error))
     if frame.parent is None:
         collector.changed(True)  # the task is over: the writer builds its records and writes the file now
 
 
-def _queue_steps(frame: Frame, collector: Any) -> None:
-    """Queues the run's steps, read from the agent's memory now: they hold the whole conversation, which the memory
-    lets go of at the agent's next run and which must not wait in the queue until the writer runs."""
+def _step_fields(frame: Frame, collector: Any) -> Optional[list]:
+    """The run's steps, read from the agent's memory now: they hold the whole conversation, which the memory lets
+    go of at the agent's next run and which must not wait in the queue until the writer runs. None if they could
+    not be read (counted; the run's end is queued all the same)."""
     try:
         try:
             if frame.memory is None:
@@ -522,10 +520,10 @@ def _queue_steps(frame: Frame, collector: Any) -> None:
                 steps = memory[first:]
         except Exception:  # noqa: BLE001 - an agent class without smolagents' memory
             steps = []
-        fields = records.step_fields(frame, steps, collector.max_string_length)
-        _queue(collector, ("smolagents.step", records.record_steps, frame, fields))
-    except Exception as exc:  # noqa: BLE001 - this is the guard (the run's end is queued all the same)
+        return records.step_fields(frame, steps, collector.max_string_length)
+    except Exception as exc:  # noqa: BLE001 - this is the guard
         _failed("smolagents.step", exc)
+        return None
 
 
 def _closed_in(frame: Frame, steps: list) -> None:
@@ -627,8 +625,10 @@ def _run_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
         parent = current.get()
         if parent is not None and parent.owner is self:
             return original(self, *args, **kwargs)  # a subclass's run calling super().run: one run
-        frame = _safe("smolagents.run", _begin_run, self, args, kwargs, parent)
-        if frame is None:
+        try:  # (the guards inline, here and below: this runs at every agent run's start and end)
+            frame = _begin_run(self, args, kwargs, parent)
+        except Exception as error:  # noqa: BLE001 - this is the guard
+            _failed("smolagents.run", error)
             return original(self, *args, **kwargs)
         token = current.set(frame)
         try:
@@ -642,7 +642,10 @@ def _run_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
             traced = _safe("smolagents.run", _trace_run_stream, result, frame)
             if traced is not None:
                 return traced
-        _safe("smolagents.run", _end_run, frame, None)
+        try:
+            _end_run(frame, None)
+        except Exception as error:  # noqa: BLE001 - this is the guard
+            _failed("smolagents.run", error)
         return result
 
     return run
