@@ -23,12 +23,13 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-SECTIONS = ("agent", "instructions", "per_call", "flush", "memory", "imports", "sessions", "otlp")
+SECTIONS = ("agent", "ablation", "instructions", "per_call", "flush", "memory", "imports", "sessions", "otlp")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
 FULL = {
     "agent_tool_calling": {"iterations": 200, "warmup": 5, "repeats": 3},
     "agent_code": {"iterations": 80, "warmup": 3, "repeats": 3},
+    "ablation": {"iterations": 200, "warmup": 3, "repeats": 3},
     "instructions": {"runs": 5},
     "per_call": {"calls": 5_000, "batches": 20, "run_calls": 1_000},
     "per_call_cold": {"rounds": 100, "samples": 5},
@@ -41,6 +42,7 @@ FULL = {
 QUICK = {
     "agent_tool_calling": {"iterations": 4, "warmup": 1, "repeats": 1, "openinference_every": 2},
     "agent_code": {"iterations": 2, "warmup": 1, "repeats": 1, "openinference_every": 1},
+    "ablation": {"iterations": 2, "warmup": 1, "repeats": 1},
     "instructions": {"runs": 1, "quick": True},
     "per_call": {"calls": 200, "batches": 2, "run_calls": 50},
     "per_call_cold": {"rounds": 2, "samples": 2},
@@ -110,6 +112,11 @@ def main(argv: List[str] | None = None) -> int:
                 for kind in ("tool_calling", "code"):
                     log(f"1. agent run overhead: {kind}")
                     results[f"agent_{kind}"] = run_agent_overhead(kind, log=log, **plan[f"agent_{kind}"])
+            if "ablation" in wanted:
+                from .ablation import run_ablation
+
+                log("1d. where the overhead goes (ablation)")
+                results["ablation"] = run_ablation(log=log, **plan["ablation"])
             if "instructions" in wanted:
                 from .instructions import run_instructions
 

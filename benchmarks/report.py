@@ -183,6 +183,9 @@ def render(r: Dict[str, Any]) -> str:
     ins = r.get("instructions")
     if ins:
         parts.append(_instructions_table(ins, names))
+    abl = r.get("ablation")
+    if abl:
+        parts.append(_ablation_table(abl, names))
     calls = r.get("per_call")
     if calls:
         rows = [[name, _f(c["bare_us"]), _f(c["wrapt_us"]), _f(c["disabled_us"]), _f(c["enabled_us"]),
@@ -278,3 +281,31 @@ def _instructions_table(ins: Dict[str, Any], names: Dict[str, str]) -> str:
     if ins.get("openinference_skipped"):
         parts.append("   " + ins["openinference_skipped"])
     return "\n".join(parts)
+
+
+_ABLATION_NAMES = {
+    "without_model_hook": "never written, without the model hook",
+    "without_tool_hook": "never written, without the tool hook",
+    "run_hook_only": "never written, the run's hook only",
+    "without_steps": "never written, steps not read",
+    "model_hook": "the model hook (generate)",
+    "tool_hook": "the tool hook (Tool.__call__)",
+    "steps_read": "reading the run's steps at its end",
+    "run_hook": "the run's hook (its start and end, steps included)",
+}
+
+
+def _ablation_table(abl: Dict[str, Any], names: Dict[str, str]) -> str:
+    def row(name: str, c: Dict[str, Any]) -> List[str]:
+        low, high = c["added_ms_ci95"]
+        return [_ABLATION_NAMES.get(name, names.get(name, name)), _f(c["added_ms"], 3),
+                f"{_f(low, 3)} to {_f(high, 3)}", f"{_f(c['added_pct'], 1)}%"]
+
+    title = (f"\n1d. Where the time goes: ToolCallingAgent, {abl['runs']} interleaved samples per setup (each the "
+             f"fastest of {abl['repeats']} runs), against {_f(abl['none_ms'])} ms uninstrumented")
+    setups = table(title, ["setup", "+CPU ms (median)", "95% interval", "+CPU %"],
+                   [row(n, c) for n, c in abl["setups"].items()])
+    parts = table("   each part: what taking it out saves (paired)",
+                  ["part", "CPU ms (median)", "95% interval", "% of the run"],
+                  [row(n, c) for n, c in abl["parts"].items()])
+    return setups + "\n" + parts

@@ -20,7 +20,8 @@ def test_quick_benchmark_runs_every_section(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     figures = json.loads(out.read_text())
-    for section in ("agent_tool_calling", "agent_code", "per_call", "flush", "memory", "imports", "sessions"):
+    for section in ("agent_tool_calling", "agent_code", "ablation", "per_call", "flush", "memory", "imports",
+                    "sessions"):
         assert section in figures, section
     assert "Targets (issue 6)" in proc.stdout
     for kind in ("agent_tool_calling", "agent_code"):
@@ -37,6 +38,12 @@ def test_quick_benchmark_runs_every_section(tmp_path: Path) -> None:
             print(agent["openinference_skipped"])
         else:
             assert agent["recorded"]["openinference"]["spans"] > 0
+    # Section 1d times the unwritten setup with parts taken out; each variant's run queues exactly what is left
+    # (a model class patched again when a run starts once put a hook taken out back, unseen).
+    queued = figures["ablation"]["queued_events"]
+    assert queued["sop_unwritten"] == queued["without_steps"] >= 44  # 21 model calls, 21 tool calls, start, end
+    assert queued["without_model_hook"] == queued["without_tool_hook"] == queued["sop_unwritten"] - 21
+    assert queued["run_hook_only"] == 2
     # Section 1c runs each child natively once in --quick (no valgrind in CI): the code path, not a count.
     assert set(figures["instructions"]["tool_calling"]["setups"]) == {"none", "sop"}
     assert figures["instructions"]["counted"] is False
