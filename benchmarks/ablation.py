@@ -3,7 +3,7 @@
 Usage::
 
     from benchmarks.ablation import run_ablation
-    run_ablation(iterations=200)   # {"setups": {...}, "parts": {"model_hook": {...}, ...}, "runs": 200, ...}
+    run_ablation(iterations=200, warmup=3)   # {"setups": {...}, "parts": {"model_hook": {...}, ...}, "runs": 200, ...}
 
 Section 1 says how much sop_telemetry adds to a run; this says which part adds it. The never-written setup (every
 hook, no file write: no writer in the picture) is timed beside copies of itself with one part taken out: the model
@@ -16,12 +16,11 @@ uninstrumented run and the minimal hooks are timed alongside.
 
 from __future__ import annotations
 
-import random
 from typing import Any, Callable, Dict, List
 
-from .agent_run import Setups
+from .agent_run import Setups, sample
 from .fake import section_one_agent
-from .stats import bootstrap_ci, cpu_time, freeze_heap, median, quiet_gc
+from .stats import bootstrap_ci, median
 
 _BASE = "sop_unwritten"
 # variant: (the hooked attributes it puts the originals back on, whether the run's steps are read at its end)
@@ -50,6 +49,7 @@ class _Ablation(Setups):
 
     def __init__(self, model_classes: List[type]) -> None:
         super().__init__(model_classes, use_openinference=False)
+        self.names = list(NAMES)
         self._step_fields = self.integration._step_fields
 
     def activate(self, name: str) -> None:
@@ -87,43 +87,19 @@ class _Ablation(Setups):
 def run_ablation(iterations: int, warmup: int, repeats: int = 3, seed: int = 1,
                  log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
     model, agent = section_one_agent("tool_calling")
-    setups = _Ablation([type(model)])
-    freeze_heap()
-    rows: List[Dict[str, float]] = []
-    queued: Dict[str, int] = {}  # events a run queued, per setup: what tells that a part was really taken out
-    rng = random.Random(seed)
-    try:
-        for i in range(warmup + iterations):
-            order = list(NAMES)
-            rng.shuffle(order)
-            row: Dict[str, float] = {}
-            for name in order:
-                setups.activate(name)
-                setups.warm_up(name, agent)
-                best = float("inf")
-                for _ in range(repeats):
-                    with quiet_gc():
-                        c0 = cpu_time()
-                        agent.run("Add the numbers.")
-                        best = min(best, cpu_time() - c0)
-                    counts = setups.after_run(name)
-                    if "queued_events" in counts:
-                        queued.setdefault(name, counts["queued_events"])
-                row[name] = best
-            if i >= warmup:
-                rows.append(row)
-            if i and i % 50 == 0:
-                log(f"  ablation: {i}/{warmup + iterations} iterations")
-    finally:
-        setups.close()
-    base = median([row["none"] for row in rows])
+    rows, recorded, _ = sample(_Ablation([type(model)]), agent, iterations, warmup, repeats, seed=seed,
+                               progress=lambda i: log(f"  ablation: {i}/{warmup + iterations} iterations"))
+    cpu = [{name: times[1] for name, times in row.items()} for row in rows]
+    base = median([row["none"] for row in cpu])
 
     def paired(minus: str, plus: str) -> Dict[str, Any]:
-        diffs = [row[plus] - row[minus] for row in rows]
+        diffs = [row[plus] - row[minus] for row in cpu]
         low, high = bootstrap_ci(diffs)
         return {"added_ms": median(diffs) * 1e3, "added_ms_ci95": [low * 1e3, high * 1e3],
                 "added_pct": 100.0 * median(diffs) / base}
 
+    # (The events a run queued, per setup: what tells that a part was really taken out.)
+    queued = {name: counts["queued_events"] for name, counts in recorded.items() if "queued_events" in counts}
     return {"runs": len(rows), "repeats": repeats, "none_ms": base * 1e3, "queued_events": queued,
             "setups": {name: paired("none", name) for name in NAMES if name != "none"},
             "parts": {part: paired(*pair) for part, pair in PARTS.items()}}

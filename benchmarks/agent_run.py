@@ -399,27 +399,27 @@ class Setups:
             provider.shutdown()
 
 
-def run_agent_overhead(kind: str, iterations: int, warmup: int, repeats: int = 3, openinference_every: int = 4,
-                       seed: int = 1, log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
-    """Times `agent.run` for every setup, interleaved; returns the figures. Each iteration gives every setup one
-    sample: the fastest of `repeats` timed runs, which keeps out most of what this machine's neighbours add to a
-    run (the noise only ever adds). OpenInference costs tens of times more than the rest, so it is timed on every
-    `openinference_every`-th iteration only; its ratio needs far less precision than sop_telemetry's few percent."""
-    skipped = openinference_available()
-    model, agent = section_one_agent(kind)
-    setups = Setups([type(model)], use_openinference=skipped is None)
+Row = Dict[str, Tuple[float, float]]  # one iteration: (wall, CPU) seconds per setup
+
+
+def sample(setups: Setups, agent: Any, iterations: int, warmup: int, repeats: int, openinference_every: int = 1,
+           seed: int = 1, progress: Callable[[int], None] = lambda i: None
+           ) -> Tuple[List[Row], Dict[str, Dict[str, int]], Dict[str, List[bool]]]:
+    """The interleaved timing of `setups.names` on `agent` (closes `setups`): per iteration after `warmup`, a row of
+    (wall, CPU) seconds per setup, each the fastest of `repeats` timed runs, which keeps out most of what this
+    machine's neighbours add to a run (the noise only ever adds); also what each setup's first timed run recorded,
+    and, for the written setups, whether each timed run ended within the writer's pause."""
     manager = setups.manager
     freeze_heap()
-    names = setups.names
-    rows: List[Dict[str, Tuple[float, float]]] = []
+    rows: List[Row] = []
     recorded: Dict[str, Dict[str, int]] = {}
     paused: Dict[str, List[bool]] = {"sop": [], "sop_idle": []}  # was the writer in its pause when a timed run ended
     rng = random.Random(seed)
     try:
         for i in range(warmup + iterations):
-            order = [n for n in names if not n.startswith("openinference") or i % openinference_every == 0]
+            order = [n for n in setups.names if not n.startswith("openinference") or i % openinference_every == 0]
             rng.shuffle(order)
-            row: Dict[str, Tuple[float, float]] = {}
+            row: Row = {}
             for name in order:
                 setups.activate(name)
                 setups.warm_up(name, agent)
@@ -444,9 +444,22 @@ def run_agent_overhead(kind: str, iterations: int, warmup: int, repeats: int = 3
             if i >= warmup:
                 rows.append(row)
             if i and i % 50 == 0:
-                log(f"  {kind}: {i}/{warmup + iterations} iterations")
+                progress(i)
     finally:
         setups.close()
+    return rows, recorded, paused
+
+
+def run_agent_overhead(kind: str, iterations: int, warmup: int, repeats: int = 3, openinference_every: int = 4,
+                       seed: int = 1, log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
+    """Times `agent.run` for every setup, interleaved; returns the figures. OpenInference costs tens of times more
+    than the rest, so it is timed on every `openinference_every`-th iteration only; its ratio needs far less
+    precision than sop_telemetry's few percent."""
+    skipped = openinference_available()
+    model, agent = section_one_agent(kind)
+    setups = Setups([type(model)], use_openinference=skipped is None)
+    rows, recorded, paused = sample(setups, agent, iterations, warmup, repeats, openinference_every, seed,
+                                    lambda i: log(f"  {kind}: {i}/{warmup + iterations} iterations"))
     out: Dict[str, Any] = {"wall": summarize(rows, 0), "cpu": summarize(rows, 1), "recorded": recorded,
                            "runs": len(rows), "repeats": repeats, "openinference_every": openinference_every}
     out["writer_paused_at_run_end"] = {name: sum(v) / len(v) for name, v in paused.items() if v}
@@ -461,7 +474,7 @@ def run_agent_overhead(kind: str, iterations: int, warmup: int, repeats: int = 3
     return out
 
 
-def summarize(rows: List[Dict[str, Tuple[float, float]]], which: int) -> Dict[str, Any]:
+def summarize(rows: List[Row], which: int) -> Dict[str, Any]:
     """Per setup: median and trimmed mean of its run times (`which`: 0 wall, 1 CPU), and of its differences with
     `none` in the same iterations."""
     base_median = median([row["none"][which] for row in rows])
