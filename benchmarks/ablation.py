@@ -59,12 +59,9 @@ class _Ablation(Setups):
         super().activate(_BASE)
         restored, steps = _VARIANTS[name]
         integration = self.integration
-        for owner, attr, before, _ in integration._patched:
-            if attr in restored:
-                if before is integration._ABSENT:
-                    delattr(owner, attr)
-                else:
-                    setattr(owner, attr, before)
+        for patch in integration._patched:
+            if patch[1] in restored:
+                integration._unwrap(*patch)
         # (Otherwise a run's start takes the model's class for one not patched yet and patches it again.)
         integration._seen_model_classes.update(self.model_classes)
         if not steps:

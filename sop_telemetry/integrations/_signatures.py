@@ -117,14 +117,13 @@ def _words(original: Any) -> Optional[Dict[str, str]]:
 
 def factory(template: str, namespace: Dict[str, Any]) -> Callable[[Any], Any]:
     """`make(original)` for `template` (see the module's docstring). One compiled `make` per distinct signature."""
-    generic_words = _GENERIC
     compiled: Dict[Tuple[str, str], Callable[..., Any]] = {}
     reserved: set = set()
 
     def make(original: Any) -> Any:
         if not compiled:
-            generic = _compile(_fill(template, generic_words), namespace)
-            compiled[generic_words["PARAMS"], generic_words["CALL"]] = generic
+            generic = _compile(_fill(template, _GENERIC), namespace)
+            compiled[_GENERIC["PARAMS"], _GENERIC["CALL"]] = generic
             inner = _inner_code(generic)
             # Every name the template's code uses besides the generic parameters: a parameter of the original
             # named like one of them would shadow it.
@@ -134,7 +133,7 @@ def factory(template: str, namespace: Dict[str, Any]) -> Callable[[Any], Any]:
         if words is not None and reserved.intersection(original.__code__.co_varnames[:_arg_count(original)]):
             words = None
         if words is None:
-            return compiled[generic_words["PARAMS"], generic_words["CALL"]](original)
+            return compiled[_GENERIC["PARAMS"], _GENERIC["CALL"]](original)
         key = (words["PARAMS"], words["CALL"])
         if key not in compiled:
             compiled[key] = _compile(_fill(template, words), namespace)

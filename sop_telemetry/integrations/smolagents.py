@@ -463,9 +463,7 @@ def _note_failure(frame: Frame, exc: BaseException) -> None:
                         if not any(lost is step for lost in frame.lost_steps):
                             frame.lost_steps.append(step)
                     elif error is not frame.outer_error:
-                        if frame.step_errors is None:
-                            frame.step_errors = {}
-                        frame.step_errors.setdefault(id(step), _error(error, collector))
+                        _step_died_of(frame, step, _error(error, collector))
             tb = tb.tb_next
         error = error.__context__
 
@@ -527,10 +525,15 @@ def _step_fields(frame: Frame, collector: Any) -> Optional[list]:
 
 
 def _closed_in(frame: Frame, steps: list) -> None:
+    for step in steps:
+        _step_died_of(frame, step, _error(GeneratorExit(), frame.collector))
+
+
+def _step_died_of(frame: Frame, step: Any, error: Tuple[str, Optional[str]]) -> None:
+    """Notes the error a step died of, for its record (see records.step_fields); the first one noted stands."""
     if frame.step_errors is None:
         frame.step_errors = {}
-    for step in steps:
-        frame.step_errors.setdefault(id(step), _error(GeneratorExit(), frame.collector))
+    frame.step_errors.setdefault(id(step), error)
 
 
 def _traced_run_class() -> type:
