@@ -187,9 +187,14 @@ def _second_write_deferred(manager, path: Path) -> tuple:
     wait_for(lambda: _tasks_on_disk(path) == 1)
     second = time.monotonic()
     record_task(manager, "second")
-    # (The writer notes the file as unsynced right after renaming it into place: both are waited for.)
-    wait_for(lambda: _tasks_on_disk(path) == 2 and list(manager._unsynced) == [path])
+    _await_unsynced_write(manager, path, 2)
     return second, os.stat(path).st_ino
+
+
+def _await_unsynced_write(manager, path: Path, tasks: int) -> None:
+    """Until `path` holds `tasks` tasks and waits for its deferred fsync. (The writer notes the file as unsynced
+    right after renaming it into place: both are waited for.)"""
+    wait_for(lambda: _tasks_on_disk(path) == tasks and list(manager._unsynced) == [path])
 
 
 @pytest.fixture
@@ -235,8 +240,7 @@ def test_fsync_interval_0_syncs_every_write_and_shutdown_syncs_a_deferred_one(ma
     manager.initialize({"fsync_interval": 3600})
     began = time.monotonic()
     record_task(manager, "t3")
-    # (The writer notes the file as unsynced right after renaming it into place: both are waited for.)
-    wait_for(lambda: _tasks_on_disk(path) == 4 and list(manager._unsynced) == [path])
+    _await_unsynced_write(manager, path, 4)
     assert fsyncs.of(path, began) == []
     began = time.monotonic()
     manager.shutdown()  # the exit's write is synced, and so is anything still waiting for its fsync
