@@ -525,8 +525,9 @@ def _step_fields(frame: Frame, collector: Any) -> Optional[list]:
 
 
 def _closed_in(frame: Frame, steps: list) -> None:
+    error = _error(GeneratorExit(), frame.collector)
     for step in steps:
-        _step_died_of(frame, step, _error(GeneratorExit(), frame.collector))
+        _step_died_of(frame, step, error)
 
 
 def _step_died_of(frame: Frame, step: Any, error: Tuple[str, Optional[str]]) -> None:
