@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List
 
-from .agent_run import Setups, sample
+from .agent_run import Setups, added, sample
 from .fake import section_one_agent
-from .stats import bootstrap_ci, median
+from .stats import median
 
 _BASE = "sop_unwritten"
 # variant: (the hooked attributes it puts the originals back on, whether the run's steps are read at its end)
@@ -90,10 +90,7 @@ def run_ablation(iterations: int, warmup: int, repeats: int = 3, seed: int = 1,
     base = median([row["none"] for row in cpu])
 
     def paired(minus: str, plus: str) -> Dict[str, Any]:
-        diffs = [row[plus] - row[minus] for row in cpu]
-        low, high = bootstrap_ci(diffs)
-        return {"added_ms": median(diffs) * 1e3, "added_ms_ci95": [low * 1e3, high * 1e3],
-                "added_pct": 100.0 * median(diffs) / base}
+        return added([row[plus] - row[minus] for row in cpu], base)
 
     # (The events a run queued, per setup: what tells that a part was really taken out.)
     queued = {name: counts["queued_events"] for name, counts in recorded.items() if "queued_events" in counts}

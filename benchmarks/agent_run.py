@@ -474,6 +474,14 @@ def run_agent_overhead(kind: str, iterations: int, warmup: int, repeats: int = 3
     return out
 
 
+def added(diffs: List[float], base: float) -> Dict[str, Any]:
+    """What a setup adds, from its paired differences (seconds) with a baseline whose median is `base`: their
+    median in ms, its bootstrap 95% interval, and the median as a percentage of `base`."""
+    middle = median(diffs)
+    low, high = bootstrap_ci(diffs)
+    return {"added_ms": middle * 1e3, "added_ms_ci95": [low * 1e3, high * 1e3], "added_pct": middle / base * 100.0}
+
+
 def summarize(rows: List[Row], which: int) -> Dict[str, Any]:
     """Per setup: median and trimmed mean of its run times (`which`: 0 wall, 1 CPU), and of its differences with
     `none` in the same iterations."""
@@ -488,15 +496,8 @@ def summarize(rows: List[Row], which: int) -> Dict[str, Any]:
             # The median of the paired differences is the headline (the noise here is skewed: a neighbour only
             # ever adds time); the trimmed mean is kept beside it.
             diffs = [row[name][which] - row["none"][which] for row in rows if name in row]
-            added = median(diffs)
-            low, high = bootstrap_ci(diffs)
-            entry.update(
-                added_ms=added * 1e3,
-                added_ms_trimmed_mean=trimmed_mean(diffs) * 1e3,
-                added_ms_ci95=[low * 1e3, high * 1e3],
-                added_pct=added / base_median * 100.0,
-                ratio=median(values) / base_median,
-            )
+            entry.update(added(diffs, base_median), added_ms_trimmed_mean=trimmed_mean(diffs) * 1e3,
+                         ratio=median(values) / base_median)
         setups[name] = entry
     out: Dict[str, Any] = {"setups": setups}
     sop = setups["sop"]
