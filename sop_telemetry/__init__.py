@@ -61,9 +61,9 @@ def __dir__() -> list[str]:
 
 
 def _activate() -> None:
-    from .integrations import auto_install
+    from . import registry
 
-    auto_install()
+    registry.arm()
 
 
 _activate()

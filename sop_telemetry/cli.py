@@ -493,6 +493,7 @@ def _cmd_report(args: argparse.Namespace, out: _Output) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace, out: _Output) -> int:
+    from . import registry
     from .analysis import Table
 
     store = _store(args)
@@ -505,6 +506,7 @@ def _cmd_stats(args: argparse.Namespace, out: _Output) -> int:
         "oldest_session": files[0][0] if files else None,
         "newest_session": files[-1][0] if files else None,
         "last_write": max((mtime for *_rest, mtime in files), default=None),
+        "integrations": registry.describe(),
     }
     if out.json:
         out.data(data)
@@ -518,6 +520,9 @@ def _cmd_stats(args: argparse.Namespace, out: _Output) -> int:
         ["oldest session", data["oldest_session"] or "-"],
         ["newest session", data["newest_session"] or "-"],
         ["last write", last],
+    ]), Table("Integrations", [("integration", "<"), ("framework version", "<"), ("supported", "<"), ("selected", "<")], [
+        [row["name"], row["version"] or "not installed", row["supported"] or "-", "yes" if row["selected"] else "no"]
+        for row in data["integrations"]
     ])])
     return 0
 

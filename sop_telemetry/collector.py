@@ -63,7 +63,8 @@ class Frame:
     """What a piece of running code records into: a task, and the agent run (if any) inside it."""
 
     __slots__ = ("task", "agent", "owner", "parent", "collector", "pending", "limit", "epoch", "calls", "tools",
-                 "dropped", "planning", "step_errors", "lost_steps", "memory", "outer_error", "max_steps")
+                 "dropped", "framework", "step", "last_step", "stop_reason", "ext",
+                 "planning", "step_errors", "lost_steps", "memory", "outer_error", "max_steps")
 
     def __init__(self, task: Optional[dict], agent: Optional[dict] = None, owner: Any = None,
                  parent: Optional["Frame"] = None, collector: Optional["TelemetryCollector"] = None):
@@ -93,6 +94,14 @@ class Frame:
         self.calls: List[dict] = []
         self.tools: List[dict] = []
         self.dropped: Dict[Any, Dict[str, int]] = {}
+        self.framework: Optional[str] = None
+        # The step calls are made in when they name none (recorder.begin_step), and the last number given.
+        self.step: Optional[int] = None
+        self.last_step: Optional[int] = None
+        # Why the run stopped, when a builder finds out before its end is built ("max_steps").
+        self.stop_reason: Optional[str] = None
+        # What the integration that began the run keeps with it: the core never reads it.
+        self.ext: Any = None
         # What a step's memory object does not tell, noted when the step is finalized (rare, so made when first
         # needed: see the integration's `_step_noted`): the calls of each planning step (by the step object's id),
         # the error a step died of (by id), and steps that never reached the memory (a step callback raised).

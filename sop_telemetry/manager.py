@@ -136,6 +136,10 @@ class TelemetryManager:
             if "enabled" in items or env_disabled():
                 switch.enabled = cfg.enabled
             self._configure_otlp(cfg)
+        if "integrations" in items:
+            from . import registry
+
+            guard("manager.integrations", registry.arm, ",".join(cfg.integrations or ["all"]))
 
     def _configure_otlp(self, cfg: "TelemetryConfig") -> None:
         """Live OTLP export is opt-in: only then is sop_telemetry.otel (and OpenTelemetry with it) imported.
@@ -272,6 +276,8 @@ class TelemetryManager:
 
     @safe_telemetry_operation("manager.get_storage_stats", default={})
     def get_storage_stats(self) -> Dict[str, Any]:
+        from . import registry
+
         cfg = self._ensure()
         store = self._store
         assert store is not None
@@ -297,6 +303,7 @@ class TelemetryManager:
             "dropped_records": dropped,
             "telemetry_errors": get_error_handler().total_errors(),
             "otlp": self._otlp.stats() if self._otlp is not None else {"enabled": False},
+            "integrations": registry.active(),
         }
 
     @safe_telemetry_operation("manager.get_all_session_ids", default=[])

@@ -77,8 +77,13 @@ class LLMCall(_Attributed):
     status: CallStatus = CallStatus.SUCCESS
     error_type: Optional[str] = None
     error_message: Optional[str] = None
+    # Of prompt_tokens, read from a cache; of completion_tokens, spent reasoning. None when not reported.
+    cached_tokens: Optional[int] = None
+    reasoning_tokens: Optional[int] = None
     streamed: bool = False
-    # "action", "planning" or "final_answer" (the call smolagents makes after max_steps); None when unknown.
+    # Why the call was made, an open vocabulary: the type of the step it was made in ("action", "planning",
+    # "final_answer" (the answer asked for after max_steps), "node", ...) unless the integration names one
+    # ("retry", ...); None when unknown.
     purpose: Optional[str] = None
     cost_estimate: Optional[float] = None
     # Only with capture_content=True.
@@ -92,6 +97,11 @@ class ToolExecution(_Attributed):
     status: CallStatus = CallStatus.SUCCESS
     error_type: Optional[str] = None
     error_message: Optional[str] = None
+    # The tool asked the model to try again (pydantic-ai's ModelRetry).
+    retry_requested: bool = False
+    # The tool's error was handed back to the model as its result rather than ending the run (LangChain's
+    # ToolNode with handle_tool_errors).
+    error_returned_to_model: bool = False
     # Only with capture_content=True.
     arguments_preview: Optional[str] = None
     output_preview: Optional[str] = None
@@ -101,6 +111,9 @@ class AgentExecution(_Timed):
     agent_id: str = ""
     agent_type: str
     agent_name: str
+    # The framework the run was made with ("smolagents", "pydantic_ai", "langchain", ...); None in files written
+    # before schema version 2, all of them smolagents' runs.
+    framework: Optional[str] = None
     parent_agent_id: Optional[str] = None
     model: Optional[str] = None
     status: TaskStatus = TaskStatus.COMPLETED
@@ -111,7 +124,8 @@ class AgentExecution(_Timed):
 
 
 class StepExecution(_Attributed):
-    step_type: str = "action"  # "action", "planning", "final_answer"
+    # An open vocabulary: "action", "planning", "final_answer", "node", ...
+    step_type: str = "action"
     prompt_tokens: int = 0
     completion_tokens: int = 0
     llm_calls: int = 0

@@ -818,7 +818,6 @@ def test_unsupported_smolagents_version_is_left_alone_with_one_warning(manager, 
 
     integration.uninstall()
     monkeypatch.setattr(smolagents, "__version__", "1.12.0")
-    monkeypatch.setattr(integration, "_warned_version", False)
     try:
         with caplog.at_level("WARNING", logger="sop_telemetry"):
             assert integration.install() is False

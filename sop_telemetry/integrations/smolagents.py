@@ -56,13 +56,13 @@ from ..collector import Frame, clip, current, switch
 from ..error_handler import get_error_handler
 from ..error_handler import guard as _safe
 from ..manager import TelemetryManager
+from ..registry import Integration
 from ..status import TaskStatus
 from . import _signatures
 from . import _smolagents_records as records
 
 logger = logging.getLogger("sop_telemetry")
 
-SUPPORTED_VERSIONS = ((1, 23), (1, 27))  # >= 1.23 (copies context into tool threads), < 1.27 (tested up to 1.26)
 
 
 class _ModelCall:
@@ -90,7 +90,6 @@ _per_thread = _PerThread()
 
 _lock = threading.RLock()
 _installed = False
-_warned_version = False
 # (owner, attribute, what was in owner.__dict__ before (the original object, or _ABSENT), what we put there)
 _patched: List[Tuple[Any, str, Any, Any]] = []
 _seen_model_classes: set = set()
@@ -784,53 +783,36 @@ def _ensure_model_class(cls: type) -> None:
                 _patch_class(klass, _CLASS_TARGETS["Model"])
 
 
-def _version_ok(version: str) -> bool:
-    parts = []
-    for piece in version.split(".")[:2]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    current_version = tuple(parts + [0] * (2 - len(parts)))
-    low, high = SUPPORTED_VERSIONS
-    return low <= current_version < high
+class SmolagentsIntegration(Integration):
+    name = "smolagents"
+    module = "smolagents"
+    supported = ">=1.23,<1.27"  # >= 1.23 copies the context into tool threads; tested up to 1.26
 
-
-def install() -> bool:
-    """Patches smolagents; returns True if it is (now or already) instrumented. Idempotent and thread-safe."""
-    global _installed, _warned_version, _PlanningStep
-    with _lock:
-        if _installed:
-            logger.debug("sop_telemetry: smolagents already instrumented")
-            return True
-        import smolagents
-
-        version = getattr(smolagents, "__version__", "0")
-        if not _version_ok(version):
-            if not _warned_version:
-                _warned_version = True
-                logger.warning(
-                    "sop_telemetry: smolagents %s is outside the supported range (>=%d.%d,<%d.%d); "
-                    "it is not instrumented", version, *SUPPORTED_VERSIONS[0], *SUPPORTED_VERSIONS[1],
-                )
-            return False
+    def setup(self) -> None:
+        global _installed, _PlanningStep
         from smolagents import agents, local_python_executor, models, tools
         from smolagents.memory import PlanningStep
 
         _PlanningStep = PlanningStep
-
         bases = {"Model": models.Model, "Tool": tools.Tool, "MultiStepAgent": agents.MultiStepAgent}
-        try:
-            for key, base in bases.items():
-                for cls in _subclasses(base):
-                    _patch_class(cls, _CLASS_TARGETS[key])
-                _install_subclass_hook(base, _CLASS_TARGETS[key])
-            if callable(getattr(local_python_executor, "timeout", None)):
-                _wrap(local_python_executor, "timeout", _timeout_wrapper, method=False)
-        except BaseException:
+        with _lock:
+            try:
+                for key, base in bases.items():
+                    for cls in _subclasses(base):
+                        _patch_class(cls, _CLASS_TARGETS[key])
+                    _install_subclass_hook(base, _CLASS_TARGETS[key])
+                if callable(getattr(local_python_executor, "timeout", None)):
+                    _wrap(local_python_executor, "timeout", _timeout_wrapper, method=False)
+            except BaseException:
+                _undo_all()
+                raise
+            _installed = True
+
+    def teardown(self) -> None:
+        global _installed
+        with _lock:
+            _installed = False
             _undo_all()
-            raise
-        _installed = True
-        logger.debug("sop_telemetry: smolagents %s instrumented (%d attributes)", version, len(_patched))
-        return True
 
 
 def _undo_all() -> None:
@@ -839,20 +821,11 @@ def _undo_all() -> None:
     _seen_model_classes.clear()
 
 
-def uninstall() -> None:
-    """Restores every patched attribute to the exact original object. Idempotent."""
-    global _installed
-    with _lock:
-        if not _installed:
-            logger.debug("sop_telemetry: smolagents not instrumented; nothing to uninstall")
-            return
-        _installed = False
-        _undo_all()
+integration = SmolagentsIntegration()
+install = integration.install
+uninstall = integration.uninstall
+is_installed = integration.is_installed
 
 
-def is_installed() -> bool:
-    return _installed
-
-
-__all__ = ["install", "uninstall", "is_installed", "SUPPORTED_VERSIONS"]
+__all__ = ["integration", "install", "uninstall", "is_installed"]
 
