@@ -41,16 +41,19 @@ if [ ! -f "$SRC/tests/conftest.py" ]; then
     echo "$REF $(git --git-dir="$MIRROR" rev-parse "$REF")" > "$SRC/.tests-ref"
     # Cassettes (recorded HTTP, large) are left out: the offline subset below does not replay any, and a mirror may
     # not hold their blobs.
-    git --git-dir="$MIRROR" ls-tree -r --name-only "$REF" tests | grep -v '/cassettes/' > "$WORK/files.txt"
+    git --git-dir="$MIRROR" ls-tree -r --name-only "$REF" tests 2>/dev/null | grep -v '/cassettes/' > "$WORK/files.txt"
     git --git-dir="$MIRROR" archive "$REF" pyproject.toml $(cat "$WORK/files.txt") | tar -x -C "$SRC"
 fi
 echo "tests from $(cat "$SRC/.tests-ref")"
 
 # -- 2. a virtualenv with what the offline tests import ---------------------------------------------------------------
 # pydantic-ai's dev group pulls every provider SDK, temporal, dbos, prefect, fastmcp...; the core subset needs the
-# slim package with its logfire extra, the OpenTelemetry SDK and the test helpers its conftest imports.
+# slim package with its logfire and cli extras, the OpenTelemetry SDK and the test helpers its conftest imports. Its
+# blocking-call detector (blockbuster) also imports pydantic_evals and clai, which are released with pydantic-ai but
+# pin its exact version: they are installed without dependencies, at the version of the tests.
+TESTS_VERSION=$(git --git-dir="$MIRROR" describe --tags --abbrev=0 "$(cut -d' ' -f2 "$SRC/.tests-ref")" | sed 's/^v//')
 STAMP=$VENV/.sop-telemetry-deps
-DEPS=("pydantic-ai-slim[logfire]==$VERSION" logfire opentelemetry-sdk pytest pytest-mock inline-snapshot dirty-equals
+DEPS=("pydantic-ai-slim[logfire,cli]==$VERSION" logfire opentelemetry-sdk pytest pytest-mock inline-snapshot dirty-equals
       vcrpy pytest-recording anyio httpx httpx2 devtools "blockbuster>=1.5.26,<1.6" pytest-pretty brotli
       pytest-timeout pyyaml genai-prices)
 read -r -a OWN <<< "$("$PYTHON" -c '
@@ -64,21 +67,23 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "${DEPS[*]} ${OWN[*]}" ]; then
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
     "$VENV/bin/python" -m pip install -q "${DEPS[@]}" "${OWN[@]}"
+    "$VENV/bin/python" -m pip install -q --no-deps "pydantic-evals==$TESTS_VERSION" "clai==$TESTS_VERSION"
     echo "${DEPS[*]} ${OWN[*]}" > "$STAMP"
 fi
 
 # -- 3. which tests --------------------------------------------------------------------------------------------------
-# The agent loop, tools, toolsets, streaming, usage limits, cancellation, concurrency, history processors, direct model
-# requests, the function/test/fallback/instrumented models and pydantic-ai's own OpenTelemetry instrumentation
-# (test_logfire, models/test_instrumented): every path the integration wraps. Provider tests (cassettes), durable
+# The agent loop (runs, output validation and retries, usage limits, iter), tools, streaming, the function and
+# fallback models, and pydantic-ai's own OpenTelemetry instrumentation (test_logfire, models/test_instrumented): every
+# path the integration wraps. PYDANTIC_AI_TEST_FILES="$EXTENDED_FILES" adds toolsets, cancellation, concurrency,
+# history processors, direct requests, capabilities (about three times as long). Provider tests (cassettes), durable
 # execution (temporal, dbos, prefect), MCP servers, UIs and docs examples are left out.
-DEFAULT_FILES="tests/test_agent.py tests/test_tools.py tests/test_toolsets.py tests/test_streaming.py
- tests/test_streaming_errors.py tests/test_usage_limits.py tests/test_run_context_usage_limits.py
- tests/test_run_cancellation.py tests/test_concurrency.py tests/test_history_processor.py tests/test_direct.py
- tests/test_deps.py tests/test_nested_sync_agent.py tests/test_logfire.py tests/test_otel_context_isolation.py
- tests/test_capabilities.py tests/test_validation_context.py tests/test_exceptions.py
- tests/models/test_model_function.py tests/models/test_model_test.py tests/models/test_fallback.py
- tests/models/test_instrumented.py tests/models/test_stream_close.py"
+DEFAULT_FILES="tests/test_agent.py tests/test_tools.py tests/test_streaming.py tests/test_logfire.py
+ tests/models/test_model_function.py tests/models/test_fallback.py tests/models/test_instrumented.py"
+EXTENDED_FILES="$DEFAULT_FILES tests/test_toolsets.py tests/test_streaming_errors.py tests/test_usage_limits.py
+ tests/test_run_context_usage_limits.py tests/test_run_cancellation.py tests/test_concurrency.py
+ tests/test_history_processor.py tests/test_direct.py tests/test_deps.py tests/test_nested_sync_agent.py
+ tests/test_otel_context_isolation.py tests/test_capabilities.py tests/test_validation_context.py
+ tests/test_exceptions.py tests/models/test_model_test.py tests/models/test_stream_close.py"
 FILES=()
 for name in ${PYDANTIC_AI_TEST_FILES:-$DEFAULT_FILES}; do
     [ -f "$SRC/$name" ] && FILES+=("$name")

@@ -345,6 +345,17 @@ def test_a_usage_limit_fails_the_call_that_crossed_it_and_keeps_its_tokens(manag
     assert totals(task) == (20, 100)
 
 
+def test_a_request_limit_refusing_the_next_request_fails_the_task_not_the_answered_call(manager):
+    agent = Agent(scripted([calls(("add", {"a": 1, "b": 2})), "3"], [usage(10, 5), usage(10, 5)]), tools=[add])
+    with pytest.raises(UsageLimitExceeded):
+        agent.run_sync("go", usage_limits=UsageLimits(request_limit=1))
+
+    task = only_task(written_session(manager))
+    assert figures(task) == [("model-a", 10, 5, 1, "success")]  # the second request was never sent
+    assert figures(task, "tools") == [("add", 1, "success", None, False)]
+    assert (task["status"], task["error_type"]) == ("failed", "UsageLimitExceeded")
+
+
 def test_output_validator_retries_are_model_requests_and_running_out_fails_the_last(manager):
     model = scripted(["bad", "still bad", "worse"], [usage(5, 1), usage(6, 2), usage(7, 3)])
     agent = Agent(model, retries={"output": 1})
