@@ -26,6 +26,7 @@ from fakes import (
 from sop_telemetry.collector import TelemetryCollector
 from sop_telemetry.error_handler import get_error_handler
 from sop_telemetry.integrations import smolagents as integration
+from sop_telemetry.integrations.patching import is_ours
 
 
 @pytest.fixture
@@ -337,7 +338,7 @@ def test_a_planning_step_of_a_subclass_that_delegates_to_smolagents_takes_its_ca
             self.plans = getattr(self, "plans", 0) + 1
             yield from super()._generate_planning_step(task, is_first_step, step)
 
-    assert integration._is_ours(vars(Planner)["_generate_planning_step"])
+    assert is_ours(vars(Planner)["_generate_planning_step"])
     model = ScriptedModel(["Plan: add then answer", call("add", a=1, b=2), "Updated plan",
                            call("final_answer", answer="3")],
                           usage_by_index={0: (500, 50), 1: (100, 10), 2: (600, 60), 3: (100, 10)})
@@ -741,7 +742,7 @@ def _patched_attributes():
 
 def test_uninstall_restores_the_exact_originals_and_install_is_idempotent(manager):
     patched = _patched_attributes()
-    assert all(integration._is_ours(value) for value in patched.values())
+    assert all(is_ours(value) for value in patched.values())
     assert integration.install() is True  # a second install changes nothing
     assert _patched_attributes() == patched
 
@@ -750,7 +751,7 @@ def test_uninstall_restores_the_exact_originals_and_install_is_idempotent(manage
         restored = _patched_attributes()
         assert set(restored) == set(patched)
         for key, value in restored.items():
-            assert not integration._is_ours(value), key
+            assert not is_ours(value), key
             assert value is patched[key].__wrapped__, key
         assert "__init_subclass__" not in vars(Model)
         integration.uninstall()  # idempotent
@@ -759,10 +760,10 @@ def test_uninstall_restores_the_exact_originals_and_install_is_idempotent(manage
             def generate(self, messages, **kwargs):
                 return ChatMessage(role=MessageRole.ASSISTANT, content="")
 
-        assert not integration._is_ours(vars(Later)["generate"])
+        assert not is_ours(vars(Later)["generate"])
     finally:
         integration.install()
-    assert integration._is_ours(vars(Later)["generate"])  # re-install reaches later classes too
+    assert is_ours(vars(Later)["generate"])  # re-install reaches later classes too
     assert _patched_attributes().keys() == patched.keys()
 
 
@@ -822,14 +823,14 @@ def test_unsupported_smolagents_version_is_left_alone_with_one_warning(manager, 
         with caplog.at_level("WARNING", logger="sop_telemetry"):
             assert integration.install() is False
             assert integration.install() is False
-        assert not integration._is_ours(vars(Model)["generate"])
+        assert not is_ours(vars(Model)["generate"])
         assert [r.getMessage() for r in caplog.records].count(
             "sop_telemetry: smolagents 1.12.0 is outside the supported range (>=1.23,<1.27); it is not instrumented"
         ) == 1
     finally:
         monkeypatch.undo()
         integration.install()
-    assert integration._is_ours(vars(Model)["generate"])
+    assert is_ours(vars(Model)["generate"])
 
 
 def test_disable_before_first_use_survives_lazy_initialization(storage_dir, monkeypatch):

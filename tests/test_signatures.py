@@ -14,6 +14,7 @@ from smolagents.models import ChatMessage, MessageRole, Model
 from fakes import add
 from sop_telemetry.integrations import _signatures
 from sop_telemetry.integrations import smolagents as integration
+from sop_telemetry.integrations.patching import is_ours
 from test_integration_smolagents import written_session
 
 _SENTINEL = object()
@@ -154,7 +155,7 @@ class KeywordModel(Model):
 
 def test_a_model_with_its_own_generate_signature_is_recorded_and_called_unchanged(manager):
     model = KeywordModel()
-    assert integration._is_ours(vars(KeywordModel)["generate"])
+    assert is_ours(vars(KeywordModel)["generate"])
     assert "temperature" in vars(KeywordModel)["generate"].__code__.co_varnames  # specialized
     assert ToolCallingAgent(tools=[add], model=model, verbosity_level=0).run("add") == "3"
     assert [t for t, _ in model.options] == [_SENTINEL, _SENTINEL]
