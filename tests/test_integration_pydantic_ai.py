@@ -430,10 +430,17 @@ def test_content_is_not_recorded_by_default(manager, storage_dir):
     assert all(t["arguments_preview"] is None for t in task["tools"])
 
 
-def test_with_content_capture_the_prompt_is_the_tasks_description(manager):
+def test_with_content_capture_prompts_arguments_and_outputs_are_kept(manager):
     manager.initialize({"capture_content": True})
-    Agent(scripted(["hi"], [usage(1, 1)])).run_sync("what is up")
-    assert only_task(written_session(manager))["description"] == "what is up"
+    model = scripted([calls(("add", {"a": 20, "b": 22})), "forty-two"], [usage(1, 1), usage(2, 2)])
+    Agent(model, tools=[add]).run_sync("what is 20 + 22")
+    task = only_task(written_session(manager))
+    assert task["description"] == "what is 20 + 22"
+    first, second = task["llm_calls"]
+    assert first["input_preview"] == "what is 20 + 22" and second["output_preview"] == "forty-two"
+    (tool,) = task["tools"]
+    assert (tool["arguments_preview"], tool["output_preview"]) == ("{'a': 20, 'b': 22}", "42")
+    assert totals(task) == (3, 3)
 
 
 # -- living with the user's own instrumentation ---------------------------------------------------------------------
@@ -478,7 +485,8 @@ def _outcome() -> tuple:
     async def run() -> tuple:
         streamer = Agent(StreamingModel(stream_add_then_text, [usage(11, 4), usage(21, 6)], "s"), tools=[add])
         async with streamer.run_stream("add") as stream:
-            chunks = [chunk async for chunk in stream.stream_text(delta=True)]
+            # Undebounced: grouping chunks by time would make them depend on the machine's load.
+            chunks = [chunk async for chunk in stream.stream_text(delta=True, debounce_by=None)]
         plain = Agent(scripted([calls(("add", {"a": 1, "b": 2})), "3"], [usage(40, 4), usage(50, 5)]), tools=[add])
         result = await plain.run("go")
         parts = [[(type(p).__name__, getattr(p, "content", None), getattr(p, "args", None)) for p in m.parts]

@@ -42,7 +42,7 @@ from typing import Any, Callable, Optional, Tuple
 
 from .. import recorder
 from ..collector import current, switch
-from ..error_handler import get_error_handler
+from ..error_handler import guard, report
 from ..registry import DidNotEnable, Integration
 from .patching import Patcher, subclasses
 
@@ -69,15 +69,11 @@ _model_failures: Tuple[type, ...] = ()
 _run_context: Callable[[], Any] = lambda: None
 
 
-def _failed(operation: str, exc: BaseException) -> None:
-    get_error_handler().record_error(operation, exc)
-
-
 def _reset(var: ContextVar, token: Any) -> None:
     try:
         var.reset(token)
     except ValueError:  # left in another context than it was entered in (counted; the run still ends)
-        _failed("pydantic_ai.run", RuntimeError("a run was left in another context than it was entered in"))
+        report("pydantic_ai.run", RuntimeError("a run was left in another context than it was entered in"))
 
 
 def _model_name(model: Any) -> Optional[str]:
@@ -108,7 +104,7 @@ class _RunState:
         self.step: Optional[int] = None
         self.step_start = 0.0
         self.step_end = 0.0
-        self.pending: Optional[tuple] = None  # model_call's (model, usage, start, end, streamed, step)
+        self.pending: Optional[tuple] = None  # model_call's (model, usage, start, end, streamed, step, previews)
         self.tokens: Optional[tuple] = None  # (current run, tool slot, request slot) as before the run
         self.agent_run: Any = None
 
@@ -121,8 +117,32 @@ def _state(run: Any) -> Optional[_RunState]:
 def _flush(run: Any, state: _RunState, error: Any = None) -> None:
     pending, state.pending = state.pending, None
     if pending is not None:
-        model, usage, start, end, streamed, step = pending
-        recorder.model_call(model, usage, start, end, run=run, streamed=streamed, step=step, error=error)
+        model, usage, start, end, streamed, step, previews = pending
+        if error is None and not streamed and previews is None and recorder.model_returned(run, model, usage, step,
+                                                                                            start, end):
+            return
+        sent, answer = previews or (None, None)
+        recorder.model_call(model, usage, start, end, run=run, streamed=streamed, step=step, error=error,
+                            input=sent, output=answer)
+
+
+def _capturing(run: Any) -> bool:
+    # A run's handle has no queue of its own exactly when content is captured (or it has no collector): only then
+    # is the manager asked.
+    return getattr(run, "pending", None) is None and recorder.capturing()
+
+
+def _text(parts: Any) -> Optional[str]:
+    """The text of a message's parts, for a preview: text and prompts as they are, anything else by its repr."""
+    texts = [content if isinstance(content, str) else repr(content)
+             for content in (getattr(part, "content", None) for part in parts or ()) if content is not None]
+    return "\n".join(texts) if texts else None
+
+
+def _model_previews(messages: Any, response: Any) -> tuple:
+    """(the last message sent, the reply), read at once: the messages list is the run's."""
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    return _text(getattr(last, "parts", None)), _text(getattr(response, "parts", None))
 
 
 def _close_step(run: Any, state: _RunState, error: Any = None) -> None:
@@ -150,22 +170,22 @@ def _step_now(ctx: Any = None) -> Optional[int]:
 
 
 def _request_ended(run: Any, step: Optional[int], model: Any, usage: Any, t0: float, t1: float, streamed: bool,
-                   exc: Optional[BaseException]) -> None:
+                   exc: Optional[BaseException], previews: Optional[tuple] = None) -> None:
     """Records a finished model request of `run` (read when it started): the response the run moved on from is
     recorded first, and this one waits for the run to move on from it (see the module's docstring)."""
     name = _model_name(model)
     usage = _usage(usage)
     state = _state(run)
-    if state is None:
-        recorder.model_call(name, usage, t0, t1, run=run, streamed=streamed, step=step, error=exc)
-        return
-    _flush(run, state)
-    _enter_step(run, state, step, t0)
-    state.step_end = t1
-    if exc is not None:
-        recorder.model_call(name, usage, t0, t1, run=run, streamed=streamed, step=step, error=exc)
-    else:
-        state.pending = (name, usage, t0, t1, streamed, step)
+    if state is not None:
+        _flush(run, state)
+        _enter_step(run, state, step, t0)
+        state.step_end = t1
+        if exc is None:
+            state.pending = (name, usage, t0, t1, streamed, step, previews)
+            return
+    sent, answer = previews or (None, None)
+    recorder.model_call(name, usage, t0, t1, run=run, streamed=streamed, step=step, error=exc, input=sent,
+                        output=answer)
 
 
 def _request_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -184,36 +204,37 @@ def _request_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
         except BaseException as exc:
             _request.reset(token)
             if not slot.inner:
-                _record_request(self, run, step, t0, None, exc, False)
+                _record_request(self, run, step, t0, None, exc, args)
             raise
         _request.reset(token)
         if not slot.inner:
-            _record_request(self, run, step, t0, response, None, False)
+            _record_request(self, run, step, t0, response, None, args)
         return response
 
     return request
 
 
 def _record_request(model: Any, run: Any, step: Optional[int], t0: float, response: Any,
-                    exc: Optional[BaseException], streamed: bool) -> None:
+                    exc: Optional[BaseException], args: tuple) -> None:
     try:
         t1 = _clock()
         if run is recorder.DISABLED:
             return
         name = getattr(response, "model_name", None) or _model_name(model)
-        _request_ended(run, step, name, getattr(response, "usage", None), t0, t1, streamed, exc)
+        previews = _model_previews(args[0] if args else None, response) if _capturing(run) else None
+        _request_ended(run, step, name, getattr(response, "usage", None), t0, t1, False, exc, previews)
     except Exception as error:  # noqa: BLE001 - the guard
-        _failed("pydantic_ai.model", error)
+        report("pydantic_ai.model", error)
 
 
 class _TracedStream:
     """Stands in for the async context manager `request_stream` returns: the same stream object, and the request
     recorded (with the usage the stream reported by then) when the block is left, however it is left."""
 
-    __slots__ = ("_cm", "_model", "_ctx", "_t0", "_stream", "_slot", "_run", "_step")
+    __slots__ = ("_cm", "_model", "_ctx", "_messages", "_t0", "_stream", "_slot", "_run", "_step")
 
-    def __init__(self, cm: Any, model: Any, ctx: Any) -> None:
-        self._cm, self._model, self._ctx = cm, model, ctx
+    def __init__(self, cm: Any, model: Any, ctx: Any, messages: Any) -> None:
+        self._cm, self._model, self._ctx, self._messages = cm, model, ctx, messages
         self._run: Any = None
         self._step: Optional[int] = None
         self._t0 = 0.0
@@ -266,9 +287,14 @@ class _TracedStream:
             if self._run is recorder.DISABLED:
                 return
             name = getattr(stream, "model_name", None) or _model_name(self._model)
-            _request_ended(self._run, self._step, name, usage, self._t0, t1, True, exc)
+            previews = None
+            if _capturing(self._run):
+                previews = guard("pydantic_ai.model", _model_previews, self._messages, stream.get() if stream is not
+                                 None else None)
+            self._messages = None
+            _request_ended(self._run, self._step, name, usage, self._t0, t1, True, exc, previews)
         except Exception as error:  # noqa: BLE001 - the guard
-            _failed("pydantic_ai.model", error)
+            report("pydantic_ai.model", error)
 
 
 def _request_stream_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -276,7 +302,8 @@ def _request_stream_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
         cm = original(self, *args, **kwargs)
         if not switch.enabled:
             return cm
-        return _TracedStream(cm, self, args[3] if len(args) > 3 else kwargs.get("run_context"))
+        return _TracedStream(cm, self, args[3] if len(args) > 3 else kwargs.get("run_context"),
+                             args[0] if args else kwargs.get("messages"))
 
     return request_stream
 
@@ -298,11 +325,11 @@ def _call_tool_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
         except BaseException as exc:
             _tool.reset(token)
             if not slot.inner:
-                _record_tool(args, kwargs, t0, exc)
+                _record_tool(args, kwargs, t0, exc, None)
             raise
         _tool.reset(token)
         if not slot.inner:
-            _record_tool(args, kwargs, t0, None)
+            _record_tool(args, kwargs, t0, None, result)
         return result
 
     return call_tool
@@ -330,10 +357,10 @@ def _tool_started() -> None:
         if state is not None and state.pending is not None:
             _flush(run, state)
     except Exception as error:  # noqa: BLE001 - the guard
-        _failed("pydantic_ai.tool", error)
+        report("pydantic_ai.tool", error)
 
 
-def _record_tool(args: tuple, kwargs: dict, t0: float, exc: Optional[BaseException]) -> None:
+def _record_tool(args: tuple, kwargs: dict, t0: float, exc: Optional[BaseException], result: Any) -> None:
     try:
         t1 = _clock()
         run = current.get()
@@ -348,10 +375,18 @@ def _record_tool(args: tuple, kwargs: dict, t0: float, exc: Optional[BaseExcepti
         retry = exc is not None and isinstance(exc, _retry_errors)
         if retry and not isinstance(exc, _retry_errors[0]) and isinstance(exc.__cause__, _retry_errors[0]):
             exc = exc.__cause__  # a ToolRetryError made from the tool's ModelRetry: the tool's own error
-        recorder.tool_call(name, t0, t1, run=run, step=step if step.__class__ is int else None, error=exc,
-                           retry_requested=retry)
+        if step.__class__ is not int:
+            step = None
+        if exc is None and recorder.tool_returned(run, name, step, t0, t1):
+            return
+        arguments = output = None
+        if _capturing(run):
+            arguments = args[1] if len(args) > 1 else kwargs.get("tool_args")
+            output = result
+        recorder.tool_call(name, t0, t1, run=run, step=step, error=exc, retry_requested=retry, arguments=arguments,
+                           output=output)
     except Exception as error:  # noqa: BLE001 - the guard
-        _failed("pydantic_ai.tool", error)
+        report("pydantic_ai.tool", error)
 
 
 # -- agent runs ----------------------------------------------------------------------------------------------------
@@ -408,7 +443,7 @@ class _TracedRun:
             state.tokens = (recorder.enter(run), _tool.set(None), _request.set(None))
             self._run, self._state = run, state
         except Exception as error:  # noqa: BLE001 - the guard
-            _failed("pydantic_ai.run", error)
+            report("pydantic_ai.run", error)
 
     def _finish(self, exc: Optional[BaseException]) -> None:
         run, state = self._run, self._state
@@ -431,7 +466,7 @@ class _TracedRun:
             state.agent_run = None
             recorder.end_run(run, error=exc, status=status)
         except Exception as error:  # noqa: BLE001 - the guard
-            _failed("pydantic_ai.run", error)
+            report("pydantic_ai.run", error)
 
 
 def _iter_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
