@@ -17,6 +17,7 @@
 # the project's environment: the suite runs in its own virtualenv (made once, reused), with sop_telemetry taken from
 # this working tree through PYTHONPATH.
 set -euo pipefail
+. "$(dirname "$0")/suite_venv.sh"
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
@@ -52,24 +53,11 @@ echo "tests from $(cat "$SRC/.tests-ref")"
 # blocking-call detector (blockbuster) also imports pydantic_evals and clai, which are released with pydantic-ai but
 # pin its exact version: they are installed without dependencies, at the version of the tests.
 TESTS_VERSION=$(git --git-dir="$MIRROR" describe --tags --abbrev=0 "$(cut -d' ' -f2 "$SRC/.tests-ref")" | sed 's/^v//')
-STAMP=$VENV/.sop-telemetry-deps
 DEPS=("pydantic-ai-slim[logfire,cli]==$VERSION" logfire opentelemetry-sdk pytest pytest-mock inline-snapshot dirty-equals
       vcrpy pytest-recording anyio httpx httpx2 devtools "blockbuster>=1.5.26,<1.6" pytest-pretty brotli
       pytest-timeout pyyaml genai-prices)
-read -r -a OWN <<< "$("$PYTHON" -c '
-import sys
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    from pip._vendor import tomli as tomllib
-print(*tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"])' "$REPO/pyproject.toml")"
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "${DEPS[*]} ${OWN[*]}" ]; then
-    [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q "${DEPS[@]}" "${OWN[@]}"
-    "$VENV/bin/python" -m pip install -q --no-deps "pydantic-evals==$TESTS_VERSION" "clai==$TESTS_VERSION"
-    echo "${DEPS[*]} ${OWN[*]}" > "$STAMP"
-fi
+NO_DEPS=("pydantic-evals==$TESTS_VERSION" "clai==$TESTS_VERSION")
+make_suite_venv "$VENV" "${DEPS[@]}"
 
 # -- 3. which tests --------------------------------------------------------------------------------------------------
 # The agent loop (runs, output validation and retries, usage limits, iter), tools, streaming, the function and

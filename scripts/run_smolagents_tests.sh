@@ -12,6 +12,7 @@
 # Nothing is installed into the project's environment: the suite runs in its own virtualenv (made once, reused),
 # with sop_telemetry taken from this working tree through PYTHONPATH.
 set -euo pipefail
+. "$(dirname "$0")/suite_venv.sh"
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
@@ -46,23 +47,9 @@ fi
 # tests), numpy, pandas, IPython, pytest and its datadir/timeout plugins. mcp<2: mcpadapt 0.1.x imports
 # mcp.client.streamable_http.streamablehttp_client, which mcp 2 removed. pandas<3: the tests expect pandas 2's
 # error messages.
-STAMP=$VENV/.sop-telemetry-deps
 DEPS=("smolagents[toolkit,openai,litellm,mcp]==$VERSION" "mcp<2" numpy "pandas<3" ipython "pytest>=8.1"
       pytest-datadir pytest-timeout)
-# sop_telemetry's own runtime dependencies, read from pyproject.toml (the package itself comes from PYTHONPATH).
-read -r -a OWN <<< "$("$PYTHON" -c '
-import sys
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    from pip._vendor import tomli as tomllib
-print(*tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"])' "$REPO/pyproject.toml")"
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "${DEPS[*]} ${OWN[*]}" ]; then
-    [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q "${DEPS[@]}" "${OWN[@]}"
-    echo "${DEPS[*]} ${OWN[*]}" > "$STAMP"
-fi
+make_suite_venv "$VENV" "${DEPS[@]}"
 
 # -- 3. which tests ------------------------------------------------------------------------------------------------
 FILES=()
