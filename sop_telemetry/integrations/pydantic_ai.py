@@ -227,22 +227,45 @@ def _record_request(model: Any, run: Any, step: Optional[int], t0: float, respon
         report("pydantic_ai.model", error)
 
 
-class _TracedStream:
+class _ContextProxy:
+    """Stands in for an async context manager of pydantic-ai's: what entering it gives is the original's, and
+    `_done(exc)` is told how the block was left (None: normally), after the original has been left."""
+
+    __slots__ = ("_cm",)
+
+    def __init__(self, cm: Any) -> None:
+        self._cm = cm
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cm, name)
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
+        try:
+            suppressed = await self._cm.__aexit__(exc_type, exc, tb)
+        except BaseException as error:
+            self._done(error)
+            raise
+        self._done(None if suppressed else exc)
+        return suppressed
+
+    def _done(self, exc: Optional[BaseException]) -> None:
+        raise NotImplementedError
+
+
+class _TracedStream(_ContextProxy):
     """Stands in for the async context manager `request_stream` returns: the same stream object, and the request
     recorded (with the usage the stream reported by then) when the block is left, however it is left."""
 
-    __slots__ = ("_cm", "_model", "_ctx", "_messages", "_t0", "_stream", "_slot", "_run", "_step")
+    __slots__ = ("_model", "_ctx", "_messages", "_t0", "_stream", "_slot", "_run", "_step")
 
     def __init__(self, cm: Any, model: Any, ctx: Any, messages: Any) -> None:
-        self._cm, self._model, self._ctx, self._messages = cm, model, ctx, messages
+        super().__init__(cm)
+        self._model, self._ctx, self._messages = model, ctx, messages
         self._run: Any = None
         self._step: Optional[int] = None
         self._t0 = 0.0
         self._stream: Any = None
         self._slot: Optional[_Slot] = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cm, name)
 
     async def __aenter__(self) -> Any:
         outer = _request.get()
@@ -258,21 +281,12 @@ class _TracedStream:
         except BaseException as exc:
             _request.reset(token)
             if not slot.inner:
-                self._record(exc)
+                self._done(exc)
             raise
         _request.reset(token)
         return self._stream
 
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
-        try:
-            suppressed = await self._cm.__aexit__(exc_type, exc, tb)
-        except BaseException as error:
-            self._record(error)
-            raise
-        self._record(None if suppressed else exc)
-        return suppressed
-
-    def _record(self, exc: Optional[BaseException]) -> None:
+    def _done(self, exc: Optional[BaseException]) -> None:
         slot = self._slot
         if slot is None or slot.inner:
             return
@@ -390,20 +404,18 @@ def _record_tool(args: tuple, kwargs: dict, t0: float, exc: Optional[BaseExcepti
 
 
 # -- agent runs ----------------------------------------------------------------------------------------------------
-class _TracedRun:
+class _TracedRun(_ContextProxy):
     """Stands in for the async context manager `Agent.iter` returns: the same AgentRun, the run recorded from
     entering the block to leaving it, and the current context's run meanwhile."""
 
-    __slots__ = ("_cm", "_agent", "_model", "_prompt", "_run", "_state", "_start")
+    __slots__ = ("_agent", "_model", "_prompt", "_run", "_state", "_start")
 
     def __init__(self, cm: Any, agent: Any, model: Any, prompt: Any) -> None:
-        self._cm, self._agent, self._model, self._prompt = cm, agent, model, prompt
+        super().__init__(cm)
+        self._agent, self._model, self._prompt = agent, model, prompt
         self._run: Any = None
         self._state: Optional[_RunState] = None
         self._start = 0.0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cm, name)
 
     async def __aenter__(self) -> Any:
         self._start = time.time()
@@ -411,19 +423,10 @@ class _TracedRun:
             agent_run = await self._cm.__aenter__()
         except BaseException as exc:
             self._begin(None)  # a run that could not start is a failed one
-            self._finish(exc)
+            self._done(exc)
             raise
         self._begin(agent_run)
         return agent_run
-
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
-        try:
-            suppressed = await self._cm.__aexit__(exc_type, exc, tb)
-        except BaseException as error:
-            self._finish(error)
-            raise
-        self._finish(None if suppressed else exc)
-        return suppressed
 
     def _begin(self, agent_run: Any) -> None:
         try:
@@ -445,7 +448,7 @@ class _TracedRun:
         except Exception as error:  # noqa: BLE001 - the guard
             report("pydantic_ai.run", error)
 
-    def _finish(self, exc: Optional[BaseException]) -> None:
+    def _done(self, exc: Optional[BaseException]) -> None:
         run, state = self._run, self._state
         if run is None or state is None:
             return
