@@ -662,6 +662,7 @@ class SmolagentsIntegration(Integration):
     name = "smolagents"
     module = "smolagents"
     supported = ">=1.23,<1.27"  # >= 1.23 copies the context into tool threads; tested up to 1.26
+    patches = _patches  # what is patched now (benchmarks take parts out to time them)
 
     def setup(self) -> None:
         global _installed, _PlanningStep
