@@ -520,7 +520,7 @@ def _cmd_stats(args: argparse.Namespace, out: _Output) -> int:
         ["oldest session", data["oldest_session"] or "-"],
         ["newest session", data["newest_session"] or "-"],
         ["last write", last],
-    ]), Table("Integrations", [("integration", "<"), ("framework version", "<"), ("supported", "<"), ("selected", "<")], [
+    ]), Table("Integrations", [(name, "<") for name in ("integration", "framework version", "supported", "selected")], [
         [row["name"], row["version"] or "not installed", row["supported"] or "-", "yes" if row["selected"] else "no"]
         for row in data["integrations"]
     ])])
