@@ -41,7 +41,7 @@ __all__ = [
     "Run", "Usage", "DISABLED", "CURRENT", "clock", "begin_run", "end_run", "activate", "enter", "leave",
     "current_run", "model_call", "tool_call", "model_returned", "tool_returned", "record_step", "begin_step",
     "end_step", "defer", "capturing", "remember_secret", "error_of", "usage_of", "attr", "int_or_none", "open_run",
-    "close_run", "call_record", "add_model_call", "add_tool_call", "add_step", "take_calls",
+    "close_run", "call_record", "add_model_call", "add_tool_call", "add_step", "take_calls", "Step",
 ]
 
 Run = Frame  # the handle of an agent run
@@ -151,8 +151,6 @@ def usage_of(usage: Any) -> Tuple[Optional[int], Optional[int], Optional[int], b
     else:
         prompt = int_or_none(_field(usage, "input_tokens", "prompt_tokens"))
         completion = int_or_none(_field(usage, "output_tokens", "completion_tokens"))
-        if prompt is None and completion is None:
-            return None, None, None, False, None, None
         total = _field(usage, "total_tokens")
         cached = _field(usage, "cache_read_tokens", "cached_tokens", "input_token_details.cache_read",
                         "prompt_tokens_details.cached_tokens")
@@ -176,11 +174,6 @@ def error_of(exc: ErrorArg, limit: int) -> Error:
     if isinstance(exc, tuple):
         return clip(exc[0], limit) or "Error", clip(exc[1] if len(exc) > 1 else None, limit)
     return "Error", clip(exc, limit)
-
-
-def _limit(run: Optional[Frame]) -> int:
-    collector = run.collector if run is not None and run.collector is not None else _collector()
-    return collector.max_string_length
 
 
 # -- agent runs ----------------------------------------------------------------------------------------------------
