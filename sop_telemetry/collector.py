@@ -156,6 +156,20 @@ def encodable(text: str) -> str:
 
 
 class TelemetryCollector:
+    """Holds the records of one session and takes manual ones. Get the process's own from the manager:
+
+        collector = TelemetryManager.get_instance().get_collector()
+        collector.start_task("nightly-report", "Summarize yesterday's tickets")
+        collector.record_llm_call(model="gpt-4o", prompt_tokens=1200, completion_tokens=80, duration=2.5)
+        collector.record_tool_usage("search", 0.4, status="error", error_type="TimeoutError")
+        collector.end_task("nightly-report", TaskStatus.COMPLETED)
+
+    Records made outside any task go into an implicit task. Keywords beyond the named parameters set the record's
+    other fields (see `LLMCall`, `ToolExecution`, `AgentExecution`); a bad value is logged and that one record
+    refused. Every call here is guarded: it never raises into the program. A collector made directly
+    (`TelemetryCollector()`) is a scratch one; only the manager's is written to disk.
+    """
+
     def __init__(
         self,
         session_id: Optional[str] = None,
@@ -195,6 +209,8 @@ class TelemetryCollector:
 
     @safe_telemetry_operation("collector.end_task")
     def end_task(self, task_id: str, status: TaskStatus | str = TaskStatus.COMPLETED, **extra: Any) -> None:
+        """Closes the task opened as `task_id` with `status` (a `TaskStatus` or its value); `error_type` and
+        `error_message` keywords describe a failure."""
         if not switch.enabled:
             return
         status = TaskStatus(status)
@@ -256,6 +272,7 @@ class TelemetryCollector:
 
     @safe_telemetry_operation("collector.record_agent_execution")
     def record_agent_execution(self, agent_type: str, agent_name: str, duration: float = 0.0, **extra: Any) -> None:
+        """Records one finished agent run of `duration` seconds (ending now) in the current task."""
         if not switch.enabled:
             return
         rec = self._manual_record(duration, extra)
@@ -267,6 +284,7 @@ class TelemetryCollector:
 
     @safe_telemetry_operation("collector.record_tool_usage")
     def record_tool_usage(self, tool_name: str, duration: float = 0.0, **extra: Any) -> None:
+        """Records one finished tool call of `duration` seconds (ending now) in the current task."""
         if not switch.enabled:
             return
         rec = self._manual_record(duration, extra)
@@ -520,6 +538,8 @@ class TelemetryCollector:
             return old
 
     def build_session(self, environment: Any = None, end_time: Optional[float] = None) -> "TelemetrySession":
+        """The records so far as a `TelemetrySession` (queued events built first); `environment` is an
+        `EnvironmentInfo` to put in it."""
         from .models import TelemetrySession
 
         data = self.snapshot(end_time)
