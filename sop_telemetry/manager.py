@@ -48,11 +48,29 @@ _MAX_WRITE_PAUSE = 2.0
 
 
 class TelemetryManager:
+    """The process's telemetry: its configuration, its session (the collector) and the thread that writes it.
+
+    One per process; get it with `TelemetryManager.get_instance()`. Nothing needs setting up: the first record
+    starts it with the defaults. Usage::
+
+        manager = TelemetryManager.get_instance()
+        manager.initialize({"storage_dir": "/tmp/telemetry", "capture_content": True})   # optional, once, early
+        ...                                                  # agents run: their records go to the session
+        session = manager.get_session_data()                 # this process's session so far (a TelemetrySession)
+        path = manager.flush_data()                          # write it now (it is written at task ends and exit)
+        manager.get_all_session_ids()                        # stored sessions, oldest first
+        manager.disable_telemetry()                          # stop recording, until enable_telemetry()
+
+    No method raises into the program except `initialize` (ConfigError for a bad configuration); the others log
+    and count their own errors (`sop_telemetry.get_error_handler()`) and return a default.
+    """
+
     _instance: Optional["TelemetryManager"] = None
     _instance_lock = threading.Lock()
 
     @classmethod
     def get_instance(cls) -> "TelemetryManager":
+        """The process's one manager (made on first call; thread-safe)."""
         instance = cls._instance
         if instance is None:
             with cls._instance_lock:
@@ -103,7 +121,8 @@ class TelemetryManager:
 
     # -- configuration -----------------------------------------------------------------------------------------
     def initialize(self, config: Optional[Mapping[str, Any] | "TelemetryConfig"] = None) -> None:
-        """Applies `config` (the spec's keys); raises ConfigError for unknown keys or bad values.
+        """Applies `config`, a dict of `TelemetryConfig` keys (or a TelemetryConfig); raises ConfigError for unknown
+        keys or bad values. Example: `initialize({"storage_dir": "/tmp/telemetry", "max_file_age_days": 7})`.
 
         Calling it again changes only the keys it names (so the spec's bare `initialize()` keeps an earlier
         storage_dir): later records and writes follow the new settings; the current session goes on (its file
@@ -188,6 +207,7 @@ class TelemetryManager:
 
     @property
     def config(self) -> "TelemetryConfig":
+        """The configuration in effect (a validated `TelemetryConfig`, environment overrides applied)."""
         return self._ensure()
 
     def _new_collector(self) -> TelemetryCollector:
@@ -207,6 +227,7 @@ class TelemetryManager:
 
     # -- the spec's API ----------------------------------------------------------------------------------------
     def get_collector(self) -> TelemetryCollector:
+        """The collector of the current session: records tasks and calls by hand (see `TelemetryCollector`)."""
         collector = self._collector
         if collector is None:
             with self._lock:
@@ -272,6 +293,9 @@ class TelemetryManager:
 
     @safe_telemetry_operation("manager.get_storage_stats", default={})
     def get_storage_stats(self) -> Dict[str, Any]:
+        """A dict describing storage and recording: `storage_path`, `total_files`, `total_bytes`,
+        `current_session_id`, `current_session_tasks`, `enabled`, `last_flush_time`, `unwritten_changes`,
+        `dropped_records` (per kind), `telemetry_errors`, and `otlp` (the live exporter's counters)."""
         cfg = self._ensure()
         store = self._store
         assert store is not None
@@ -336,6 +360,7 @@ class TelemetryManager:
         switch.enabled = True
 
     def is_enabled(self) -> bool:
+        """Whether records are being made (False after `disable_telemetry()` or with SOP_TELEMETRY_DISABLED)."""
         return switch.enabled
 
     # -- writing -----------------------------------------------------------------------------------------------
