@@ -120,6 +120,7 @@ _TASK_FIELDS = ("sop_category", "error_type", "error_message", "stop_reason")
 
 
 def next_id(prefix: str) -> str:
+    """A record id unique in this process: `prefix` and a counter (`c12` for a call, `a3` for an agent run)."""
     return f"{prefix}{next(_ids)}"
 
 
@@ -460,6 +461,7 @@ class TelemetryCollector:
             return self._implicit
 
     def changed(self, urgent: bool) -> None:
+        """Marks the session changed and tells the manager (which starts its writer); `urgent` asks for a write now."""
         self.generation += 1
         if self._on_change is not None:
             # Guarded here (inline: this runs at every agent run's start and end): a failure to start the writer
@@ -471,6 +473,7 @@ class TelemetryCollector:
 
     # -- reading -----------------------------------------------------------------------------------------------
     def has_records(self) -> bool:
+        """Whether the session has anything to write (tasks, or events waiting to be built)."""
         # Under the lock: while another thread builds queued events, they are in neither list (taken from `pending`,
         # their task not yet in `_tasks`). The writer, woken by a task's end, looked in that window, found nothing
         # to write and left the finished task unwritten until the next change.
@@ -485,9 +488,11 @@ class TelemetryCollector:
             return self.generation
 
     def open_task_count(self) -> int:
+        """How many tasks are open (started, not yet ended)."""
         return len(self._open)
 
     def task_count(self) -> int:
+        """How many tasks the session holds, open or ended."""
         return len(self._tasks)
 
     def snapshot(self, end_time: Optional[float] = None) -> dict:

@@ -145,7 +145,8 @@ if hasattr(os, "register_at_fork"):
 
 def get_error_handler() -> TelemetryErrorHandler:
     """The process's error handler: `get_error_handler().get_error_summary()` lists telemetry's own errors, e.g.
-    `{"storage.write": {"count": 2, "last_error": "...", "last_error_type": "OSError", ...}}`; empty when all is well."""
+    `{"storage.write": {"count": 2, "last_error": "...", "last_error_type": "OSError", ...}}`; empty when all is
+    well."""
     return _handler
 
 
