@@ -48,7 +48,8 @@ def build_agent(fail: bool) -> CodeAgent:
         verbosity_level=LogLevel.OFF,
     )
     code = 'total = calculator(task="What is 3 times 19.99, in dollars?")\nfinal_answer(59.97)'
-    reply = RuntimeError("model service unavailable") if fail else f"Thought: ask the calculator.\n<code>\n{code}\n</code>"
+    reply = (RuntimeError("model service unavailable") if fail
+             else f"Thought: ask the calculator.\n<code>\n{code}\n</code>")
     return CodeAgent(tools=[], managed_agents=[calculator], verbosity_level=LogLevel.OFF,
                      model=ScriptedModel([reply], usage=(2300, 120), model_id="gpt-4o"))
 
