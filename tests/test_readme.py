@@ -215,7 +215,9 @@ def test_fresh_machine_test_command_is_what_ci_runs():
     install, rest = _setup_and_rest(_fresh_machine_commands()[1])
     readme_command = " && ".join([install, *rest])
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    ci_command = next(line.strip() for line in ci.splitlines() if "pytest" in line and "pip install" in line)
+    ci_commands = [line.strip() for line in ci.splitlines() if "pytest" in line and "pip install" in line]
+    assert len(ci_commands) == 1, f".ci/run no longer has one `pip install ... && ... pytest` line: {ci_commands}"
+    ci_command = ci_commands[0]
 
     def unquiet(command: str) -> str:  # CI installs quietly; the reader sees pip's progress
         return command.replace("pip install -q ", "pip install ")
@@ -236,7 +238,6 @@ def test_configuration_reference_names_every_key_and_variable():
     assert not missing, f"environment variables missing from README's Configuration reference: {sorted(missing)}"
 
 
-@pytest.mark.parametrize("example", ["quickstart.py", "managed_agents.py"])
-def test_the_other_examples_run(reader, example):
-    out = reader.shell(f"python examples/{example}", f"examples/{example}")
-    assert "tokens" in out, out
+def test_the_quickstart_example_runs(reader):
+    out = reader.shell("python examples/quickstart.py", "examples/quickstart.py")
+    assert "tokens: 2550 prompt + 180 completion = 2730" in out, out
