@@ -1,7 +1,8 @@
 """README.md's code blocks run as a reader would run them, so that they cannot rot.
 
 Every ```python, ```bash and ```console block of the README runs, in order, in one shared state (the environment, a
-temporary cache and storage directory), unless the line just above its fence is an HTML comment `<!-- not run: why -->`:
+temporary cache and storage directory), unless the line just above its fence is the HTML comment
+`<!-- not run: why -->`:
 
 - python: the block is saved as a script and run by a new interpreter; a ```text block right after it is its output.
 - bash: the block runs in bash and must succeed.
@@ -22,7 +23,7 @@ import re
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -41,7 +42,7 @@ class Block:
     lang: str
     body: List[str]
     skipped: Optional[str] = None  # the reason given in `<!-- not run: ... -->`
-    output: Optional[List[str]] = field(default=None)  # a python block's expected output (the ```text block after it)
+    output: Optional[List[str]] = None  # a python block's expected output (the ```text block after it)
 
 
 def readme_blocks(text: str) -> List[Block]:
