@@ -50,6 +50,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The `sop-telemetry` command: runs it with `argv` (default: the process's arguments) and returns its exit
+    status, e.g. `main(["--json", "list", "--since", "7d"])`. See the module docstring for the commands."""
     _read_only()
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
@@ -520,7 +522,7 @@ def _cmd_stats(args: argparse.Namespace, out: _Output) -> int:
         ["oldest session", data["oldest_session"] or "-"],
         ["newest session", data["newest_session"] or "-"],
         ["last write", last],
-    ]), Table("Integrations", [("integration", "<"), ("framework version", "<"), ("supported", "<"), ("selected", "<")], [
+    ]), Table("Integrations", [(name, "<") for name in ("integration", "framework version", "supported", "selected")], [
         [row["name"], row["version"] or "not installed", row["supported"] or "-", "yes" if row["selected"] else "no"]
         for row in data["integrations"]
     ])])

@@ -39,8 +39,9 @@ from .status import CallStatus, TaskStatus
 
 __all__ = [
     "Run", "Usage", "DISABLED", "CURRENT", "clock", "begin_run", "end_run", "activate", "enter", "leave",
-    "current_run", "model_call", "tool_call", "model_returned", "tool_returned", "record_step", "begin_step", "end_step", "defer", "capturing",
-    "remember_secret", "error_of", "usage_of",
+    "current_run", "model_call", "tool_call", "model_returned", "tool_returned", "record_step", "begin_step",
+    "end_step", "defer", "capturing", "remember_secret", "error_of", "usage_of", "attr", "int_or_none", "open_run",
+    "close_run", "call_record", "add_model_call", "add_tool_call", "add_step", "take_calls", "Step",
 ]
 
 Run = Frame  # the handle of an agent run
@@ -150,8 +151,6 @@ def usage_of(usage: Any) -> Tuple[Optional[int], Optional[int], Optional[int], b
     else:
         prompt = int_or_none(_field(usage, "input_tokens", "prompt_tokens"))
         completion = int_or_none(_field(usage, "output_tokens", "completion_tokens"))
-        if prompt is None and completion is None:
-            return None, None, None, False, None, None
         total = _field(usage, "total_tokens")
         cached = _field(usage, "cache_read_tokens", "cached_tokens", "input_token_details.cache_read",
                         "prompt_tokens_details.cached_tokens")
@@ -175,11 +174,6 @@ def error_of(exc: ErrorArg, limit: int) -> Error:
     if isinstance(exc, tuple):
         return clip(exc[0], limit) or "Error", clip(exc[1] if len(exc) > 1 else None, limit)
     return "Error", clip(exc, limit)
-
-
-def _limit(run: Optional[Frame]) -> int:
-    collector = run.collector if run is not None and run.collector is not None else _collector()
-    return collector.max_string_length
 
 
 # -- agent runs ----------------------------------------------------------------------------------------------------
@@ -305,6 +299,17 @@ def capturing() -> bool:
         return False
 
 
+def _call_context(run: Optional[Run], step: Any, given: Any, output: Any) -> Tuple[Optional[Run], Any, Any, Any]:
+    """A call's run, collector, step number, and previews (clipped, and only with content capture on)."""
+    run, collector = _where(run)
+    if step is _AUTO:
+        step = run.step if run is not None else None
+    previews = None
+    if collector.capture_content and (given is not None or output is not None):
+        previews = (clip(given, collector.max_string_length), clip(output, collector.max_string_length))
+    return run, collector, step, previews
+
+
 def model_call(model: Optional[str], usage: Any, start: float, end: float, *, run: Optional[Run] = None,
                streamed: bool = False, purpose: Optional[str] = None, error: ErrorArg = None,
                status: Union[CallStatus, str, None] = None, step: Any = _AUTO, wall: bool = False,
@@ -317,12 +322,7 @@ def model_call(model: Optional[str], usage: Any, start: float, end: float, *, ru
     if not switch.enabled or run is DISABLED:
         return
     try:
-        run, collector = _where(run)
-        if step is _AUTO:
-            step = run.step if run is not None else None
-        previews = None
-        if collector.capture_content and (input is not None or output is not None):
-            previews = (clip(input, collector.max_string_length), clip(output, collector.max_string_length))
+        run, collector, step, previews = _call_context(run, step, input, output)
         _queue(collector, ("recorder.model_call", _model_call, run, model, usage, step, start, end,
                            _epoch(run, wall), error_of(error, collector.max_string_length), status, streamed,
                            purpose, previews))
@@ -340,12 +340,7 @@ def tool_call(name: Optional[str], start: float, end: float, *, run: Optional[Ru
     if not switch.enabled or run is DISABLED:
         return
     try:
-        run, collector = _where(run)
-        if step is _AUTO:
-            step = run.step if run is not None else None
-        previews = None
-        if collector.capture_content and (arguments is not None or output is not None):
-            previews = (clip(arguments, collector.max_string_length), clip(output, collector.max_string_length))
+        run, collector, step, previews = _call_context(run, step, arguments, output)
         _queue(collector, ("recorder.tool_call", _tool_call, run, name, step, start, end, _epoch(run, wall),
                            error_of(error, collector.max_string_length), status, retry_requested,
                            error_returned_to_model, previews))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from typing import Any, List
 
 import pytest
 from smolagents import CodeAgent, ToolCallingAgent
@@ -786,9 +787,9 @@ def test_import_order_does_not_matter(tmp_path, order):
     if order == "smolagents-first":
         imports.reverse()
     code = "; ".join(imports) + (
-        "; from sop_telemetry.integrations.smolagents import _is_ours"
+        "; from sop_telemetry.integrations.patching import is_ours"
         "; from smolagents.models import Model; from smolagents.agents import MultiStepAgent"
-        "; print(_is_ours(vars(Model)['generate']), _is_ours(vars(MultiStepAgent)['run']))"
+        "; print(is_ours(vars(Model)['generate']), is_ours(vars(MultiStepAgent)['run']))"
     )
     assert _python(code, tmp_path) == "True True"
 
@@ -849,3 +850,46 @@ def test_disable_before_first_use_survives_lazy_initialization(storage_dir, monk
     finally:
         fresh.shutdown(flush=False)
         switch.enabled = True
+
+
+_SENTINEL = object()
+
+
+# -- models with their own generate signature ---------------------------------------------------------------------
+class KeywordModel(Model):
+    """A model whose generate has its own shape: a keyword-only option with a sentinel default, extra keywords."""
+
+    def __init__(self) -> None:
+        super().__init__(model_id="keyword-model")
+        self.options: List[Any] = []
+
+    def generate(self, messages, stop_sequences=None, *, temperature=_SENTINEL, **kwargs):  # noqa: ANN001
+        self.options.append((temperature, sorted(kwargs)))
+        from fakes import tool_calls_message
+
+        if len(self.options) == 1:
+            return tool_calls_message([("add", {"a": 1, "b": 2})], (7, 3))
+        return tool_calls_message([("final_answer", {"answer": "3"})], (5, 1))
+
+
+def test_a_model_with_its_own_generate_signature_is_recorded_and_called_unchanged(manager):
+    model = KeywordModel()
+    assert is_ours(vars(KeywordModel)["generate"])
+    assert ToolCallingAgent(tools=[add], model=model, verbosity_level=0).run("add") == "3"
+    assert [t for t, _ in model.options] == [_SENTINEL, _SENTINEL]
+    assert model.options[0][1] == ["tools_to_call_from"]  # a keyword the signature does not name: in **kwargs
+    model.generate([ChatMessage(role=MessageRole.USER, content="hi")], temperature=0.5, seed=1)
+    assert model.options[-1] == (0.5, ["seed"])
+    [task] = [t for t in written_session(manager)["tasks"] if t["description"] == "add"]
+    assert [(c["prompt_tokens"], c["completion_tokens"]) for c in task["llm_calls"]] == [(7, 3), (5, 1)]
+    assert [s["step_number"] for s in task["steps"]] == [1, 2]
+
+
+def test_content_capture_reads_the_messages_however_they_were_passed(manager, storage_dir):
+    manager.initialize({"storage_dir": str(storage_dir), "capture_content": True, "auto_cleanup": False,
+                        "fsync": False})
+    model = KeywordModel()
+    model.generate([ChatMessage(role=MessageRole.USER, content="by position")])
+    model.generate(messages=[ChatMessage(role=MessageRole.USER, content="by keyword")])
+    calls = manager.get_collector().snapshot()["tasks"][0]["llm_calls"]
+    assert [c["input_preview"] for c in calls] == ["by position", "by keyword"]

@@ -26,9 +26,9 @@ What is patched (all undone by `uninstall()`):
   code know their task, agent and step.
 
 Each patch is a plain function closing over the original, made and undone by the shared `patching.Patcher` (restored
-by identity); the one called on every step (generate) is generated with the original's own parameters
-(`_signatures`). wrapt is what proxies the generator of `run(stream=True)`. docs/integrations.md (the worked
-example) says why, with the measurements.
+by identity), not a `wrapt.FunctionWrapper`, which builds a bound wrapper object at every attribute access
+(docs/design.md, "Patch shapes"); wrapt is what proxies the generator of `run(stream=True)`. docs/integrations.md
+(the worked example) has this session's measurements.
 
 Every wrapper checks `switch.enabled` first and then calls the original. What it records goes through the recorder
 API (`sop_telemetry.recorder`), which queues it: records are built later, off the agent's thread. Runs, model calls
@@ -52,7 +52,6 @@ from ..collector import Frame, clip, current, switch
 from ..error_handler import guard as _safe
 from ..error_handler import report as _failed
 from ..registry import Integration
-from . import _signatures
 from . import _smolagents_records as records
 from .patching import Patcher, is_ours, subclasses
 
@@ -62,8 +61,8 @@ logger = logging.getLogger("sop_telemetry")
 class _ModelCall:
     """Set while this thread is inside a recorded model call, so that one that delegates to another patched method
     (super().generate, generate_stream -> generate, a model wrapping a model) counts once. Per thread rather than
-    a context variable: setting a ContextVar allocates a new context each time (≈0.5 µs a call inside a run), and
-    model calls are synchronous, so a thread is exactly one chain of them."""
+    a context variable: setting a ContextVar allocates a new context each time, and model calls are synchronous, so a
+    thread is exactly one chain of them."""
 
     __slots__ = ("busy",)
 
@@ -73,8 +72,8 @@ class _ModelCall:
 
 class _PerThread(threading.local):
     """Each thread's own `_ModelCall`. The flag is read and set on an object of its own rather than on the
-    thread-local: each attribute access on a threading.local looks the thread's dict up first (≈40 ns, against
-    ≈8 for a slot), and a model call reads the flag once and sets it twice."""
+    thread-local: each attribute access on a threading.local looks the thread's dict up first (several times a slot
+    access), and a model call reads the flag once and sets it twice."""
 
     def __init__(self) -> None:
         self.model_call = _ModelCall()
@@ -135,41 +134,38 @@ def _llm_previews(content: Any) -> Tuple[Any, Any]:
     return getattr(last, "content", last), recorder.attr(reply, "content")
 
 
-# generate runs on every step, so its wrapper takes the original's own parameters
-# (`_signatures`: no packing and unpacking of the arguments, the cheapest call through a wrapper in Python).
-_GENERATE = """
-def make(original):
+def _generate_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
     enabled, per_thread, perf, frame_var, returned = switch, _per_thread, _perf, current, _model_returned
 
-    def generate(PARAMS):
+    def generate(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not enabled.enabled:
-            return original(CALL)
+            return original(self, *args, **kwargs)
         model_call = per_thread.model_call
         if model_call.busy:
-            return original(CALL)
+            return original(self, *args, **kwargs)
         model_call.busy = True
         t0 = perf()
         try:
-            result = original(CALL)
+            result = original(self, *args, **kwargs)
         except BaseException as exc:
-            _llm_failed(SELF, t0, exc)
+            _llm_failed(self, t0, exc)
             raise
         finally:
             model_call.busy = False
         t1 = perf()
         try:
             frame = frame_var.get()
-            model_id = SELF.model_id
+            model_id = self.model_id
             # (The usage is taken now, not the reply kept: it holds the content and the raw response.)
             if model_id.__class__ is str and model_id and returned(
                     frame, model_id, result.token_usage, frame.owner.step_number, t0, t1):
                 return result
-        except Exception:  # no run, an odd model, reply or agent: the general path
+        except Exception:  # noqa: BLE001 - no run, an odd model, reply or agent: the general path
             pass
-        _llm_returned(SELF, t0, t1, result, ARGS, KWARGS)
+        _llm_returned(self, t0, t1, result, args, kwargs)
         return result
+
     return generate
-"""
 
 
 def _llm_returned(model: Any, t0: float, t1: float, result: Any, args: tuple, kwargs: dict) -> None:
@@ -185,9 +181,6 @@ def _usage_of(result: Any) -> Any:
         return result.token_usage
     except Exception:  # noqa: BLE001 - a reply without usage (or whose property raises): not reported
         return None
-
-
-_generate_wrapper = _signatures.factory(_GENERATE, globals())
 
 
 class _Usage:
@@ -299,8 +292,6 @@ def _record_tool(tool: Any, frame: Optional[Frame], t0: float, t1: float, exc: O
 
 
 def _tool_call_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
-    # (Not generated from a template like generate: Tool.__call__ takes *args and **kwargs itself, so a wrapper
-    # with its parameters passes them on no faster.)
     enabled, perf, frame_var, returned = switch, _perf, current, _tool_returned  # (closure cells: faster to read)
 
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -334,12 +325,11 @@ def _tool_call_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
 
 # -- steps ---------------------------------------------------------------------------------------------------------
 # Steps queue nothing as they go: a run's step records are built from the agent's memory when it ends (_end_run),
-# and smolagents' `_finalize_step`, called at every step, is not patched (a wrapper there ran 22 times in a 21-step
-# ToolCallingAgent run to do nothing in the usual case: ≈35k of the ≈350k instructions sop_telemetry added to it,
-# benchmarks/ section 1c, though not enough time to tell apart in section 1). What the memory will not tell is
-# read elsewhere: where a planning step's calls end (`_generate_planning_step`, which only planning agents call),
-# and, from a failing run's traceback (`_note_failure`: only failing runs pay), the error a step died of when it is
-# not stored on the step and a step that never reached the memory because its callback raised.
+# and smolagents' `_finalize_step`, called at every step, is not patched (a wrapper there did nothing in the usual
+# case; docs/design.md, "Steps are read from the agent's memory"). What the memory will not tell is read elsewhere:
+# where a planning step's calls end (`_generate_planning_step`, which only planning agents call), and, from a failing
+# run's traceback (`_note_failure`: only failing runs pay), the error a step died of when it is not stored on the step
+# and a step that never reached the memory because its callback raised.
 _in_flight: Callable[[], Optional[BaseException]] = getattr(sys, "exception", None) or (lambda: sys.exc_info()[1])
 
 
