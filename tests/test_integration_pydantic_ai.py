@@ -583,10 +583,13 @@ def test_an_unsupported_version_is_skipped_with_one_warning(caplog, monkeypatch)
         integration.install()
 
 
-def test_a_program_with_only_the_import_added_writes_its_session(tmp_path):
+@pytest.mark.parametrize("first", ["sop_telemetry", "pydantic_ai"])
+def test_a_program_with_only_the_import_added_writes_its_session(tmp_path, first):
+    imports = ["import sop_telemetry\n", "from pydantic_ai import Agent\n"]
+    if first == "pydantic_ai":
+        imports.reverse()
     program = (
-        "import sop_telemetry\n"
-        "from pydantic_ai import Agent\n"
+        "".join(imports) +
         "from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart\n"
         "from pydantic_ai.models.function import FunctionModel\n"
         "from pydantic_ai.usage import RequestUsage\n"
