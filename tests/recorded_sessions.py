@@ -154,7 +154,13 @@ def synthetic_session(steps: int, calls_per_step: int = 2, growth: int = 0,
     x step, 50) tokens and cost $0.001. For sizes no scripted run reaches in a test's time (10,000 calls)."""
     from datetime import datetime, timedelta, timezone
 
-    from sop_telemetry.models import AgentExecution, LLMCall, StepExecution, TaskExecution, ToolExecution
+    from sop_telemetry.models import (
+        AgentExecution,
+        LLMCall,
+        StepExecution,
+        TaskExecution,
+        ToolExecution,
+    )
 
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     ms = timedelta(milliseconds=1)

@@ -11,9 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
-from recorded_sessions import (failing_run, managed_run, new_manager, planned_managed_run, record, synthetic_session,
-                               tool_calling_run)
-
+from recorded_sessions import (
+    failing_run,
+    managed_run,
+    new_manager,
+    planned_managed_run,
+    record,
+    synthetic_session,
+    tool_calling_run,
+)
 from test_cli import main  # noqa: F401 - the in-process `sop-telemetry` fixture
 
 from sop_telemetry.models import TelemetrySession
@@ -23,7 +29,7 @@ from sop_telemetry.viewer._findings import findings
 
 
 def embedded(html: str) -> dict:
-    match = re.search(r'<script type="application/json" id="sop-data">(.*?)</script>', html, re.S)
+    match = re.search(r'<script type="application/json" id="sop-data">(.*?)</script>', html, re.DOTALL)
     assert match is not None
     return json.loads(match.group(1))
 

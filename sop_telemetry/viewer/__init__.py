@@ -22,7 +22,7 @@ from ..models import TelemetrySession
 from ._compare import compare
 from ._data import session_data
 
-__all__ = ["session_html", "comparison_html", "session_data", "page"]
+__all__ = ["comparison_html", "page", "session_data", "session_html"]
 
 # No request of any kind from a file; the dashboard's pages may call back their own server, nothing else.
 _CSP_FILE = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"

@@ -16,6 +16,9 @@ from ._findings import findings
 # Record kinds as the page knows them.
 AGENT, STEP, MODEL, TOOL = "agent", "step", "model", "tool"
 _SLOWEST = 12
+# Fields every record carries in its own keys on the page; `fields` holds the rest, known to this version or not.
+_SHOWN = {"start_time", "end_time", "duration", "status", "error_type", "error_message", "agent_name",
+          "cost_estimate", "tokens_reported"}
 
 
 def session_data(session: TelemetrySession) -> Dict[str, Any]:
@@ -166,7 +169,7 @@ def _task_data(session: TelemetrySession, task: TaskExecution, tree: List[Tuple[
 
 
 def _record(kind: str, record: Any, parent: Optional[int], origin: datetime) -> Dict[str, Any]:
-    fields = _present(record.model_dump(mode="json"))
+    fields = _present(record.model_dump(mode="json", exclude=_SHOWN))
     if kind == AGENT:
         name = record.agent_name if record.agent_name == record.agent_type else \
             f"{record.agent_name} ({record.agent_type})"

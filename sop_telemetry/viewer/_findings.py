@@ -90,8 +90,8 @@ def _failing(session: TelemetrySession, kind: str, key: str, label: str) -> List
                 failed[name].append((index, record))
     out = []
     for name, bad in failed.items():
-        errors = sorted({": ".join(x for x in (r.error_type, r.error_message) if x) or "no error recorded"
-                         for _i, r in bad})
+        errors = list(dict.fromkeys(": ".join(x for x in (r.error_type, r.error_message) if x) or "no error recorded"
+                                    for _i, r in bad))
         shown = "; ".join(errors[:3]) + (f"; and {len(errors) - 3} more" if len(errors) > 3 else "")
         out.append(Finding(
             "warning" if len(bad) > 1 else "info", f"{label}_failing",

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -143,12 +144,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _stamp(self, session_id: str) -> str:
         path = self.server.store.path_for(session_id)
         try:
-            st = os.stat(path, follow_symlinks=False) if path is not None else None
+            found = os.stat(path, follow_symlinks=False) if path is not None else None
         except OSError:
-            st = None
-        if st is None:
+            found = None
+        # A link, or anything else named like a session, is not one.
+        if found is None or not stat.S_ISREG(found.st_mode):
             raise _Refused(HTTPStatus.NOT_FOUND, "no such session")
-        return f"{st.st_mtime_ns}-{st.st_size}"
+        return f"{found.st_mtime_ns}-{found.st_size}"
 
     def _session_page(self, session_id: str) -> None:
         from . import session_html

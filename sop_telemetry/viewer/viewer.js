@@ -31,7 +31,7 @@
   }
   function cost(c, unpriced) {
     if (c == null) return "unknown";
-    var text = c === 0 ? "$0" : c < 0.01 ? "$" + c.toFixed(6) : c < 100 ? "$" + c.toFixed(4) : "$" + int(c);
+    var text = c === 0 ? "$0" : c < 0.01 ? "$" + c.toPrecision(3) : c < 100 ? "$" + c.toFixed(4) : "$" + int(c);
     return (unpriced ? "≥ " : "") + text;
   }
   function pct(part, whole) { return whole ? (part / whole * 100).toFixed(part / whole < 0.1 ? 1 : 0) + "%" : "–"; }
@@ -91,7 +91,7 @@
   function cardsHtml(s) {
     var h = s.header;
     var costSub = h.cost == null ? (h.model_calls ? "no known price" : "no model calls")
-      : h.unpriced_calls ? esc(plural(h.unpriced_calls, "call")) + " without a price" : "estimated";
+      : h.unpriced_calls ? "at least: " + esc(plural(h.unpriced_calls, "call")) + " without a price" : "estimated";
     var dropped = h.dropped_model_calls ? " (+" + int(h.dropped_model_calls) + " dropped)" : "";
     var unreported = h.unreported_calls ? " · " + esc(plural(h.unreported_calls, "call")) + " without usage" : "";
     return '<section class="cards" aria-label="Session figures">' +
@@ -103,7 +103,7 @@
         h.model_calls) +
       card("total_tokens", "Tokens", int(h.total_tokens),
         "in " + int(h.prompt_tokens) + " · out " + int(h.completion_tokens) + unreported, h.total_tokens) +
-      card("cost", "Estimated cost", esc(cost(h.cost, h.unpriced_calls)), costSub, h.cost) +
+      card("cost", "Estimated cost", esc(cost(h.cost)), costSub, h.cost) +
       "</section>";
   }
 
