@@ -396,13 +396,7 @@ def _cmd_list(args: argparse.Namespace, out: _Output) -> int:
 
 
 def _cmd_show(args: argparse.Namespace, out: _Output) -> int:
-    from .analysis import (
-        Table,
-        analyze_performance,
-        analyze_token_usage,
-        format_cost,
-        format_duration,
-    )
+    from .analysis import Table, analyze_performance, analyze_token_usage, format_cost, format_duration
     from .exports import to_text_tree
 
     session = _load(_store(args), args.session)
