@@ -11,15 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from recorded_sessions import (
-    failing_run,
-    managed_run,
-    new_manager,
-    planned_managed_run,
-    record,
-    synthetic_session,
-    tool_calling_run,
-)
+from recorded_sessions import (failing_run, managed_run, new_manager, planned_managed_run, record, synthetic_session,
+                               tool_calling_run)
 from test_cli import main  # noqa: F401 - the in-process `sop-telemetry` fixture
 
 from sop_telemetry.models import TelemetrySession

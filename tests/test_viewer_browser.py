@@ -14,14 +14,7 @@ from pathlib import Path
 
 import pytest
 from browser import Browser
-from recorded_sessions import (
-    managed_run,
-    new_manager,
-    planned_managed_run,
-    record,
-    synthetic_session,
-    tool_calling_run,
-)
+from recorded_sessions import managed_run, new_manager, planned_managed_run, record, synthetic_session, tool_calling_run
 
 from sop_telemetry.viewer import comparison_html, session_html
 
