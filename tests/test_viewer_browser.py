@@ -148,3 +148,20 @@ def test_two_sessions_compared(browser, manager, storage_dir, tmp_path):
     assert page.get_attribute('.card[data-fig="model_calls"]', "data-value") == "3"
     no_trouble(page, url)
     page.close()
+
+
+def test_long_lists_collapse(browser, tmp_path):
+    session = synthetic_session(steps=12, calls_per_step=2)
+    for number, tool in enumerate(session.tasks[0].tools):
+        tool.tool_name, tool.status, tool.error_type = f"tool{number}", "error", "OSError"
+    url = write(tmp_path, "many.html", session_html(session))
+    page = browser.open(url)
+    assert page.locator("#findings li").count() == 8
+    page.click('#findings [data-all="findings"]')
+    assert page.locator('#findings li[data-rule="tool_failing"]').count() == 12
+    assert page.locator("#per-tool tbody tr").count() == 10
+    page.click('#per-tool [data-all="per-tool"]')
+    assert page.locator("#per-tool tbody tr").count() == 12
+    assert page.locator("#findings li").count() == 12  # still all shown after the redraw
+    no_trouble(page, url)
+    page.close()

@@ -57,7 +57,7 @@ def session_data(session: TelemetrySession) -> Dict[str, Any]:
         },
         "environment": _present(session.environment.model_dump(mode="json")),
         "split": performance.split.model_dump(mode="json"),
-        "models": _per_model(session, tokens.by_model, performance.models),
+        "models": _per_model(tokens.by_model, performance.models),
         "agents": _per_agent(session, tokens.by_agent),
         "tools": [dict(name=name, **stats.model_dump(mode="json")) for name, stats in performance.tools.items()],
         "slowest": _slowest(tasks),
@@ -230,7 +230,7 @@ def _context(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 
 # -- tables --------------------------------------------------------------------------------------------------------
-def _per_model(session: TelemetrySession, by_model: Dict[str, Any], durations: Dict[str, Any]) -> List[Dict]:
+def _per_model(by_model: Dict[str, Any], durations: Dict[str, Any]) -> List[Dict]:
     rows = []
     for name, figures in by_model.items():
         stats = durations.get(name)

@@ -7,7 +7,7 @@
   var drawer = document.getElementById("details");
   var TOKEN = new URLSearchParams(location.search).get("token") || "";
   // A task with more records than this opens with its steps collapsed; at most ROWS rows are drawn at once.
-  var COLLAPSE_AT = 600, ROWS = 1500, TABLE_ROWS = 10;
+  var COLLAPSE_AT = 600, ROWS = 1500, TABLE_ROWS = 10, FINDINGS = 8;
   var KIND = { agent: "agent run", step: "step", model: "model call", tool: "tool call" };
   var PALETTE = ["#4f46e5", "#0891b2", "#d97706", "#059669", "#db2777", "#7c3aed", "#65a30d", "#dc2626"];
 
@@ -70,7 +70,7 @@
       var v = env[k];
       if (!/^(python|telemetry|os)_version$/.test(k) && /_version$/.test(k) && typeof v === "string")
         versions.push(k.replace(/_version$/, "") + " " + v);
-      if (k === "framework_versions" && v && typeof v === "object")
+      if (/version/.test(k) && v && typeof v === "object")  // e.g. {"smolagents": "1.26.0", "langchain": ...}
         Object.keys(v).forEach(function (f) { versions.push(f + " " + v[f]); });
     });
     var live = DATA.live ? '<span class="live" title="Refreshes while the file changes"><i></i>live</span>' : "";
@@ -108,7 +108,8 @@
   }
 
   function findingsHtml(s) {
-    var items = s.findings.map(function (f, n) {
+    var all = view.all.findings, shown = all ? s.findings : s.findings.slice(0, FINDINGS);
+    var items = shown.map(function (f, n) {
       var refs = f.refs.length ? '<button class="btn" data-finding="' + n + '" aria-label="Show the ' +
         esc(plural(f.refs.length, "record")) + " of: " + esc(f.title) + '">Show ' + (f.refs.length > 1 ?
         f.refs.length + " records" : "record") + "</button>" : "<span></span>";
@@ -116,8 +117,10 @@
         esc(f.level) + '"></span><div><div class="t">' + esc(f.title) + '</div><div class="x">' + esc(f.text) +
         "</div></div>" + refs + "</li>";
     });
+    var more = s.findings.length > FINDINGS ? '<button class="btn showall" data-all="findings">' + (all ?
+      "Show the first " + FINDINGS : "Show all " + int(s.findings.length) + " findings") + "</button>" : "";
     return '<section class="box" id="findings" aria-labelledby="findings-h"><h2 id="findings-h">Findings</h2>' +
-      (items.length ? '<ul class="findings">' + items.join("") + "</ul>"
+      (items.length ? '<ul class="findings">' + items.join("") + "</ul>" + more
         : '<p class="none">Nothing stands out: no failures, no missing usage, no fast-growing context.</p>') +
       "</section>";
   }
@@ -227,7 +230,9 @@
     var t = S.tasks[n], box = document.getElementById("wf-" + n);
     if (!box) return;
     var rows = visibleRows(n, t), limit = view.limit[n] || ROWS, shown = rows.slice(0, limit);
-    var collapsed = collapsedOf(n, t), span = t._span, step = niceStep(span, 6);
+    // About one tick per 90 px of the time axis (the axis is roughly two thirds of the box).
+    var ticksWanted = Math.max(2, Math.min(8, Math.floor((box.clientWidth || 900) * 0.62 / 90)));
+    var collapsed = collapsedOf(n, t), span = t._span, step = niceStep(span, ticksWanted);
     var ticks = [];
     for (var v = 0; v <= span + 1e-9; v += step) ticks.push(v);
     var axis = ticks.map(function (v) {
@@ -556,7 +561,9 @@
   addEventListener("resize", function () {
     clearTimeout(resizeTimer);
     resizeTimer = setTimeout(function () {
-      if (S) S.tasks.forEach(function (_t, n) { if (view.open[n] && document.getElementById("ctx-" + n)) drawContext(n); });
+      if (S) S.tasks.forEach(function (_t, n) {
+        if (view.open[n] && document.getElementById("ctx-" + n)) { drawWaterfall(n); drawContext(n); }
+      });
     }, 150);
   });
 
