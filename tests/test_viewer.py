@@ -229,3 +229,18 @@ def test_view_default_place_and_comparison(main, planned, storage_dir):
 def test_view_user_errors(main, planned, storage_dir, args, fragment):
     result = main("--dir", str(storage_dir), *args)
     assert result.returncode == 1 and fragment in result.stderr, result.stderr
+
+
+def test_a_session_still_running():
+    session = synthetic_session(steps=2)
+    task = session.tasks[0]
+    session.end_time = task.end_time = task.duration = None
+    task.status = task.agents[0].status = "running"
+    task.agents[0].end_time = task.agents[0].duration = None
+    last = task.tools[-1]
+    last.status, last.end_time, last.duration = "running", None, None
+    data = session_data(session)
+    assert data["header"]["status"] == "running" and data["end"] is None
+    statuses = {(r["kind"], r["fields"].get("call_id")): r["status"] for r in data["tasks"][0]["records"]}
+    assert statuses[("agent", None)] == "running" and statuses[("tool", last.call_id)] == "running"
+    assert data["tasks"][0]["split"]["wall"] == 0  # no time split until the task ends

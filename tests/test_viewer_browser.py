@@ -165,3 +165,24 @@ def test_long_lists_collapse(browser, tmp_path):
     assert page.locator("#findings li").count() == 12  # still all shown after the redraw
     no_trouble(page, url)
     page.close()
+
+
+def test_a_running_session_and_an_empty_one(browser, tmp_path):
+    session = synthetic_session(steps=2)
+    task = session.tasks[0]
+    session.end_time = task.end_time = task.duration = None
+    task.status = "running"
+    task.tools[-1].status, task.tools[-1].end_time, task.tools[-1].duration = "running", None, None
+    url = write(tmp_path, "running.html", session_html(session))
+    page = browser.open(url)
+    assert page.get_attribute('.card[data-fig="status"]', "data-value") == "running"
+    assert page.locator(".wf .bar.tool.running").count() == 1
+    no_trouble(page, url)
+    page.close()
+    empty = session.model_copy(update={"tasks": []})
+    url = write(tmp_path, "empty.html", session_html(empty))
+    page = browser.open(url)
+    assert "No tasks recorded." in page.inner_text("body")
+    assert page.inner_text('.card[data-fig="cost"] .v') == "unknown"
+    no_trouble(page, url)
+    page.close()

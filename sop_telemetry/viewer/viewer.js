@@ -236,7 +236,9 @@
     var ticks = [];
     for (var v = 0; v <= span + 1e-9; v += step) ticks.push(v);
     var axis = ticks.map(function (v) {
-      return '<span style="left:' + (v / span * 100) + '%">' + msLabel(v, step) + "</span>";
+      // A label near the end is right-aligned to its tick so that it stays inside the axis.
+      return '<span style="left:' + (v / span * 100) + '%' + (v / span > 0.9 ? ";transform:translateX(-100%)" : "") +
+        '">' + msLabel(v, step) + "</span>";
     }).join("");
     var period = step / span * 100;
     var grid = "repeating-linear-gradient(90deg, var(--grid) 0 1px, transparent 1px " + period + "%)";
