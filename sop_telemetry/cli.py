@@ -130,7 +130,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="a session id, a unique prefix of one, 'latest' or a session file's path (default "
                            "latest); give two to compare them")
     view.add_argument("-o", "--output", metavar="FILE",
-                      help="where to write the page (default: a private file in the temporary directory)")
+                      help="where to write the page, - for stdout (default: a private file in the temporary "
+                           "directory)")
     view.add_argument("--open", action="store_true", help="open the page in the web browser")
     view.add_argument("--task", metavar="TASK_ID", action="append",
                       help="compare this task (once: the same id in both; twice: the first session's, then the "
