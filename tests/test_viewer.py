@@ -107,6 +107,10 @@ def test_findings_context_growth_max_steps_unreported_and_dominance():
     dominant = [f.title for f in findings(session) if f.rule == "dominant_model"]
     assert dominant == ["m takes 98% of the cost", "m takes 80% of the model time"]  # $0.004 of $0.0041; 4 of 5
     assert "context_growth" not in {f.rule for f in findings(synthetic_session(steps=5, growth=100))}
+    task.steps[2].duration, task.duration = 3.0, 4.0
+    step = [f for f in findings(session) if f.rule == "dominant_step"]
+    assert [(f.title, f.records) for f in step] == [("One step takes 75% of task big", [(0, task.steps[2])])]
+    assert "action step at worker, step 3 ran 3.00 s of the task's 4.00 s" in step[0].text
 
 
 def test_a_failed_task_and_a_failing_model(manager):

@@ -7,6 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
+from ..analysis import format_duration
 from ..models import TelemetrySession
 from ..status import CallStatus, TaskStatus
 
@@ -198,8 +199,8 @@ def _dominant_step(session: TelemetrySession) -> List[Finding]:
         if share >= DOMINANT_STEP_SHARE:
             out.append(Finding("info", "dominant_step",
                                f"One step takes {share:.0%} of task {task.task_id}",
-                               f"{step.step_type} step at {_where(step)} ran {step.duration:.3g} s of the task's "
-                               f"{task.duration:.3g} s.", [(index, step)]))
+                               f"{step.step_type} step at {_where(step)} ran {format_duration(step.duration)} of "
+                               f"the task's {format_duration(task.duration)}.", [(index, step)]))
     return out
 
 

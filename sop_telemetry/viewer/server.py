@@ -38,6 +38,9 @@ POLL_SECONDS = 1.5
 
 
 class DashboardServer(ThreadingHTTPServer):
+    """The dashboard over the session files in `directory`, on 127.0.0.1:`port` (0: a free port). `token`: the one
+    every request must carry (default: a new random one); `filters`: the list's defaults (the keys of FILTERS)."""
+
     daemon_threads = True
 
     def __init__(self, directory: Path, port: int = 0, token: Optional[str] = None,
@@ -49,10 +52,12 @@ class DashboardServer(ThreadingHTTPServer):
 
     @property
     def port(self) -> int:
+        """The port listened on (the one the system gave, when asked for 0)."""
         return self.server_address[1]
 
     @property
     def url(self) -> str:
+        """The address to open, token included."""
         return f"http://127.0.0.1:{self.port}/?token={self.token}"
 
 

@@ -599,12 +599,13 @@
     if (x == null || y == null) return { cls: x == null && y == null ? "" : "gone", text: "–" };
     if (x === y) return { cls: "", text: "=" };
     var d = y - x, rel = x ? " (" + (d > 0 ? "+" : "") + (d / x * 100).toFixed(0) + "%)" : "";
-    var worse = lowerIsBetter === false ? d < 0 : d > 0;
-    return { cls: worse ? "up" : "down", text: (d > 0 ? "+" : "−") + fmt(Math.abs(d)) + rel };
+    var cls = lowerIsBetter === null ? "chg" : (lowerIsBetter === false ? d < 0 : d > 0) ? "up" : "down";
+    return { cls: cls, text: (d > 0 ? "+" : "−") + fmt(Math.abs(d)) + rel };
   }
 
-  var FIGS = [["duration", "Duration", dur], ["tasks", "Tasks", int], ["failed_tasks", "Failed tasks", int],
-    ["agent_runs", "Agent runs", int], ["model_calls", "Model calls", int], ["tool_calls", "Tool calls", int],
+  // More tasks or agent runs is neither better nor worse: only marked as changed.
+  var FIGS = [["duration", "Duration", dur], ["tasks", "Tasks", int, null], ["failed_tasks", "Failed tasks", int],
+    ["agent_runs", "Agent runs", int, null], ["model_calls", "Model calls", int], ["tool_calls", "Tool calls", int],
     ["prompt_tokens", "Input tokens", int], ["completion_tokens", "Output tokens", int],
     ["total_tokens", "Total tokens", int], ["cost", "Estimated cost", function (v) { return cost(v); }]];
   var ROWFIGS = [["calls", "calls", int], ["tokens", "tokens", int], ["cost", "cost", function (v) { return cost(v); }],
@@ -617,7 +618,7 @@
       '<th class="num" scope="col">B</th><th class="num" scope="col">B − A</th></tr></thead><tbody>' +
       '<tr><td>status</td><td class="num">' + badge(ha.status) + '</td><td class="num">' + badge(hb.status) +
       "</td><td></td></tr>" + FIGS.map(function (f) {
-        var d = delta(ha[f[0]], hb[f[0]], f[2]);
+        var d = delta(ha[f[0]], hb[f[0]], f[2], f[3]);
         return '<tr data-fig="' + f[0] + '"><td>' + esc(f[1]) + '</td><td class="num">' + esc(f[2](ha[f[0]])) +
           '</td><td class="num">' + esc(f[2](hb[f[0]])) + '</td><td class="num ' + d.cls + '">' + esc(d.text) +
           "</td></tr>";
