@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator, Optional, Tuple, Union
 
 from .collector import Frame, clip, current, next_id, switch
 from .error_handler import report
+from .manager import TelemetryManager  # (at import, not at a first call: an integration imports this at install)
 from .status import CallStatus, TaskStatus
 
 __all__ = [
@@ -94,8 +95,6 @@ class Usage:
 
 
 def _collector() -> Any:
-    from .manager import TelemetryManager
-
     return TelemetryManager.get_instance().get_collector()
 
 
