@@ -10,9 +10,10 @@ import subprocess
 import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import pytest
+from fakes import written_session
 from pydantic_ai import Agent, ModelRetry
 from pydantic_ai.exceptions import UnexpectedModelBehavior, UsageLimitExceeded
 from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart
@@ -23,7 +24,6 @@ from pydantic_ai.models.wrapper import WrapperModel
 from pydantic_ai.toolsets import AbstractToolset
 from pydantic_ai.usage import RequestUsage, UsageLimits
 
-from fakes import written_session
 from sop_telemetry import recorder, registry
 from sop_telemetry.error_handler import get_error_handler
 from sop_telemetry.integrations import pydantic_ai as integration

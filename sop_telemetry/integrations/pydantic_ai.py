@@ -84,7 +84,7 @@ def _model_name(model: Any) -> Optional[str]:
 
 def _usage(usage: Any) -> Optional[recorder.Usage]:
     """A snapshot of a RequestUsage, or None when the response omitted usage."""
-    if usage is None or getattr(usage, "unmeasured_requests", 0):
+    if usage is None or getattr(usage, "unmeasured_requests", None):
         return None
     input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
     if not input_tokens and not output_tokens and not usage.has_values():
@@ -386,9 +386,12 @@ def _record_tool(args: tuple, kwargs: dict, t0: float, exc: Optional[BaseExcepti
         state = _state(run)
         if state is not None and state.step == step:
             state.step_end = max(state.step_end, t1)
-        retry = exc is not None and isinstance(exc, _retry_errors)
-        if retry and not isinstance(exc, _retry_errors[0]) and isinstance(exc.__cause__, _retry_errors[0]):
-            exc = exc.__cause__  # a ToolRetryError made from the tool's ModelRetry: the tool's own error
+        retry = False
+        if exc is not None and isinstance(exc, _retry_errors):
+            retry = True
+            cause = exc.__cause__
+            if cause is not None and isinstance(cause, _retry_errors):
+                exc = cause  # a ToolRetryError made from the tool's ModelRetry: the tool's own error
         if step.__class__ is not int:
             step = None
         if exc is None and recorder.tool_returned(run, name, step, t0, t1):
