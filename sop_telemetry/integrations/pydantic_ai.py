@@ -23,8 +23,8 @@ What is patched (all undone by `uninstall()`), through the shared patching helpe
   tool that raises `ModelRetry` is a call with `retry_requested`, distinct from a tool that raised.
 
 Why method wrappers and not a capability injected into each run (pydantic-ai's hook API, which sees the same
-events): an empty capability passed through `iter(capabilities=...)` added 1.5-2 ms to a 20 ms scripted run
-(per-run capability resolution and hook dispatch), four times the whole budget; see docs/pydantic_ai.md. Nor
+events): pydantic-ai resolves and composes its capabilities for every run, and one more capability, even an empty
+one, costs a run several times the whole budget (docs/pydantic_ai.md has the measurement). Nor
 `Agent.instrument_all`: that setting is the user's (Logfire sets it), and nothing here touches it, so their spans
 keep flowing whatever order things are set up in.
 
