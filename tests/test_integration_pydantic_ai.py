@@ -612,7 +612,8 @@ def test_a_program_with_only_the_import_added_writes_its_session(tmp_path, first
     task = only_task(json.loads(path.read_text()))
     assert figures(task) == [("scripted", 31, 7, 1, "success"), ("scripted", 45, 2, 2, "success")]
     assert task["agents"][0]["agent_name"] == "agent"  # the name pydantic-ai inferred
-    shown = subprocess.run([sys.executable, "-m", "sop_telemetry", "--dir", str(tmp_path), "--json", "report"],
-                           capture_output=True, text=True, env=env, timeout=120)
-    assert shown.returncode == 0, shown.stderr
-    assert "scripted" in shown.stdout
+    for command in (["--json", "report"], ["show", "latest"], ["export", "latest", "--format", "text"]):
+        shown = subprocess.run([sys.executable, "-m", "sop_telemetry", "--dir", str(tmp_path), *command],
+                               capture_output=True, text=True, env=env, timeout=120)
+        assert shown.returncode == 0, shown.stderr
+        assert "scripted" in shown.stdout, (command, shown.stdout)
