@@ -125,17 +125,26 @@ def int_or_none(value: Any) -> Optional[int]:
         return None
 
 
-def _field(usage: Any, *names: str) -> Any:
-    """The first of `names` present on `usage` (an object or a mapping); a dotted name reads a nested one."""
-    for name in names:
+def _field(usage: Any, *paths: Tuple[str, ...]) -> Any:
+    """The first of `paths` present on `usage` (an object or a mapping); a path of two reads a nested value."""
+    for path in paths:
         value = usage
-        for part in name.split("."):
+        for part in path:
             value = value.get(part) if isinstance(value, dict) else attr(value, part)
             if value is None:
                 break
         if value is not None:
             return value
     return None
+
+
+_INPUT = (("input_tokens",), ("prompt_tokens",))
+_OUTPUT = (("output_tokens",), ("completion_tokens",))
+_TOTAL = (("total_tokens",),)
+_CACHED = (("cache_read_tokens",), ("cached_tokens",), ("input_token_details", "cache_read"),
+           ("prompt_tokens_details", "cached_tokens"))
+_REASONING = (("reasoning_tokens",), ("output_token_details", "reasoning"),
+              ("completion_tokens_details", "reasoning_tokens"), ("details", "reasoning_tokens"))
 
 
 def usage_of(usage: Any) -> Tuple[Optional[int], Optional[int], Optional[int], bool, Optional[int], Optional[int]]:
@@ -148,13 +157,13 @@ def usage_of(usage: Any) -> Tuple[Optional[int], Optional[int], Optional[int], b
         prompt, completion = int_or_none(usage.input_tokens), int_or_none(usage.output_tokens)
         total, cached, reasoning = usage.total_tokens, usage.cached_tokens, usage.reasoning_tokens
     else:
-        prompt = int_or_none(_field(usage, "input_tokens", "prompt_tokens"))
-        completion = int_or_none(_field(usage, "output_tokens", "completion_tokens"))
-        total = _field(usage, "total_tokens")
-        cached = _field(usage, "cache_read_tokens", "cached_tokens", "input_token_details.cache_read",
-                        "prompt_tokens_details.cached_tokens")
-        reasoning = _field(usage, "reasoning_tokens", "output_token_details.reasoning",
-                           "completion_tokens_details.reasoning_tokens", "details.reasoning_tokens")
+        prompt = int_or_none(_field(usage, *_INPUT))
+        completion = int_or_none(_field(usage, *_OUTPUT))
+        if prompt is None and completion is None:
+            return None, None, None, False, None, None
+        total = _field(usage, *_TOTAL)
+        cached = _field(usage, *_CACHED)
+        reasoning = _field(usage, *_REASONING)
     if prompt is None and completion is None:
         return None, None, None, False, None, None
     total = int_or_none(total)

@@ -422,8 +422,11 @@ def _begin_run(agent: Any, args: tuple, kwargs: dict, parent: Optional[Frame]) -
         frame.ext = records.RunState(_in_flight())
         if model is not None:
             # Masked from the run's start: a failed call's error message may quote the model's key. (Guarded
-            # apart: the run has begun, and must be ended whatever happens here.)
-            _safe("smolagents.run", recorder.defer, frame, "smolagents.run", records.remember_credentials, model)
+            # apart, inline: the run has begun, and must be ended whatever happens here.)
+            try:
+                recorder.defer(frame, "smolagents.run", records.remember_credentials, model)
+            except Exception as error:  # noqa: BLE001 - the guard
+                _failed("smolagents.run", error)
     return frame
 
 
