@@ -9,7 +9,9 @@ Usage::
     print(session.total_tokens.total_tokens, session.total_duration)
 
 Importing this package only registers a hook: smolagents is patched when it is imported (or at once if it already
-is). Public names are loaded on first use, so `import sop_telemetry` stays cheap.
+is). Public names are loaded on first use, so `import sop_telemetry` stays cheap. `dir(sop_telemetry)` lists only the
+names already loaded: tools that walk every module's attributes (freezegun, `inspect.getmembers`, `help()`) then never
+import our models behind the user's back, possibly while `datetime` is replaced.
 """
 
 from __future__ import annotations
@@ -54,10 +56,6 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
-
-
-def __dir__() -> list[str]:
-    return __all__
 
 
 def _activate() -> None:

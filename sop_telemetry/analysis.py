@@ -27,7 +27,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from pydantic import BaseModel, Field, computed_field
+from pydantic import AwareDatetime, BaseModel, Field, computed_field
 
 from .models import LLMCall, TaskExecution, TelemetrySession, TokenUsage
 from .status import CallStatus, TaskStatus
@@ -562,8 +562,9 @@ class SessionsSummary(_Result):
     sessions: int = 0
     tasks: int = 0
     failed_tasks: int = 0
-    first_start: Optional[datetime] = None
-    last_end: Optional[datetime] = None
+    # pydantic's AwareDatetime, not `datetime`: a name freezegun may have swapped for its FakeDatetime by import time.
+    first_start: Optional[AwareDatetime] = None
+    last_end: Optional[AwareDatetime] = None
     total: TokenFigures = Field(default_factory=TokenFigures)
     # Keyed "YYYY-MM-DD" (local time), oldest first.
     by_day: Dict[str, DayFigures] = Field(default_factory=dict)

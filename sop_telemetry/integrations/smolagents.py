@@ -52,7 +52,7 @@ from contextvars import copy_context
 from types import FunctionType, GeneratorType
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..collector import Frame, clip, current, switch
+from ..collector import Clock, Frame, clip, current, switch
 from ..error_handler import get_error_handler
 from ..error_handler import guard as _safe
 from ..manager import TelemetryManager
@@ -96,13 +96,12 @@ _patched: List[Tuple[Any, str, Any, Any]] = []
 _seen_model_classes: set = set()
 _ABSENT = object()
 _MARK = "__sop_telemetry_wrapper__"
-_perf = time.perf_counter
 _now = time.time
 # Wall-clock time minus perf_counter: a call's start is its perf_counter reading plus this (one clock read a call
 # instead of two). Taken again when a top-level run begins and for every call outside a run, so that a change of
 # the system clock reaches the records within a run. (The usual call inside a run uses its run's `Frame.epoch`,
 # taken when the run began, in the builder.)
-_epoch = _now() - _perf()
+_epoch = _now() - Clock.perf()
 _COMPLETED, _CANCELLED, _FAILED = TaskStatus.COMPLETED, TaskStatus.CANCELLED, TaskStatus.FAILED
 
 
@@ -123,7 +122,7 @@ def _outside(frame: Optional[Frame]) -> Any:
     """The collector for a call made in no agent run's frame; with no task at all, the implicit task is opened now
     (inside a task that happened when the task was opened), which also starts the writer and hooks exit."""
     global _epoch
-    _epoch = _now() - _perf()
+    _epoch = _now() - Clock.perf()
     collector = _collector()
     if frame is None:
         collector.open_fallback_task()
@@ -200,7 +199,7 @@ def _llm_previews(content: Any, limit: int) -> Tuple[Optional[str], Optional[str
 # (`_signatures`: no packing and unpacking of the arguments, the cheapest call through a wrapper in Python).
 _GENERATE = """
 def make(original):
-    enabled, per_thread, perf, frame_var = switch, _per_thread, _perf, current  # (closure cells: faster to read)
+    enabled, per_thread, perf, frame_var = switch, _per_thread, Clock.perf, current  # (closure cells: faster to read)
 
     def generate(PARAMS):
         if not enabled.enabled:
@@ -240,7 +239,7 @@ def _llm_returned(model: Any, t0: float, duration: float, result: Any, args: tup
 
 
 def _llm_failed(model: Any, t0: float, exc: BaseException) -> None:
-    _queue_llm(model, current.get(), t0 + _epoch, _perf() - t0, None, exc, False)
+    _queue_llm(model, current.get(), t0 + _epoch, Clock.perf() - t0, None, exc, False)
 
 
 def _usage_of(result: Any) -> Any:
@@ -302,7 +301,7 @@ def _traced_stream(iterator: Any, model: Any, frame: Optional[Frame], start: flo
                 close()
         raise
     finally:
-        _queue_llm(model, frame, start, _perf() - t0, usage.reported(), exc, True)
+        _queue_llm(model, frame, start, Clock.perf() - t0, usage.reported(), exc, True)
 
 
 def _generate_stream_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -314,11 +313,11 @@ def _generate_stream_wrapper(original: Callable[..., Any]) -> Callable[..., Any]
             return original(self, *args, **kwargs)
         model_call.busy = True
         start = _now()
-        t0 = _perf()
+        t0 = Clock.perf()
         try:
             stream = original(self, *args, **kwargs)
         except BaseException as exc:
-            _queue_llm(self, current.get(), start, _perf() - t0, None, exc, True)
+            _queue_llm(self, current.get(), start, Clock.perf() - t0, None, exc, True)
             raise
         finally:
             model_call.busy = False
@@ -330,7 +329,7 @@ def _generate_stream_wrapper(original: Callable[..., Any]) -> Callable[..., Any]
                     delta_usage = records.attr(delta, "token_usage")
                     if delta_usage is not None:
                         usage.add(delta_usage)
-                _queue_llm(self, current.get(), start, _perf() - t0, usage.reported(), None, True)
+                _queue_llm(self, current.get(), start, Clock.perf() - t0, usage.reported(), None, True)
 
             _safe("smolagents.model_stream", count_now)
             return stream
@@ -355,7 +354,7 @@ def _tool_previews(content: Any, limit: int) -> Tuple[Optional[str], Optional[st
 def _tool_call_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
     # (Not generated from a template like generate: Tool.__call__ takes *args and **kwargs itself, so a wrapper
     # with its parameters passes them on no faster.)
-    enabled, perf, frame_var = switch, _perf, current  # (closure cells: faster to read than module globals)
+    enabled, perf, frame_var = switch, Clock.perf, current  # (closure cells: faster to read than module globals)
 
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not enabled.enabled:
