@@ -17,9 +17,29 @@ import our models behind the user's back, possibly while `datetime` is replaced.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` below loads each name on first use
+    from .analysis import analyze_performance, analyze_token_usage, load_sessions, summarize_sessions
+    from .collector import TelemetryCollector
+    from .config import ConfigError, TelemetryConfig
+    from .error_handler import get_error_handler, safe_telemetry_operation
+    from .manager import TelemetryManager
+    from .models import (
+        AgentExecution,
+        CodeMetrics,
+        EnvironmentInfo,
+        LLMCall,
+        StepExecution,
+        TaskExecution,
+        TelemetrySession,
+        TokenUsage,
+        ToolExecution,
+    )
+    from .status import CallStatus, TaskStatus
+    from .storage import TelemetryDataStore
 
 _EXPORTS = {
     "TelemetryManager": "manager",

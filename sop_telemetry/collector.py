@@ -20,12 +20,12 @@ comes from a context variable (`current`), so threads and asyncio tasks each see
 from __future__ import annotations
 
 import itertools
-from copy import deepcopy
 import logging
 import os
 import threading
 import time
 from contextvars import ContextVar
+from copy import deepcopy
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .error_handler import get_error_handler, guard, safe_telemetry_operation

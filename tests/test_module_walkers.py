@@ -150,3 +150,17 @@ def test_an_agent_run_while_time_is_frozen_is_recorded_with_the_frozen_times(tmp
     assert [(c["prompt_tokens"], c["completion_tokens"]) for c in task["llm_calls"]] == [(100, 10), (100, 10)]
     assert [t["tool_name"] for t in task["tools"]] == ["add", "final_answer"]
     assert session["total_tokens"]["total_tokens"] == 220
+
+
+def test_type_checkers_see_every_lazy_export():
+    """`__init__`'s TYPE_CHECKING imports (what mypy and IDEs read) name the same things, from the same modules, as
+    the lazy exports `__getattr__` loads."""
+    import ast
+
+    import sop_telemetry
+
+    tree = ast.parse((REPO / "sop_telemetry" / "__init__.py").read_text())
+    (block,) = [node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"]
+    declared = {alias.name: node.module for node in block.body if isinstance(node, ast.ImportFrom)
+                for alias in node.names}
+    assert declared == sop_telemetry._EXPORTS

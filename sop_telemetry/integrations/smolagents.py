@@ -48,9 +48,9 @@ import logging
 import sys
 import threading
 import time
-from contextvars import copy_context
+from contextvars import ContextVar, copy_context
 from types import FunctionType, GeneratorType
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 from ..collector import Clock, Frame, clip, current, switch
 from ..error_handler import get_error_handler
@@ -354,7 +354,10 @@ def _tool_previews(content: Any, limit: int) -> Tuple[Optional[str], Optional[st
 def _tool_call_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
     # (Not generated from a template like generate: Tool.__call__ takes *args and **kwargs itself, so a wrapper
     # with its parameters passes them on no faster.)
-    enabled, perf, frame_var = switch, Clock.perf, current  # (closure cells: faster to read than module globals)
+    enabled, perf = switch, Clock.perf  # (closure cells: faster to read than module globals)
+    # A None frame (no run) or queue (content capture) fails inside the `try` below and takes the general path, as
+    # in generate: cheaper than testing for them on every call.
+    frame_var: ContextVar[Any] = current
 
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not enabled.enabled:
@@ -500,7 +503,7 @@ def _end_run(frame: Frame, exc: Optional[BaseException]) -> None:
         _safe("smolagents.step", _note_failure, frame, exc)
     _queue(collector, ("smolagents.run", records.finish_run, frame, _step_fields(frame, collector), _now(), status,
                        error))
-    if frame.parent is None:
+    if frame.parent is None and collector is not None:
         collector.changed(True)  # the task is over: the writer builds its records and writes the file now
 
 
@@ -539,7 +542,7 @@ def _step_died_of(frame: Frame, step: Any, error: Tuple[str, Optional[str]]) -> 
 def _traced_run_class() -> type:
     import wrapt
 
-    class _TracedRun(wrapt.ObjectProxy):  # type: ignore[misc]
+    class _TracedRun(wrapt.ObjectProxy):
         """Stands in for the generator `run(stream=True)` returns (isinstance and attributes pass through): the
         same items, send/throw/close passed on, each resumption run with the agent's frame as the current context,
         and the task ended when the generator is exhausted, raises, is closed or is dropped."""
@@ -751,7 +754,7 @@ def _patch_class(cls: type, targets: Dict[str, Callable[..., Any]]) -> None:
         _wrap(cls, attr, wrapper)
 
 
-def _install_subclass_hook(base: type, targets: Dict[str, Callable[..., Any]]) -> None:
+def _install_subclass_hook(base: Type[Any], targets: Dict[str, Callable[..., Any]]) -> None:
     """Patches classes defined after install. Nothing to wrap here (these bases inherit object's no-op
     `__init_subclass__`), so we set one and remember to delete it; a base that defines its own is chained."""
     original = vars(base).get("__init_subclass__", _ABSENT)
@@ -765,7 +768,7 @@ def _install_subclass_hook(base: type, targets: Dict[str, Callable[..., Any]]) -
             with _lock:
                 _safe("smolagents.patch_subclass", _patch_class, cls, targets)
 
-    hook = classmethod(__init_subclass__)
+    hook: classmethod = classmethod(__init_subclass__)
     base.__init_subclass__ = hook  # type: ignore[assignment]
     _patched.append((base, "__init_subclass__", original, vars(base)["__init_subclass__"]))
 
