@@ -32,7 +32,8 @@ from .status import CallStatus, TaskStatus
 
 CSV_TABLES = ("tasks", "agents", "tools", "llm_calls", "steps")
 
-_RECORD_MODELS: Dict[str, Type[BaseModel]] = {"agents": AgentExecution, "tools": ToolExecution, "llm_calls": LLMCall, "steps": StepExecution}
+_RECORD_MODELS: Dict[str, Type[BaseModel]] = {"agents": AgentExecution, "tools": ToolExecution, "llm_calls": LLMCall,
+                                              "steps": StepExecution}
 # A task's own fields, then counts and sums over its records (the records are tables of their own).
 _TASK_FIELDS = ("start_time", "end_time", "duration", "description", "status", "sop_category", "error_type",
                 "error_message", "stop_reason", "implicit")

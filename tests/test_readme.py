@@ -217,7 +217,7 @@ def test_fresh_machine_test_command_is_what_ci_runs():
     readme_command = " && ".join([install, *rest])
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     ci_commands = [line.strip() for line in ci.splitlines() if "scripts/check" in line and "pip install" in line]
-    assert len(ci_commands) == 1, f".ci/run no longer has one `pip install ... && bash scripts/check` line: {ci_commands}"
+    assert len(ci_commands) == 1, f".ci/run has no single `pip install ... && bash scripts/check` line: {ci_commands}"
     ci_command = ci_commands[0]
 
     def unquiet(command: str) -> str:  # CI installs quietly; the reader sees pip's progress
