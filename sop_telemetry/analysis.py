@@ -27,7 +27,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from pydantic import BaseModel, Field, computed_field
+from pydantic import AwareDatetime, BaseModel, Field, computed_field
 
 from .models import LLMCall, TaskExecution, TelemetrySession, TokenUsage
 from .status import CallStatus, TaskStatus
@@ -588,8 +588,9 @@ class SessionsSummary(_Result):
     sessions: int = 0
     tasks: int = 0
     failed_tasks: int = 0
-    first_start: Optional[datetime] = None
-    last_end: Optional[datetime] = None
+    # pydantic's AwareDatetime, not `datetime`: a name freezegun may have swapped for its FakeDatetime by import time.
+    first_start: Optional[AwareDatetime] = None
+    last_end: Optional[AwareDatetime] = None
     total: TokenFigures = Field(default_factory=TokenFigures)
     # Keyed "YYYY-MM-DD" (local time), oldest first.
     by_day: Dict[str, DayFigures] = Field(default_factory=dict)
@@ -658,10 +659,10 @@ def summarize_sessions(sessions: Iterable[TelemetrySession]) -> SessionsSummary:
                     figures.add_call(call)
                 name = names.get(call.agent_id or "") or call.agent_name
                 if name is not None and call.tokens_reported:
-                    figures = agents[name]
-                    figures.total_tokens += call.total_tokens or 0
+                    of_agent = agents[name]
+                    of_agent.total_tokens += call.total_tokens or 0
                     if call.cost_estimate is not None:
-                        figures.cost = (figures.cost or 0.0) + call.cost_estimate
+                        of_agent.cost = (of_agent.cost or 0.0) + call.cost_estimate
             if task.dropped_token_usage is not None:
                 summary.total.add_usage(task.dropped_token_usage)
                 by_day[_day(task.start_time)].add_usage(task.dropped_token_usage)
@@ -672,19 +673,19 @@ def summarize_sessions(sessions: Iterable[TelemetrySession]) -> SessionsSummary:
                     tool_times[tool.tool_name].append(tool.duration)
                 tool_errors[tool.tool_name] += CallStatus(tool.status) is CallStatus.ERROR
             for agent in task.agents:
-                figures = agents[agent.agent_name]
-                figures.runs += 1
+                of_agent = agents[agent.agent_name]
+                of_agent.runs += 1
                 agent_status = TaskStatus(agent.status)
-                figures.completed += agent_status is TaskStatus.COMPLETED
-                figures.failed += agent_status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
+                of_agent.completed += agent_status is TaskStatus.COMPLETED
+                of_agent.failed += agent_status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
                 if agent.duration is not None:
                     agent_times[agent.agent_name].append(agent.duration)
-    for name, figures in agents.items():
-        finished = figures.completed + figures.failed
-        figures.success_rate = figures.completed / finished if finished else None
+    for name, of_agent in agents.items():
+        finished = of_agent.completed + of_agent.failed
+        of_agent.success_rate = of_agent.completed / finished if finished else None
         times = agent_times.get(name)
-        figures.mean_duration = math.fsum(times) / len(times) if times else None
-        figures.tokens_per_run = figures.total_tokens / figures.runs if figures.runs else None
+        of_agent.mean_duration = math.fsum(times) / len(times) if times else None
+        of_agent.tokens_per_run = of_agent.total_tokens / of_agent.runs if of_agent.runs else None
     summary.by_day = dict(sorted(by_day.items()))
     summary.by_model = dict(by_model)
     summary.tools = {name: DurationStats.of(tool_times.get(name, ()), tool_errors[name]) for name in tool_errors}
@@ -709,10 +710,10 @@ def render_tables(tables: Iterable[Table]) -> str:
             lines.append("  (none)")
         else:
             names = [name for name, _ in table.columns]
-            widths = [max(len(str(c)) for c in column) for column in zip(names, *table.rows)]
+            widths = [max(len(str(c)) for c in column) for column in zip(names, *table.rows, strict=True)]
             for row in [names, *table.rows]:
                 cells = [cell.rjust(w) if align == ">" else cell.ljust(w)
-                         for cell, w, (_, align) in zip(row, widths, table.columns)]
+                         for cell, w, (_, align) in zip(row, widths, table.columns, strict=True)]
                 lines.append("  " + "  ".join(cells).rstrip())
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)

@@ -20,12 +20,12 @@ comes from a context variable (`current`), so threads and asyncio tasks each see
 from __future__ import annotations
 
 import itertools
-from copy import deepcopy
 import logging
 import os
 import threading
 import time
 from contextvars import ContextVar
+from copy import deepcopy
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .error_handler import get_error_handler, guard, safe_telemetry_operation
@@ -59,6 +59,16 @@ class _Switch:
 switch = _Switch
 
 
+class Clock:
+    """The clock of every call's start (its run's `Frame.epoch` plus a reading) and duration.
+
+    A class attribute, not a module global: freezegun swaps each module global that is `time.perf_counter` for its
+    frozen clock, while the wrappers keep the clock they were made with; an epoch taken with one and readings taken
+    with the other put the calls of an agent run in a frozen-time test in 1970."""
+
+    perf = staticmethod(time.perf_counter)
+
+
 class Frame:
     """What a piece of running code records into: a task, and the agent run (if any) inside it."""
 
@@ -82,7 +92,7 @@ class Frame:
         self.limit = 0
         # Wall-clock time minus perf_counter: the usual call's event holds its two perf_counter readings (one clock
         # read fewer than a start time and a duration), and its record's times are these plus `epoch`.
-        self.epoch = time.time() - time.perf_counter()
+        self.epoch = time.time() - Clock.perf()
         if collector is not None and not collector.capture_content:
             self.pending, self.limit = collector.pending, collector.pending_limit
         # The step records of a run are built when it ends, from the agent's memory (see _smolagents_records), and

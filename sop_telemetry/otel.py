@@ -150,7 +150,8 @@ class _TraceBuilder:
             error: Optional[Tuple[Optional[str], Optional[str]]] = None) -> None:
         attrs = _clean(attributes)
         attrs["sop_telemetry.session_id"] = self.session_id
-        status, events = Status(StatusCode.UNSET), []
+        status = Status(StatusCode.UNSET)
+        events: List[Event] = []
         if error is not None:
             status, events, extra = _error(error[0], error[1], times[1])
             attrs.update(extra)
@@ -204,7 +205,7 @@ def task_spans(session_id: str, task: TaskExecution, resource: Optional[Resource
         agent_contexts.append(ctx)
         if agent.agent_id:
             agents.setdefault(agent.agent_id, ctx)
-    for agent, ctx in zip(task.agents, agent_contexts):
+    for agent, ctx in zip(task.agents, agent_contexts, strict=True):
         parent = agents.get(agent.parent_agent_id or "", root)
         if parent is ctx:
             parent = root
@@ -359,7 +360,8 @@ for _name in _EXPORTER_LOGGERS:
 
 def _send(exporter: OTLPSpanExporter, spans: Sequence[ReadableSpan]) -> Optional[str]:
     """Sends one batch; None on success, else why it failed."""
-    _quiet.local.captured = captured = []
+    captured: List[str] = []
+    _quiet.local.captured = captured
     try:
         result = exporter.export(spans)
     except Exception as exc:  # noqa: BLE001 - the exporter is not supposed to raise; if it does, it is a failure

@@ -116,7 +116,7 @@ class StreamingScriptedModel(ScriptedModel):
         if usage is not None and self.per_delta_usage:
             n = len(pieces)
             shares = [(usage[0] if i == 0 else 0, usage[1] // n + (1 if i < usage[1] % n else 0)) for i in range(n)]
-            for piece, share in zip(pieces, shares):
+            for piece, share in zip(pieces, shares, strict=True):
                 yield ChatMessageStreamDelta(content=piece, token_usage=TokenUsage(*share))
             return
         for piece in pieces:

@@ -109,7 +109,7 @@ def test_performance_counts_and_statistics(manager):
 
     assert [(t.task_id, t.status, t.steps, t.llm_calls, t.tool_calls) for t in report.tasks] == [
         (session.tasks[0].task_id, "completed", 3, 3, 3), (session.tasks[1].task_id, "completed", 3, 3, 3)]
-    for task, timing in zip(session.tasks, report.tasks):
+    for task, timing in zip(session.tasks, report.tasks, strict=True):
         split = timing.split
         assert split.wall == task.duration
         assert split.model + split.tools + split.overhead == pytest.approx(split.wall)

@@ -29,14 +29,14 @@ pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter", rea
 trace_service = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2",
                                     reason="the test receiver needs opentelemetry-proto")
 
+from fakes import ScriptedModel, SlowEcho, add, call, explode, written_session  # noqa: E402
 from smolagents import ToolCallingAgent  # noqa: E402
+from smolagents.utils import AgentGenerationError  # noqa: E402
 
-from sop_telemetry.error_handler import get_error_handler  # noqa: E402
 from sop_telemetry import otel  # noqa: E402
 from sop_telemetry.config import ConfigError  # noqa: E402
+from sop_telemetry.error_handler import get_error_handler  # noqa: E402
 from sop_telemetry.models import TelemetrySession  # noqa: E402
-
-from fakes import ScriptedModel, SlowEcho, add, call, explode, written_session  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -357,7 +357,7 @@ def test_a_task_is_one_trace_with_the_exact_tree_attributes_and_timings(manager,
 
 def test_failed_task_and_unreported_tokens(manager, receiver):
     model = ScriptedModel([call("add", a=1, b=2), RuntimeError("provider down")], usage=None)
-    with pytest.raises(Exception):
+    with pytest.raises(AgentGenerationError, match="provider down"):
         ToolCallingAgent(tools=[add], model=model, verbosity_level=0).run("fail")
     data, spans = backfill(manager, receiver)
     (root,) = roots(spans)

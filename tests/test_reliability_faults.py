@@ -619,7 +619,7 @@ def test_two_writers_and_a_cleaner_at_once_lose_nothing(tmp_path):
         proc.stdin.write("go\n")
         proc.stdin.flush()
     outputs = [proc.communicate(timeout=120) for proc in procs]
-    for proc, (_out, err) in zip(procs, outputs):
+    for proc, (_out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
     assert set(outputs[2][0].split()) == set(expired)
 

@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from smolagents import Tool, ToolCallingAgent, tool
 from smolagents.models import ChatMessage, OpenAIModel
+from smolagents.utils import AgentGenerationError
 
 from sop_telemetry.config import ConfigError, TelemetryConfig, build_config
 from sop_telemetry.error_handler import get_error_handler
@@ -70,8 +71,7 @@ def _loads_or_refuses(data: bytes | str) -> Optional[TelemetrySession]:
         assert str(exc).startswith("fuzz: not a valid session file")
         return None
     # A loaded session can be used: its totals computed and written back out.
-    session.total_tokens
-    session.total_duration
+    assert session.total_duration >= 0 and isinstance(session.total_tokens.total_tokens, int)
     session.to_json()
     return session
 
@@ -400,7 +400,7 @@ class BadlyNamed(Tool):
 
     def forward(self) -> str:
         # smolagents checks the name when the tool is made and reads it for the prompt; this one changes after.
-        setattr(type(self), "name", self.rename_to)
+        type(self).name = self.rename_to
         return "fine"
 
 
@@ -605,7 +605,7 @@ def test_secrets_never_reach_a_session_file_or_the_log(manager, storage_dir, mon
     model.script = [tool_calls_message([call("leaky")], None)]
     assert ToolCallingAgent(tools=[leaky], model=model, verbosity_level=0).run("use the key") == "done"
     model.fail = True
-    with pytest.raises(Exception):
+    with pytest.raises(AgentGenerationError, match="401 Unauthorized"):
         ToolCallingAgent(tools=[], model=model, verbosity_level=0).run("the key fails")
     path = manager.flush_data()
     manager._at_exit()
@@ -634,7 +634,7 @@ def test_a_model_key_is_masked_even_when_its_run_record_fails_to_build(manager, 
     monkeypatch.setattr(records, "begin_run", broken)
     model = OfflineOpenAIModel(model_id="gpt-offline", api_key=MODEL_SECRET)
     model.fail = True
-    with pytest.raises(Exception):
+    with pytest.raises(AgentGenerationError, match="401 Unauthorized"):
         ToolCallingAgent(tools=[], model=model, verbosity_level=0).run("the key fails")
     path = manager.flush_data()
     calls = [c for t in json.loads(path.read_bytes())["tasks"] for c in t["llm_calls"]]

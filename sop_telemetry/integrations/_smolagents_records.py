@@ -249,7 +249,7 @@ def step_fields(frame: Frame, steps: list, limit: int) -> list:
                 first = index + 1
                 break
     errors = frame.step_errors
-    out = []
+    out: list = []
     append = out.append
     for step in steps[first:last] + (frame.lost_steps or []):
         if step.__class__ is action and errors is None:
@@ -347,7 +347,7 @@ def _add_step(collector: Any, frame: Frame, agent: dict, step_type: str, number:
     }
     collector.add("steps", rec, frame)
     agent["steps"] += 1
-    if isinstance(code, str) and code:
+    if isinstance(code, str) and code and frame.task is not None:
         metrics = frame.task["code_changes"]
         metrics["code_actions"] += 1
         metrics["code_lines"] += code.count("\n") + 1

@@ -45,11 +45,11 @@ import logging
 import sys
 import threading
 import time
-from contextvars import copy_context
+from contextvars import ContextVar, copy_context
 from types import FunctionType, GeneratorType
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
-from ..collector import Frame, clip, current, switch
+from ..collector import Clock, Frame, clip, current, switch
 from ..error_handler import get_error_handler
 from ..error_handler import guard as _safe
 from ..manager import TelemetryManager
@@ -93,13 +93,12 @@ _patched: List[Tuple[Any, str, Any, Any]] = []
 _seen_model_classes: set = set()
 _ABSENT = object()
 _MARK = "__sop_telemetry_wrapper__"
-_perf = time.perf_counter
 _now = time.time
 # Wall-clock time minus perf_counter: a call's start is its perf_counter reading plus this (one clock read a call
 # instead of two). Taken again when a top-level run begins and for every call outside a run, so that a change of
 # the system clock reaches the records within a run. (The usual call inside a run uses its run's `Frame.epoch`,
 # taken when the run began, in the builder.)
-_epoch = _now() - _perf()
+_epoch = _now() - Clock.perf()
 _COMPLETED, _CANCELLED, _FAILED = TaskStatus.COMPLETED, TaskStatus.CANCELLED, TaskStatus.FAILED
 
 
@@ -120,7 +119,7 @@ def _outside(frame: Optional[Frame]) -> Any:
     """The collector for a call made in no agent run's frame; with no task at all, the implicit task is opened now
     (inside a task that happened when the task was opened), which also starts the writer and hooks exit."""
     global _epoch
-    _epoch = _now() - _perf()
+    _epoch = _now() - Clock.perf()
     collector = _collector()
     if frame is None:
         collector.open_fallback_task()
@@ -197,7 +196,7 @@ def _llm_previews(content: Any, limit: int) -> Tuple[Optional[str], Optional[str
 # (`_signatures`: no packing and unpacking of the arguments, the cheapest call through a wrapper in Python).
 _GENERATE = """
 def make(original):
-    enabled, per_thread, perf, frame_var = switch, _per_thread, _perf, current  # (closure cells: faster to read)
+    enabled, per_thread, perf, frame_var = switch, _per_thread, Clock.perf, current  # (closure cells: faster to read)
 
     def generate(PARAMS):
         if not enabled.enabled:
@@ -237,7 +236,7 @@ def _llm_returned(model: Any, t0: float, duration: float, result: Any, args: tup
 
 
 def _llm_failed(model: Any, t0: float, exc: BaseException) -> None:
-    _queue_llm(model, current.get(), t0 + _epoch, _perf() - t0, None, exc, False)
+    _queue_llm(model, current.get(), t0 + _epoch, Clock.perf() - t0, None, exc, False)
 
 
 def _usage_of(result: Any) -> Any:
@@ -299,7 +298,7 @@ def _traced_stream(iterator: Any, model: Any, frame: Optional[Frame], start: flo
                 close()
         raise
     finally:
-        _queue_llm(model, frame, start, _perf() - t0, usage.reported(), exc, True)
+        _queue_llm(model, frame, start, Clock.perf() - t0, usage.reported(), exc, True)
 
 
 def _generate_stream_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -311,11 +310,11 @@ def _generate_stream_wrapper(original: Callable[..., Any]) -> Callable[..., Any]
             return original(self, *args, **kwargs)
         model_call.busy = True
         start = _now()
-        t0 = _perf()
+        t0 = Clock.perf()
         try:
             stream = original(self, *args, **kwargs)
         except BaseException as exc:
-            _queue_llm(self, current.get(), start, _perf() - t0, None, exc, True)
+            _queue_llm(self, current.get(), start, Clock.perf() - t0, None, exc, True)
             raise
         finally:
             model_call.busy = False
@@ -327,7 +326,7 @@ def _generate_stream_wrapper(original: Callable[..., Any]) -> Callable[..., Any]
                     delta_usage = records.attr(delta, "token_usage")
                     if delta_usage is not None:
                         usage.add(delta_usage)
-                _queue_llm(self, current.get(), start, _perf() - t0, usage.reported(), None, True)
+                _queue_llm(self, current.get(), start, Clock.perf() - t0, usage.reported(), None, True)
 
             _safe("smolagents.model_stream", count_now)
             return stream
@@ -352,7 +351,10 @@ def _tool_previews(content: Any, limit: int) -> Tuple[Optional[str], Optional[st
 def _tool_call_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
     # (Not generated from a template like generate: Tool.__call__ takes *args and **kwargs itself, so a wrapper
     # with its parameters passes them on no faster.)
-    enabled, perf, frame_var = switch, _perf, current  # (closure cells: faster to read than module globals)
+    enabled, perf = switch, Clock.perf  # (closure cells: faster to read than module globals)
+    # A None frame (no run) or queue (content capture) fails inside the `try` below and takes the general path, as
+    # in generate: cheaper than testing for them on every call.
+    frame_var: ContextVar[Any] = current
 
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not enabled.enabled:
@@ -497,7 +499,7 @@ def _end_run(frame: Frame, exc: Optional[BaseException]) -> None:
         _safe("smolagents.step", _note_failure, frame, exc)
     _queue(collector, ("smolagents.run", records.finish_run, frame, _step_fields(frame, collector), _now(), status,
                        error))
-    if frame.parent is None:
+    if frame.parent is None and collector is not None:
         collector.changed(True)  # the task is over: the writer builds its records and writes the file now
 
 
@@ -536,7 +538,7 @@ def _step_died_of(frame: Frame, step: Any, error: Tuple[str, Optional[str]]) -> 
 def _traced_run_class() -> type:
     import wrapt
 
-    class _TracedRun(wrapt.ObjectProxy):  # type: ignore[misc]
+    class _TracedRun(wrapt.ObjectProxy):
         """Stands in for the generator `run(stream=True)` returns (isinstance and attributes pass through): the
         same items, send/throw/close passed on, each resumption run with the agent's frame as the current context,
         and the task ended when the generator is exhausted, raises, is closed or is dropped."""
@@ -748,7 +750,7 @@ def _patch_class(cls: type, targets: Dict[str, Callable[..., Any]]) -> None:
         _wrap(cls, attr, wrapper)
 
 
-def _install_subclass_hook(base: type, targets: Dict[str, Callable[..., Any]]) -> None:
+def _install_subclass_hook(base: Type[Any], targets: Dict[str, Callable[..., Any]]) -> None:
     """Patches classes defined after install. Nothing to wrap here (these bases inherit object's no-op
     `__init_subclass__`), so we set one and remember to delete it; a base that defines its own is chained."""
     original = vars(base).get("__init_subclass__", _ABSENT)
@@ -762,7 +764,7 @@ def _install_subclass_hook(base: type, targets: Dict[str, Callable[..., Any]]) -
             with _lock:
                 _safe("smolagents.patch_subclass", _patch_class, cls, targets)
 
-    hook = classmethod(__init_subclass__)
+    hook: classmethod = classmethod(__init_subclass__)
     base.__init_subclass__ = hook  # type: ignore[assignment]
     _patched.append((base, "__init_subclass__", original, vars(base)["__init_subclass__"]))
 
