@@ -642,6 +642,7 @@ class TelemetryManager:
             collector = self._collector
             if collector is None or not collector.has_records() or self.read_only:
                 return
+            self._ensure()  # before the last tasks end: the live exporter, if configured, must exist to get them
             collector.materialize()
             for task in list(collector._open.values()):
                 if task.get("implicit"):

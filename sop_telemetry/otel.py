@@ -45,7 +45,13 @@ from urllib.parse import urlsplit
 
 try:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.resources import (
+        TELEMETRY_SDK_LANGUAGE,
+        TELEMETRY_SDK_NAME,
+        TELEMETRY_SDK_VERSION,
+        OTELResourceDetector,
+        Resource,
+    )
     from opentelemetry.sdk.trace import Event, ReadableSpan
     from opentelemetry.sdk.trace.export import SpanExportResult
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -56,7 +62,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the "without the e
     ) from exc
 
 from . import __version__
-from .error_handler import get_error_handler
+from .error_handler import get_error_handler, guard
 from .models import AgentExecution, EnvironmentInfo, TaskExecution, TelemetrySession
 from .status import CallStatus, TaskStatus
 
@@ -284,7 +290,16 @@ def _agent_span(b: _TraceBuilder, agent: AgentExecution, ctx: SpanContext, paren
 @lru_cache(maxsize=1)
 def _detected_resource() -> Resource:
     # Once per process: telemetry.sdk.*, and what OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES say.
-    return Resource.create()
+    try:
+        return Resource.create()
+    except RuntimeError:
+        # Resource.create runs its detectors in a thread pool, which refuses work once the interpreter is exiting:
+        # the standard detector's answer, read on this thread.
+        from importlib.metadata import version
+
+        sdk = Resource({TELEMETRY_SDK_LANGUAGE: "python", TELEMETRY_SDK_NAME: "opentelemetry",
+                        TELEMETRY_SDK_VERSION: version("opentelemetry-sdk")})
+        return sdk.merge(OTELResourceDetector().detect())
 
 
 def session_resource(session_id: str, environment: Optional[EnvironmentInfo] = None) -> Resource:
@@ -477,6 +492,8 @@ class LiveOtlpExporter:
         self.collect: Optional[Callable[[], None]] = None
         self._init_state()
         _live.add(self)
+        with self._cond:
+            self._start()  # at once: the thread detects the resource while the interpreter still lends it threads
 
     def _init_state(self) -> None:
         self._cond = threading.Condition(threading.Lock())
@@ -513,11 +530,16 @@ class LiveOtlpExporter:
         return accepted
 
     def _start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="sop_telemetry-otlp", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._run, name="sop_telemetry-otlp", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # the interpreter is exiting: `shutdown` sends what is queued on its own thread
+            return
+        self._thread = thread
 
     # -- the exporter's thread -------------------------------------------------------------------------------------
     def _run(self) -> None:
+        guard("otlp.setup", _detected_resource)
         while True:
             with self._cond:
                 while not self._queue and not self._closed:
@@ -527,14 +549,18 @@ class LiveOtlpExporter:
                 session_id, task = self._queue.popleft()
                 self._busy = True
             try:
-                self._export(session_id, task)
-            except Exception as exc:  # noqa: BLE001 - a mapping bug must not kill the thread
-                self._count(0, f"{type(exc).__name__}: {exc}", exc)
+                self._export_one(session_id, task)
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
         self._close_exporter()
+
+    def _export_one(self, session_id: str, task: dict) -> None:
+        try:
+            self._export(session_id, task)
+        except Exception as exc:  # noqa: BLE001 - a mapping bug must not kill the thread
+            self._count(0, f"{type(exc).__name__}: {exc}", exc)
 
     def _export(self, session_id: str, task: dict) -> None:
         record = dict(task)
@@ -611,11 +637,13 @@ class LiveOtlpExporter:
             self._closed = True
             self._cond.notify_all()
             thread = self._thread
+        deadline = time.monotonic() + timeout
         if thread is not None and timeout > 0:
             thread.join(timeout)
-        if thread is None or not thread.is_alive():
-            self._close_exporter()
-            return True
+        done = thread is None or not thread.is_alive()
+        if done:
+            # Tasks that ended as the interpreter exits, when no thread could be started: sent from this one.
+            self._drain(deadline)
         with self._cond:
             unsent = len(self._queue)
             self._queue.clear()
@@ -625,7 +653,15 @@ class LiveOtlpExporter:
                 "otlp.queue", OtlpDropped(f"{unsent} task(s) not sent to {self.endpoint} before shutdown"))
         # Ends a retry back-off at once; a request already on the wire runs out its own timeout on the daemon thread.
         self._close_exporter()
-        return False
+        return done and not unsent
+
+    def _drain(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            with self._cond:
+                if not self._queue:
+                    return
+                session_id, task = self._queue.popleft()
+            self._export_one(session_id, task)
 
     def stats(self) -> Dict[str, Any]:
         with self._cond:

@@ -36,7 +36,7 @@ from sop_telemetry import otel  # noqa: E402
 from sop_telemetry.config import ConfigError  # noqa: E402
 from sop_telemetry.models import TelemetrySession  # noqa: E402
 
-from fakes import ScriptedModel, SlowEcho, add, call, explode, written_session  # noqa: E402
+from fakes import ScriptedModel, add, call, explode, run_team, written_session  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -154,24 +154,6 @@ def roots(spans: List[dict]) -> List[dict]:
 
 
 # -- the agent run -------------------------------------------------------------------------------------------------
-def run_team(task: str = "delegate") -> str:
-    """A manager agent with a managed sub-agent: three tools called in parallel from one reply (two of them wait for
-    each other, so they really overlap), a tool that fails, a delegation, a final answer."""
-    sub_model = ScriptedModel([call("add", a=2, b=2), call("final_answer", answer="4")], usage=(10, 1),
-                              model_id="sub-model")
-    sub = ToolCallingAgent(tools=[add], model=sub_model, name="calculator", description="does sums",
-                           verbosity_level=0)
-    boss_model = ScriptedModel([
-        [call("slow_echo", text="a"), call("slow_echo", text="b"), call("add", a=1, b=2)],
-        call("explode", reason="boom"),
-        call("calculator", task="2+2"),
-        call("final_answer", answer="done"),
-    ], usage=(200, 20), model_id="boss-model")
-    boss = ToolCallingAgent(tools=[SlowEcho(threading.Barrier(2)), add, explode], model=boss_model,
-                            managed_agents=[sub], name="boss", verbosity_level=0, max_tool_threads=3)
-    return boss.run(task)
-
-
 def run_small(task: str = "add") -> str:
     model = ScriptedModel([call("add", a=1, b=2), call("final_answer", answer="3")])
     return ToolCallingAgent(tools=[add], model=model, verbosity_level=0).run(task)
@@ -559,6 +541,51 @@ def test_live_export_through_config_to_a_dead_collector(manager, monkeypatch):
     started = time.perf_counter()
     manager.shutdown()
     assert time.perf_counter() - started < 2.0
+
+
+# -- a program's exit ---------------------------------------------------------------------------------------------
+_TEAM_PROGRAM = """
+import sys
+import sop_telemetry
+from fakes import run_team
+answer = run_team("exit")
+if sys.argv[1] == "later":
+    print("answer:", answer, flush=True)
+    sys.stdin.read()  # the test closes it once the receiver has the task: export did not wait for the exit
+"""
+
+
+@pytest.mark.parametrize("when", ["at_once", "later"])
+def test_a_program_that_exits_right_after_its_run_has_sent_the_whole_tree(receiver, tmp_path, when):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SOP_TELEMETRY_"))}
+    env.update(SOP_TELEMETRY_OTLP="1", OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+               SOP_TELEMETRY_DIR=str(tmp_path), PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]))
+    child = subprocess.Popen([sys.executable, "-c", _TEAM_PROGRAM, when], env=env, cwd=str(ROOT), text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        if when == "later":
+            assert "answer: done\n" in iter(child.stdout.readline, "")
+            receiver.wait_for(lambda spans: len(spans) == 22, timeout=30)
+        _out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 0, err
+    assert "otlp" not in err and "Traceback" not in err, err
+
+    spans = receiver.spans()  # everything arrived before the process ended
+    assert tree(spans) == EXPECTED_TREE and len(spans) == 22
+    (path,) = tmp_path.glob("*.json")
+    data = json.loads(path.read_text())
+    (task,) = data["tasks"]
+    (root,) = roots(spans)
+    usage = data["total_tokens"]
+    assert (root["attributes"]["sop_telemetry.usage.input_tokens"],
+            root["attributes"]["sop_telemetry.usage.output_tokens"]) == (4 * 200 + 2 * 10, 4 * 20 + 2 * 1) == (
+        usage["prompt_tokens"], usage["completion_tokens"])
+    chats = sorted((s["attributes"]["sop_telemetry.call_id"], s["attributes"]["gen_ai.usage.input_tokens"],
+                    s["attributes"]["gen_ai.usage.output_tokens"]) for s in spans if s["name"].startswith("chat "))
+    assert chats == sorted((c["call_id"], c["prompt_tokens"], c["completion_tokens"]) for c in task["llm_calls"])
+    assert {s["trace_id"] for s in spans} == {f"{otel.trace_id_for(data['session_id'], task['task_id']):032x}"}
 
 
 # -- without the extra, and next to an application's own OpenTelemetry ---------------------------------------------
