@@ -135,12 +135,27 @@ def clip(value: Any, limit: int) -> Optional[str]:
         except Exception:  # noqa: BLE001
             return None
     if len(text) > limit:
-        text = text[: max(0, limit - 1)] + "…"
+        text = _cut(text, limit)
     if not text.isascii():
         text = encodable(text)
         if len(text) > limit:
-            text = text[: max(0, limit - 1)] + "…"
+            text = _cut(text, limit)
     return text
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters with "…", credentials masked first: the mask at write replaces whole values,
+    so a key cut in two would be kept; the beginning of one the cut goes through is masked too."""
+    from .redaction import mask_cut_secret, mask_secrets, secret_values
+
+    secrets = secret_values()
+    if secrets:
+        head = text[: limit + len(secrets[0])]  # the rest is cut away, and holds no secret that begins in the head
+        masked = mask_secrets(head, secrets)
+        if len(masked) <= limit and len(head) == len(text):
+            return masked
+        text = masked
+    return mask_cut_secret(text[: max(0, limit - 1)], secrets) + "…"
 
 
 def encodable(text: str) -> str:
@@ -244,7 +259,10 @@ class TelemetryCollector:
         """Records one finished model call. Pass `None` tokens when the model did not report usage."""
         if not switch.enabled:
             return
-        reported = extra.pop("tokens_reported", prompt_tokens is not None or completion_tokens is not None)
+        # Zero on both sides reports nothing, as from the instrumentation: a client's "no usage" (LiteLLM's Usage(0, 0, 0)).
+        reported = extra.pop("tokens_reported", bool(prompt_tokens or completion_tokens))
+        if not reported and not prompt_tokens and not completion_tokens:
+            prompt_tokens = completion_tokens = None
         rec = self._manual_record(duration, extra)
         rec.update(model=clip(model, self.max_string_length), prompt_tokens=prompt_tokens,
                    completion_tokens=completion_tokens, tokens_reported=bool(reported))

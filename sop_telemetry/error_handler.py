@@ -120,7 +120,9 @@ def _describe(exc: BaseException) -> str:
         text = str(exc)
     except Exception:  # noqa: BLE001 - an exception whose __str__ raises
         text = "<unprintable>"
-    return f"{type(exc).__name__}: {text[:300]}"
+    from .collector import clip
+
+    return f"{type(exc).__name__}: {clip(text, 300)}"  # (clip masks credentials, even one it cuts through)
 
 
 _handler = TelemetryErrorHandler()

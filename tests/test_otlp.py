@@ -439,6 +439,18 @@ def test_live_export_masks_credentials_as_the_session_file_does(manager, receive
     assert secret not in json.dumps(written_session(manager))
 
 
+def test_live_export_never_sends_a_key_that_a_clip_cut_through(manager, receiver, monkeypatch):
+    key = "sk-test-SECRET-0123456789"
+    monkeypatch.setenv("PROVIDER_API_KEY", key)
+    manager.initialize({"otlp_enabled": True, "otlp_endpoint": receiver.endpoint})
+    near_the_clip = "x" * 485 + key
+    model = ScriptedModel([call("explode", reason=near_the_clip), call("final_answer", answer="ok")])
+    assert ToolCallingAgent(tools=[explode], model=model, verbosity_level=0).run(near_the_clip) == "ok"
+    spans = receiver.wait_for(lambda spans: len(roots(spans)) == 1)
+    assert key[:4] not in json.dumps(spans)
+    assert roots(spans)[0]["attributes"]["sop_telemetry.task.description"] == "x" * 485 + "***"
+
+
 def test_live_export_is_off_unless_asked_for(manager, receiver, monkeypatch):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)  # set for some other program
     manager.initialize({})
