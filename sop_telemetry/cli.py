@@ -253,10 +253,21 @@ def _directory(args: argparse.Namespace) -> Path:
         raise UserError(str(exc)) from None
 
 
-def _store(args: argparse.Namespace) -> Any:
+def _store(args: argparse.Namespace, check: bool = True) -> Any:
+    """The storage directory's store; `check`: a file where the folder should be is a user error."""
     from .storage import TelemetryDataStore
 
-    return TelemetryDataStore(_directory(args))
+    directory = _directory(args)
+    if check and directory.exists() and not directory.is_dir():
+        from .config import default_storage_dir
+
+        where = "--dir" if args.dir else "SOP_TELEMETRY_DIR"
+        message = f"{directory} ({where}) is a file, not a folder"
+        default = default_storage_dir()
+        if default != directory:
+            message += f"; programs given it write their sessions to {default} instead (--dir {default})"
+        raise UserError(message)
+    return TelemetryDataStore(directory)
 
 
 def _resolve(store: Any, wanted: str) -> str:
@@ -565,15 +576,23 @@ import sys as _sys
 
 def _sop_telemetry_report(path):
     # Registered before sop_telemetry registers its own exit hook, so it runs after the session's final write.
+    # Says what this process wrote, or why it wrote nothing.
     try:
         import json
+        from sop_telemetry.error_handler import get_error_handler
         from sop_telemetry.manager import TelemetryManager
 
         manager = TelemetryManager._instance
+        collector = getattr(manager, "_collector", None)
+        entry = {"pid": _os.getpid(), "recorded": bool(collector is not None and collector.has_records())}
         written = getattr(manager, "last_flush_path", None)
         if written is not None:
-            with open(path, "a", encoding="utf-8") as report:
-                report.write(json.dumps({"pid": _os.getpid(), "path": str(written)}) + "\\n")
+            entry["path"] = str(written)
+        failed = get_error_handler().get_error_summary().get("storage.write")
+        if failed:
+            entry["error"] = failed["last_error"]
+        with open(path, "a", encoding="utf-8") as report:
+            report.write(json.dumps(entry) + "\\n")
     except Exception:
         pass
 
@@ -618,7 +637,7 @@ def _cmd_run(args: argparse.Namespace, out: _Output) -> int:
         program = program[1:]
     if not program:
         raise UserError(f"run needs a command, e.g. {PROG} run -- python my_agent.py")
-    store = _store(args)
+    store = _store(args, check=False)  # (a program given a file there falls back to another folder, and says so)
     before = {sid: mtime for sid, _path, _size, mtime in store.session_files()}
     with tempfile.TemporaryDirectory(prefix="sop_telemetry_run_") as scratch:
         hook = Path(scratch) / "hook"
@@ -643,34 +662,59 @@ def _cmd_run(args: argparse.Namespace, out: _Output) -> int:
             status = child.wait()
         finally:
             signal.signal(signal.SIGINT, previous)
-        written = _written_sessions(report, store, before, child.pid)
+        entries = _reports(report)
+        written = _written_sessions(entries, store, before, child.pid)
+    why = None if written else _why_nothing(entries, env)
     if out.json:
-        out.data({"exit_code": status, "sessions": [str(p) for p in written]})
+        out.data({"exit_code": status, "sessions": [str(p) for p in written], "no_session_reason": why})
     elif written:
         for path in written:
             print(f"{PROG}: session written to {path}", file=sys.stderr)
     else:
-        print(f"{PROG}: no session was written (the program ran no agent, or could not import sop_telemetry)",
-              file=sys.stderr)
+        print(f"{PROG}: no session was written: {why}", file=sys.stderr)
     return status if status >= 0 else 128 - status
 
 
-def _written_sessions(report: Path, store: Any, before: Dict[str, float], child_pid: int) -> List[Path]:
-    """Session files of the run: those its processes reported at exit, plus files new or changed in the storage
-    directory that a process of the run wrote (a process that ended with os._exit reports nothing)."""
-    found: List[Path] = []
-    pids = {child_pid}
+def _reports(report: Path) -> List[Dict[str, Any]]:
+    """What each Python process of the run said at its exit (see _SITECUSTOMIZE)."""
     try:
         lines = report.read_text(encoding="utf-8").splitlines()
     except OSError:
-        lines = []
+        return []
+    entries = []
     for line in lines:
         try:
             entry = json.loads(line)
         except ValueError:
             continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
+
+
+def _why_nothing(entries: List[Dict[str, Any]], env: Dict[str, str]) -> str:
+    from .collector import env_disabled
+
+    failed = [entry["error"] for entry in entries if entry.get("error")]
+    if failed:
+        return f"storing it failed ({failed[0]}); set SOP_TELEMETRY_DIR or --dir to a writable folder"
+    if env_disabled(env):
+        return "telemetry is disabled by SOP_TELEMETRY_DISABLED"
+    if entries:
+        return "the program ran no agent, so nothing was recorded"
+    return ("no Python process of the run loaded sop_telemetry (is the command a Python program of this "
+            "environment? an import error would be shown above)")
+
+
+def _written_sessions(entries: List[Dict[str, Any]], store: Any, before: Dict[str, float],
+                      child_pid: int) -> List[Path]:
+    """Session files of the run: those its processes reported at exit, plus files new or changed in the storage
+    directory that a process of the run wrote (a process that ended with os._exit reports nothing)."""
+    found: List[Path] = []
+    pids = {child_pid}
+    for entry in entries:
         pids.add(entry.get("pid"))
-        path = Path(entry.get("path", ""))
+        path = Path(entry.get("path") or "")
         if path.name and path not in found:
             found.append(path)
     from .storage import SessionLoadError

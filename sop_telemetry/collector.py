@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from .error_handler import get_error_handler, guard, safe_telemetry_operation
 from .status import TaskStatus
@@ -45,9 +45,10 @@ DEFAULT_MAX_STRING_LENGTH = 500
 PENDING_LIMIT = 4096
 
 
-def env_disabled() -> bool:
+def env_disabled(environ: Optional[Mapping[str, str]] = None) -> bool:
     """`SOP_TELEMETRY_DISABLED=1` (or true/yes/on): an operator's off switch that wins over code."""
-    return os.environ.get("SOP_TELEMETRY_DISABLED", "").strip().lower() in {"1", "true", "yes", "on"}
+    value = (os.environ if environ is None else environ).get("SOP_TELEMETRY_DISABLED", "")
+    return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
 class _Switch:

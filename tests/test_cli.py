@@ -375,4 +375,53 @@ def test_run_errors(tmp_path):
     quiet = cli("--dir", directory, "--json", "run", "--", sys.executable, "-c", "print('hi')")
     assert quiet.returncode == 0
     assert quiet.stdout.splitlines()[0] == "hi"
-    assert json.loads("\n".join(quiet.stdout.splitlines()[1:])) == {"exit_code": 0, "sessions": []}
+    assert json.loads("\n".join(quiet.stdout.splitlines()[1:])) == {
+        "exit_code": 0, "sessions": [], "no_session_reason": "the program ran no agent, so nothing was recorded"}
+
+
+_DISK_FULL = """
+import errno, os
+import sop_telemetry.storage as storage
+
+def write(self, *args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.directory))
+
+storage.TelemetryDataStore.write = write
+"""
+
+
+def test_run_says_why_no_session_was_written(tmp_path):
+    script = tmp_path / "my_agent.py"
+    script.write_text(_AGENT_SCRIPT)
+    directory = str(tmp_path / "telemetry")
+
+    def why(*program: str, env: Optional[dict] = None) -> str:
+        result = cli("--dir", directory, "run", "--", *program, env=env, cwd=tmp_path)
+        assert not list(Path(directory).glob("*.json"))
+        return result.stderr.splitlines()[-1]
+
+    assert why(sys.executable, "-c", "print('no agent here')") == (
+        "sop-telemetry: no session was written: the program ran no agent, so nothing was recorded")
+    assert why(sys.executable, str(script), env={"SOP_TELEMETRY_DISABLED": "1"}) == (
+        "sop-telemetry: no session was written: telemetry is disabled by SOP_TELEMETRY_DISABLED")
+    assert why("true").startswith("sop-telemetry: no session was written: no Python process of the run loaded "
+                                  "sop_telemetry")
+    # A full disk, made by a sitecustomize of the user's (which `run` chains to).
+    user_site = tmp_path / "user_site"
+    user_site.mkdir()
+    (user_site / "sitecustomize.py").write_text(_DISK_FULL)
+    line = why(sys.executable, str(script),
+               env={"PYTHONPATH": os.pathsep.join(filter(None, [str(user_site), os.environ.get("PYTHONPATH")]))})
+    assert line.startswith("sop-telemetry: no session was written: storing it failed (OSError: [Errno 28] No space "
+                           "left on device: ")
+    assert directory in line and line.endswith("set SOP_TELEMETRY_DIR or --dir to a writable folder")
+
+
+def test_a_storage_directory_that_is_a_file_is_said_to_be_one(tmp_path, main):
+    not_a_folder = tmp_path / "telemetry"
+    not_a_folder.write_text("somebody's file")
+    env = {"SOP_TELEMETRY_DIR": str(not_a_folder), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    for command in (["list"], ["stats"], ["--json", "stats"], ["report"], ["show", "latest"]):
+        user_error(cli(*command, env=env), f"{not_a_folder} (SOP_TELEMETRY_DIR) is a file, not a folder",
+                   str(tmp_path / "cache" / "ept" / "sop_agents"))
+    user_error(main("--dir", str(not_a_folder), "list"), "(--dir) is a file, not a folder")
