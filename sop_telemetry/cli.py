@@ -32,6 +32,7 @@ from typing import Any, Dict, List, NoReturn, Optional, Sequence
 
 PROG = "sop-telemetry"
 _FORMATS = ("json", "csv", "mermaid", "text", "otlp")
+_ID_HELP = "a session id, a unique prefix of one, 'latest' (the newest readable session), or a session file's path"
 _REPORT_ENV = "_SOP_TELEMETRY_RUN_REPORT"
 
 
@@ -108,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, parents=[common],
                      description="Read, analyse, export and clean up sop_telemetry sessions, or run a program "
                                  "with telemetry on.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.set_defaults(command=None)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -121,12 +125,12 @@ def _parser() -> argparse.ArgumentParser:
     _filters(listing)
 
     show = command("show", _cmd_show, "a session's summary, token and time tables, and task trees")
-    show.add_argument("session", metavar="ID", help="a session id, a unique prefix of one, or 'latest'")
+    show.add_argument("session", metavar="ID", help=_ID_HELP)
 
     export = command("export", _cmd_export,
                      "export a session as JSON, CSV tables, a Mermaid gantt or a text tree, or send it over OTLP")
     export.add_argument("session", metavar="ID", nargs="?",
-                        help="a session id, a unique prefix of one, or 'latest' (otlp: or --since/--until)")
+                        help=f"{_ID_HELP} (otlp: or --since/--until instead)")
     export.add_argument("--format", "-f", choices=_FORMATS, default="json")
     export.add_argument("-o", "--output", metavar="PATH",
                         help="file to write (for csv: a directory, which gets one file per table); default stdout")
@@ -136,9 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--endpoint", metavar="URL",
                         help="otlp: collector URL (default: OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT)")
     export.add_argument("--header", metavar="KEY=VALUE", action="append", help="otlp: a request header (repeatable)")
-    export.add_argument("--timeout", type=_non_negative_float, metavar="SECONDS", default=10.0,
+    export.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", default=10.0,
                         help="otlp: seconds per request (default 10)")
-    _filters(export)
+    _filters(export, "sessions to send, --format otlp only: ")
 
     report = command("report", _cmd_report, "figures across sessions: per day, model, tool and agent")
     _filters(report)
@@ -155,9 +159,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _filters(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--since", metavar="WHEN", help="ISO date/time (2026-01-31, 2026-01-31T12:00) or 7d, 24h, 30m")
-    sub.add_argument("--until", metavar="WHEN", help="same forms as --since; exclusive")
+def _filters(sub: argparse.ArgumentParser, scope: str = "") -> None:
+    sub.add_argument("--since", metavar="WHEN",
+                     help=f"{scope}from this time: an ISO date or time (2026-01-31, 2026-01-31T12:00, with an "
+                          "optional Z or +02:00), 'today', or a time ago as a number and a unit: s (seconds), "
+                          "m (minutes), h (hours), d (days), w (weeks), e.g. 30m, 24h, 7d, 1.5w")
+    sub.add_argument("--until", metavar="WHEN", help=f"{scope}before this time (same forms as --since)")
     sub.add_argument("--agent", metavar="NAME", help="tasks that ran an agent of this name or type")
     sub.add_argument("--model", metavar="MODEL", help="tasks that called this model")
     sub.add_argument("--tool", metavar="TOOL", help="tasks that called this tool")
@@ -172,6 +179,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0: {text!r}")
     return value
 
 
@@ -190,6 +207,8 @@ class _Output:
     def __init__(self, as_json: bool) -> None:
         self.json = as_json
         self.rich = not as_json and sys.stdout.isatty() and _has_rich()
+        # An 80-column terminal: tables drop their borders and `list` its seconds, so that ids stay whole.
+        self.narrow = self.rich and _terminal_width() < 100
 
     def data(self, value: Any) -> None:
         print(json.dumps(value, indent=2, default=_json_default, ensure_ascii=False))
@@ -214,9 +233,16 @@ class _Output:
                 shown.add_column(style="bold")
                 shown.add_column()
             else:
-                shown = Table(title=table.title, title_justify="left")
-                for name, align in table.columns:
-                    shown.add_column(name, justify="right" if align == ">" else "left")
+                from rich import box
+
+                narrow = {"box": box.SIMPLE_HEAD, "pad_edge": False, "collapse_padding": True} if self.narrow else {}
+                shown = Table(title=table.title, title_justify="left", **narrow)
+                for index, (name, align) in enumerate(table.columns):
+                    # The first column names the row (a session id, a task, a model): what a user copies. It is
+                    # kept whole on a narrow terminal, and the other columns' values wrap first.
+                    whole = max([len(name), *(len(row[0]) for row in table.rows)]) if index == 0 else len(name)
+                    shown.add_column(name, justify="right" if align == ">" else "left", no_wrap=index == 0,
+                                     min_width=whole, overflow="ellipsis" if index == 0 else "fold")
             for row in table.rows:
                 # Text, not markup: a model or agent name like "[x]" must be shown as it is.
                 shown.add_row(*(Text(cell) for cell in row))
@@ -226,6 +252,12 @@ class _Output:
 def _json_default(value: Any) -> Any:
     isoformat = getattr(value, "isoformat", None)
     return isoformat() if isoformat is not None else str(value)
+
+
+def _terminal_width() -> int:
+    from rich.console import Console
+
+    return Console().width
 
 
 def _has_rich() -> bool:
@@ -270,29 +302,46 @@ def _store(args: argparse.Namespace, check: bool = True) -> Any:
     return TelemetryDataStore(directory)
 
 
-def _resolve(store: Any, wanted: str) -> str:
-    """A session id from an id, a unique prefix of one, or 'latest'; UserError otherwise. Only regular session
-    files directly in the directory count: links and other names are never followed."""
+def _resolve(store: Any, wanted: str) -> "tuple[Any, str]":
+    """(store, session id) from an id, a unique prefix of one, or a session file's path or name; UserError
+    otherwise. Only regular session files count: links and other names are never followed."""
+    if wanted.endswith(".json"):
+        path = Path(wanted).expanduser()
+        if os.sep in wanted or (os.altsep and os.altsep in wanted):
+            store = type(store)(path.parent)  # a path: the file's own folder
+        wanted = path.name[: -len(".json")]
     ids = [sid for sid, _path, _size, _mtime in store.session_files()]
     if not ids:
         raise UserError(f"no sessions in {store.directory}")
-    if wanted == "latest":
-        return ids[-1]
     if wanted in ids:
-        return wanted
+        return store, wanted
     if wanted and all(c.isalnum() or c in "_T" for c in wanted):
         matches = [sid for sid in ids if sid.startswith(wanted)]
         if len(matches) == 1:
-            return matches[0]
+            return store, matches[0]
         if len(matches) > 1:
             raise UserError(f"{wanted!r} matches {len(matches)} sessions; give more of the id")
     raise UserError(f"no session {wanted!r} in {store.directory}")
 
 
 def _load(store: Any, wanted: str) -> Any:
+    """The session `wanted` names (see _resolve); 'latest' is the newest readable one, with a warning for each
+    newer file that cannot be read."""
     from .storage import SessionLoadError
 
-    session_id = _resolve(store, wanted)
+    if wanted == "latest":
+        ids = store.session_ids()
+        if not ids:
+            raise UserError(f"no sessions in {store.directory}")
+        for session_id in reversed(ids):
+            try:
+                return store.load(session_id)
+            except KeyError:
+                continue
+            except SessionLoadError as exc:
+                _warn(f"skipped {exc}")
+        raise UserError(f"no readable session in {store.directory}")
+    store, session_id = _resolve(store, wanted)
     try:
         return store.load(session_id)
     except KeyError:
@@ -301,13 +350,18 @@ def _load(store: Any, wanted: str) -> Any:
         raise UserError(f"cannot read session {exc}") from None
 
 
-def _sessions(args: argparse.Namespace, store: Any) -> Any:
-    """The matching sessions, one file at a time; call `_check_filters` first."""
+def _sessions(args: argparse.Namespace, store: Any, skipped: Optional[List[str]] = None) -> Any:
+    """The matching sessions, one file at a time; call `_check_filters` first. Unreadable files are warned about
+    and skipped (their ids appended to `skipped`)."""
     from .analysis import load_sessions
 
+    def on_error(session_id: str, message: str) -> None:
+        _warn(f"skipped {message}")
+        if skipped is not None:
+            skipped.append(session_id)
+
     return load_sessions(since=args.since, until=args.until, agent=args.agent, model=args.model, tool=args.tool,
-                         status=args.status, directory=store.directory,
-                         on_error=lambda _sid, message: _warn(f"skipped {message}"))
+                         status=args.status, directory=store.directory, on_error=on_error)
 
 
 def _check_filters(args: argparse.Namespace) -> None:
@@ -367,10 +421,11 @@ def _cmd_list(args: argparse.Namespace, out: _Output) -> int:
         return 0
     from .analysis import Table
 
+    start_format = "%m-%d %H:%M" if out.narrow else "%Y-%m-%d %H:%M:%S"
     out.tables([Table(f"Sessions in {store.directory}",
                       [("session", "<"), ("start", "<"), ("duration", ">"), ("tasks", ">"), ("failed", ">"),
                        ("tokens", ">"), ("cost", ">")],
-                      [[r["session_id"], r["start_time"].astimezone().strftime("%Y-%m-%d %H:%M:%S"),
+                      [[r["session_id"], r["start_time"].astimezone().strftime(start_format),
                         format_duration(r["duration"]), str(r["tasks"]), str(r["failed_tasks"]),
                         f"{r['total_tokens']:,}", format_cost(r["cost_estimate"], r["unpriced_calls"])]
                        for r in rows])])
@@ -378,7 +433,7 @@ def _cmd_list(args: argparse.Namespace, out: _Output) -> int:
 
 
 def _cmd_show(args: argparse.Namespace, out: _Output) -> int:
-    from .analysis import Table, analyze_performance, analyze_token_usage, format_cost, format_duration
+    from .analysis import Table, analyze_performance, analyze_token_usage, format_cost
     from .exports import to_text_tree
 
     session = _load(_store(args), args.session)
@@ -399,7 +454,6 @@ def _cmd_show(args: argparse.Namespace, out: _Output) -> int:
     env = session.environment
     header = Table(f"Session {session.session_id}", None, [
         ["started", session.start_time.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")],
-        ["duration", format_duration(session.total_duration)],
         ["tasks", str(len(session.tasks))],
         ["total tokens", f"{tokens.total.total_tokens:,}"],
         ["estimated cost", format_cost(tokens.total.cost, tokens.total.unpriced_calls)],
@@ -407,7 +461,7 @@ def _cmd_show(args: argparse.Namespace, out: _Output) -> int:
         ["smolagents", env.smolagents_version or "-"],
         ["directory", env.working_directory or "-"],
     ])
-    out.tables([header, *tokens.tables()[1:], *performance.tables()[1:]])
+    out.tables([header, *tokens.tables()[1:], *performance.tables()])  # (the first: durations and time split)
     out.line()
     out.line(to_text_tree(session).rstrip("\n"))
     return 0
@@ -419,6 +473,9 @@ def _cmd_export(args: argparse.Namespace, out: _Output) -> int:
     if args.format == "otlp":
         return _export_otlp(args, out)
     if args.session is None:
+        if args.since is not None or args.until is not None:
+            raise UserError(f"--since/--until select sessions for --format otlp only; --format {args.format} "
+                            "exports one session: give its ID (or 'latest')")
         raise UserError("give a session ID (or 'latest')")
     session = _load(_store(args), args.session)
     target = None if args.output in (None, "-") else Path(args.output).expanduser()
@@ -463,13 +520,14 @@ def _export_otlp(args: argparse.Namespace, out: _Output) -> int:
     except ImportError as exc:  # the message names the extra to install
         raise UserError(str(exc)) from None
     store = _store(args)
+    skipped: List[str] = []
     if args.session is not None:
         sessions: Any = [_load(store, args.session)]
     elif args.since is None and args.until is None:
         raise UserError("give a session ID or --since/--until")
     else:
         _check_filters(args)
-        sessions = _sessions(args, store)
+        sessions = _sessions(args, store, skipped)
     headers = {}
     for item in args.header or []:
         key, sep, value = item.partition("=")
@@ -477,13 +535,14 @@ def _export_otlp(args: argparse.Namespace, out: _Output) -> int:
             raise UserError(f"--header takes KEY=VALUE, not {item!r}")
         headers[key.strip()] = value
     result = export_sessions_otlp(sessions, endpoint=args.endpoint, headers=headers or None, timeout=args.timeout)
+    ok = result.ok and not skipped
     if out.json:
         out.data({"endpoint": result.endpoint, "sessions": result.sessions, "tasks": result.tasks,
                   "spans": result.spans, "failed_spans": result.failed_spans, "errors": list(result.errors),
-                  "ok": result.ok})
+                  "unreadable_sessions": skipped, "ok": ok})
     else:
-        out.line(result.summary())
-    return 0 if result.ok else 1
+        out.line(result.summary() + (f"; {len(skipped)} unreadable session file(s) not sent" if skipped else ""))
+    return 0 if ok else 1  # (a cron job must see that something was not sent)
 
 
 def _cmd_report(args: argparse.Namespace, out: _Output) -> int:
@@ -506,15 +565,30 @@ def _cmd_report(args: argparse.Namespace, out: _Output) -> int:
 def _cmd_stats(args: argparse.Namespace, out: _Output) -> int:
     from .analysis import Table
 
+    from .storage import SessionLoadError
+
     store = _store(args)
     files = store.session_files()
+    readable, unreadable = [], []
+    for session_id, *_rest in files:  # (a file that only looks like a session is not one)
+        try:
+            store.load(session_id)
+        except KeyError:
+            continue
+        except SessionLoadError as exc:
+            _warn(f"skipped {exc}")
+            unreadable.append(session_id)
+        else:
+            readable.append(session_id)
     data: Dict[str, Any] = {
         "storage_path": str(store.directory),
         "exists": store.directory.is_dir(),
+        "sessions": len(readable),
+        "unreadable_files": unreadable,
         "total_files": len(files),
         "total_bytes": sum(size for _sid, _path, size, _mtime in files),
-        "oldest_session": files[0][0] if files else None,
-        "newest_session": files[-1][0] if files else None,
+        "oldest_session": readable[0] if readable else None,
+        "newest_session": readable[-1] if readable else None,
         "last_write": max((mtime for *_rest, mtime in files), default=None),
     }
     if out.json:
@@ -524,7 +598,8 @@ def _cmd_stats(args: argparse.Namespace, out: _Output) -> int:
                                                                 time.localtime(data["last_write"]))
     out.tables([Table("Storage", None, [
         ["directory", data["storage_path"] + ("" if data["exists"] else " (does not exist yet)")],
-        ["session files", str(data["total_files"])],
+        ["sessions", str(data["sessions"])],
+        ["session files", f"{data['total_files']}" + (f" ({len(unreadable)} unreadable)" if unreadable else "")],
         ["total size", _size(data["total_bytes"])],
         ["oldest session", data["oldest_session"] or "-"],
         ["newest session", data["newest_session"] or "-"],

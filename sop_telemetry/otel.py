@@ -17,7 +17,8 @@ Usage::
 One task is one trace: the task is the root span; agent runs are `invoke_agent {name}` spans nested by
 `parent_agent_id`; steps are spans under their agent run; model calls (`chat {model}`) and tool calls
 (`execute_tool {name}`) sit under the step that made them (under the agent run when no step matches). Attributes
-follow the OpenTelemetry GenAI semantic conventions, plus our ids and cost as `sop_telemetry.*`. Timestamps are the
+follow the OpenTelemetry GenAI semantic conventions, plus our ids and cost as `sop_telemetry.*`, and each span names
+its OpenInference kind (`openinference.span.kind`: CHAIN for tasks and steps, AGENT, LLM, TOOL) for Phoenix. Timestamps are the
 records' own. Trace and span ids are hashes of the session, task and record ids, so a session sent twice (live, then
 backfilled) is the same trace with the same spans.
 
@@ -186,6 +187,7 @@ def task_spans(session_id: str, task: TaskExecution, resource: Optional[Resource
     usage = task.token_usage
     dropped = {f"sop_telemetry.dropped.{kind}": count for kind, count in sorted(task.dropped_records.items())}
     b.add(root, None, "task", task_times, {
+        "openinference.span.kind": "CHAIN",
         "sop_telemetry.task_id": task.task_id,
         "sop_telemetry.task.description": task.description or None,
         "sop_telemetry.status": _value(task.status),
@@ -222,6 +224,7 @@ def task_spans(session_id: str, task: TaskExecution, resource: Optional[Resource
         steps.setdefault((step.agent_id, step.step_number, step.step_type), ctx)
         number = "" if step.step_number is None else f" {step.step_number}"
         b.add(ctx, agents.get(step.agent_id or "", root), f"{step.step_type} step{number}", _span_times(step, last), {
+            "openinference.span.kind": "CHAIN",
             "sop_telemetry.step.type": step.step_type,
             "sop_telemetry.step_number": step.step_number,
             "sop_telemetry.agent_id": step.agent_id,
@@ -241,6 +244,7 @@ def task_spans(session_id: str, task: TaskExecution, resource: Optional[Resource
         b.add(b.context(f"llm/{index}/{call.call_id}"),
               parent_of(call.agent_id, call.step_number, call.purpose or "action"),
               f"chat {call.model}", _span_times(call, last), {
+                  "openinference.span.kind": "LLM",
                   "gen_ai.operation.name": "chat",
                   "gen_ai.request.model": call.model,
                   "gen_ai.usage.input_tokens": call.prompt_tokens if reported else None,
@@ -261,6 +265,7 @@ def task_spans(session_id: str, task: TaskExecution, resource: Optional[Resource
     for index, tool in enumerate(task.tools):
         b.add(b.context(f"tool/{index}/{tool.call_id}"), parent_of(tool.agent_id, tool.step_number, "action"),
               f"execute_tool {tool.tool_name}", _span_times(tool, last), {
+                  "openinference.span.kind": "TOOL",
                   "gen_ai.operation.name": "execute_tool",
                   "gen_ai.tool.name": tool.tool_name,
                   "sop_telemetry.call_id": tool.call_id or None,
@@ -275,6 +280,7 @@ def task_spans(session_id: str, task: TaskExecution, resource: Optional[Resource
 
 def _agent_span(b: _TraceBuilder, agent: AgentExecution, ctx: SpanContext, parent: SpanContext, last: int) -> None:
     b.add(ctx, parent, f"invoke_agent {agent.agent_name}", _span_times(agent, last), {
+        "openinference.span.kind": "AGENT",
         "gen_ai.operation.name": "invoke_agent",
         "gen_ai.agent.name": agent.agent_name,
         "gen_ai.request.model": agent.model,

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -129,6 +130,7 @@ def test_bad_usage_exits_1_with_one_line(storage_dir, main):
     user_error(main("frobnicate"), "invalid choice")
     user_error(main("--dir", directory, "export", "latest", "--format", "pdf"), "invalid choice")
     user_error(main("--dir", directory, "cleanup", "--max-age-days", "-1"), "days >= 0")
+    user_error(main("--dir", directory, "export", "latest", "-f", "otlp", "--timeout", "0"), "seconds > 0")
     user_error(main("--dir", directory, "list", "--limit", "0"), "at least 1")
     user_error(main("--dir", directory, "list", "--until", "soon"), "not a time")
     user_error(main("--dir", directory, "report", "--status", "exploded"), "unknown status 'exploded'")
@@ -425,3 +427,86 @@ def test_a_storage_directory_that_is_a_file_is_said_to_be_one(tmp_path, main):
         user_error(cli(*command, env=env), f"{not_a_folder} (SOP_TELEMETRY_DIR) is a file, not a folder",
                    str(tmp_path / "cache" / "ept" / "sop_agents"))
     user_error(main("--dir", str(not_a_folder), "list"), "(--dir) is a file, not a folder")
+
+
+def _newest_corrupt(storage_dir: Path) -> str:
+    corrupt = "20990101T000000_000000_0badf11e"  # newer than any real session
+    (storage_dir / f"{corrupt}.json").write_text('{"session_id": "trunc')
+    return corrupt
+
+
+def test_latest_is_the_newest_readable_session(sessions, storage_dir, main):
+    _, second = sessions
+    corrupt = _newest_corrupt(storage_dir)
+    d = str(storage_dir)
+    shown = cli("--dir", d, "show", "latest")
+    assert shown.returncode == 0 and shown.stdout.startswith(f"Session {second.session_id}\n")
+    assert shown.stderr.startswith(f"sop-telemetry: warning: skipped {corrupt}: not a valid session file")
+    exported = main("--dir", d, "export", "latest")
+    assert exported.returncode == 0 and TelemetrySession.from_json(exported.stdout) == second
+    stats = json.loads(main("--dir", d, "--json", "stats").stdout)
+    assert (stats["sessions"], stats["unreadable_files"], stats["total_files"]) == (2, [corrupt], 3)
+    assert stats["newest_session"] == second.session_id
+    assert "session files   3 (1 unreadable)" in main("--dir", d, "stats").stdout
+
+
+def test_a_session_file_path_or_name_works_wherever_an_id_does(sessions, storage_dir, tmp_path, main):
+    first, _ = sessions
+    path = storage_dir / f"{first.session_id}.json"
+    elsewhere = tmp_path / "elsewhere"  # the storage directory is not where the file is
+    elsewhere.mkdir()
+    for given, directory in ((str(path), elsewhere), (path.name, storage_dir)):
+        shown = main("--dir", str(directory), "show", given)
+        assert shown.returncode == 0 and shown.stdout.startswith(f"Session {first.session_id}\n"), shown.stderr
+        exported = main("--dir", str(directory), "export", given, "-f", "json")
+        assert TelemetrySession.from_json(exported.stdout) == first
+    # What `run` prints, in a subprocess.
+    assert cli("show", str(path)).stdout.startswith(f"Session {first.session_id}\n")
+    user_error(main("--dir", str(storage_dir), "show", str(tmp_path / "not-a-session.json")), "no session")
+
+
+def test_session_ids_stay_whole_on_an_80_column_terminal(sessions, storage_dir):
+    pty = pytest.importorskip("pty")
+    pytest.importorskip("rich")
+    master, slave = pty.openpty()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("SOP_TELEMETRY")}
+    environment.update(COLUMNS="80", TERM="xterm")
+    try:
+        status = subprocess.run([sys.executable, "-m", "sop_telemetry", "--dir", str(storage_dir), "list"],
+                                stdout=slave, stderr=subprocess.PIPE, env=environment, timeout=60).returncode
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(master)
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", b"".join(chunks).decode("utf-8", "replace"))
+    assert status == 0
+    lines = shown.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for session in sessions:
+        assert any(line.lstrip().startswith(session.session_id) for line in lines), shown
+
+
+def test_since_says_where_it_applies_and_version(storage_dir, main):
+    user_error(main("--dir", str(storage_dir), "export", "--since", "7d", "-f", "csv"),
+               "--since/--until select sessions for --format otlp only", "--format csv exports one session")
+    help_text = " ".join(cli("export", "--help").stdout.split())
+    for expected in ("--format otlp only", "s (seconds)", "m (minutes)", "h (hours)", "d (days)", "w (weeks)"):
+        assert expected in help_text
+    version = cli("--version")
+    assert (version.returncode, version.stdout) == (0, "sop-telemetry 0.1.0\n")
+
+
+def test_show_gives_the_time_split_and_what_the_duration_covers(sessions, storage_dir, main):
+    text = main("--dir", str(storage_dir), "show", sessions[0].session_id).stdout
+    for expected in ("session duration", "(from telemetry's start in the process to the end of its last task)",
+                     "in tasks", "model calls", "tools", "agent's own work"):
+        assert expected in text
+    assert "overhead" not in text

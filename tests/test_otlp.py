@@ -271,6 +271,7 @@ def test_a_task_is_one_trace_with_the_exact_tree_attributes_and_timings(manager,
 
     boss_rec, sub_rec = task["agents"]
     assert root["attributes"] == {
+        "openinference.span.kind": "CHAIN",
         "sop_telemetry.session_id": sid,
         "sop_telemetry.task_id": tid,
         "sop_telemetry.task.description": "delegate",
@@ -285,6 +286,7 @@ def test_a_task_is_one_trace_with_the_exact_tree_attributes_and_timings(manager,
     (calc,) = by_name["invoke_agent calculator"]
     assert boss["parent"] == root["span_id"] and calc["parent"] == boss["span_id"]
     assert boss["attributes"] == {
+        "openinference.span.kind": "AGENT",
         "gen_ai.operation.name": "invoke_agent",
         "gen_ai.agent.name": "boss",
         "gen_ai.request.model": "boss-model",
@@ -301,6 +303,7 @@ def test_a_task_is_one_trace_with_the_exact_tree_attributes_and_timings(manager,
     call_rec = records[("call", first_chat["attributes"]["sop_telemetry.call_id"])]
     assert first_chat["kind"] == 3  # SPAN_KIND_CLIENT
     assert first_chat["attributes"] == {
+        "openinference.span.kind": "LLM",
         "gen_ai.operation.name": "chat",
         "gen_ai.request.model": "boss-model",
         "gen_ai.usage.input_tokens": 200,
@@ -335,6 +338,14 @@ def test_a_task_is_one_trace_with_the_exact_tree_attributes_and_timings(manager,
     (step1,) = [s for s in spans if s["name"] == "action step 1" and s["parent"] == boss["span_id"]]
     assert {e["parent"] for e in echoes} == {step1["span_id"]}
     assert step1["attributes"]["sop_telemetry.step.tool_calls"] == 3
+
+
+def test_every_span_names_its_openinference_kind(manager, receiver):
+    assert run_team() == "done"
+    _, spans = backfill(manager, receiver)
+    kinds = {(s["name"].split()[0], s["attributes"]["openinference.span.kind"]) for s in spans}
+    assert kinds == {("task", "CHAIN"), ("invoke_agent", "AGENT"), ("action", "CHAIN"), ("chat", "LLM"),
+                     ("execute_tool", "TOOL")}
 
 
 def test_failed_task_and_unreported_tokens(manager, receiver):
@@ -836,3 +847,28 @@ def test_cli_backfill_errors_are_one_line_and_status_one(manager, storage_dir):
     dead = _cli("export", "latest", "--format", "otlp", "--endpoint", _closed_port(), "--timeout", "2",
                 directory=storage_dir)
     assert dead.returncode == 1 and "failed" in dead.stdout and "Traceback" not in dead.stderr
+
+
+def test_cli_backfill_exits_1_when_anything_was_not_sent(manager, receiver, storage_dir):
+    run_small("cli")
+    written_session(manager)
+    refusing = Receiver(status=400)
+    try:
+        for extra in ([], ["--json"]):
+            refused = _cli(*extra, "export", "latest", "--format", "otlp", "--endpoint", refusing.endpoint,
+                           directory=storage_dir)
+            assert refused.returncode == 1, refused.stdout
+            assert "8 spans failed" in refused.stdout or '"failed_spans": 8' in refused.stdout
+    finally:
+        refusing.close()
+    # Every span accepted, but one session in the range could not be read: not sent, so not a success either.
+    (storage_dir / "20990101T000000_000000_0badf11e.json").write_text('{"session_id": "trunc')
+    partial = _cli("export", "--format", "otlp", "--since", "1d", "--endpoint", receiver.endpoint,
+                   directory=storage_dir)
+    assert partial.returncode == 1
+    assert partial.stdout.startswith("sent 8 spans (1 tasks, 1 sessions)")
+    assert partial.stdout.rstrip().endswith("; 1 unreadable session file(s) not sent")
+    assert "skipped 20990101T000000_000000_0badf11e" in partial.stderr
+    as_json = json.loads(_cli("--json", "export", "--format", "otlp", "--since", "1d", "--endpoint", receiver.endpoint,
+                              directory=storage_dir).stdout)
+    assert (as_json["ok"], as_json["unreadable_sessions"]) == (False, ["20990101T000000_000000_0badf11e"])
