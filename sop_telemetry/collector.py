@@ -147,9 +147,9 @@ def clip(value: Any, limit: int) -> Optional[str]:
 def _cut(text: str, limit: int) -> str:
     """`text` cut to `limit` characters with "…", credentials masked first: the mask at write replaces whole values,
     so a key cut in two would be kept; the beginning of one the cut goes through is masked too."""
-    from .redaction import mask_cut_secret, mask_secrets, secret_values
+    from .redaction import mask_cut_secret, mask_secrets, recent_secret_values
 
-    secrets = secret_values()
+    secrets = recent_secret_values()
     if secrets:
         head = text[: limit + len(secrets[0])]  # the rest is cut away, and holds no secret that begins in the head
         masked = mask_secrets(head, secrets)

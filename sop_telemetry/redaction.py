@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, List, Optional, Sequence, Set
+import time
+from functools import lru_cache
+from typing import Any, List, Optional, Sequence, Set, Tuple
 
 MASK = "***"
 ELLIPSIS = "…"  # what `collector.clip` ends a cut text with
@@ -34,6 +36,7 @@ _MIN_FRAGMENT = 4
 _NOT_SECRETS = {"PWD", "OLDPWD"}
 
 
+@lru_cache(maxsize=4096)  # (the same few dozen variable names at every write)
 def looks_secret(name: str) -> bool:
     return _SECRET_RE.search(name) is not None
 
@@ -53,6 +56,20 @@ def secret_values() -> List[str]:
     return sorted(found, key=len, reverse=True)  # longest first: one secret may contain another
 
 
+_recent: Tuple[Any, List[str]] = (None, [])
+
+
+def recent_secret_values() -> List[str]:
+    """`secret_values()`, read again at most once a second unless a secret was remembered or a variable added or
+    removed since: for `clip` on the agent's thread. What is written or sent is masked again with the current
+    values (redact_json), including the beginning of a secret a clip cut through."""
+    global _recent
+    key = (len(_remembered), len(os.environ), int(time.monotonic()))
+    if _recent[0] != key:
+        _recent = (key, secret_values())
+    return _recent[1]
+
+
 def mask_secrets(text: str, secrets: Sequence[str]) -> str:
     for secret in secrets:
         if secret in text:
@@ -64,6 +81,8 @@ def mask_cut_secret(text: str, secrets: Sequence[str]) -> str:
     """`text` (what a cut kept) with the longest beginning of a secret that it ends with masked."""
     best = 0
     for secret in secrets:
+        if secret[:_MIN_FRAGMENT] not in text[-len(secret):]:
+            continue  # (the usual case, found in one scan of the tail)
         for length in range(min(len(secret) - 1, len(text)), max(best, _MIN_FRAGMENT - 1), -1):
             if text.endswith(secret[:length]):
                 best = length
