@@ -277,14 +277,15 @@ def test_reading_commands_never_write_a_session(sessions, storage_dir, tmp_path)
     assert sorted(p.name for p in storage_dir.iterdir()) == before
 
 
-def test_rich_tables_on_a_terminal(sessions, storage_dir):
+def on_a_terminal(columns: int, *args: str) -> "tuple[int, str]":
+    """(exit status, output) of `sop-telemetry ARGS` writing to a pseudo-terminal `columns` wide."""
     pty = pytest.importorskip("pty")
     master, slave = pty.openpty()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("SOP_TELEMETRY")}
-    environment.update(COLUMNS="200", TERM="xterm")
+    environment.update(COLUMNS=str(columns), TERM="xterm")
     try:
-        status = subprocess.run([sys.executable, "-m", "sop_telemetry", "--dir", str(storage_dir), "list"],
-                                stdout=slave, stderr=subprocess.PIPE, env=environment, timeout=60).returncode
+        status = subprocess.run([sys.executable, "-m", "sop_telemetry", *args], stdout=slave, stderr=subprocess.PIPE,
+                                env=environment, timeout=60).returncode
         os.close(slave)
         chunks = []
         while True:
@@ -297,7 +298,11 @@ def test_rich_tables_on_a_terminal(sessions, storage_dir):
             chunks.append(chunk)
     finally:
         os.close(master)
-    shown = b"".join(chunks).decode("utf-8", "replace")
+    return status, b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_rich_tables_on_a_terminal(sessions, storage_dir):
+    status, shown = on_a_terminal(200, "--dir", str(storage_dir), "list")
     assert status == 0
     assert "┃" in shown or "│" in shown  # a rich table, not the plain text layout
     assert sessions[0].session_id in shown
@@ -466,29 +471,10 @@ def test_a_session_file_path_or_name_works_wherever_an_id_does(sessions, storage
 
 
 def test_session_ids_stay_whole_on_an_80_column_terminal(sessions, storage_dir):
-    pty = pytest.importorskip("pty")
     pytest.importorskip("rich")
-    master, slave = pty.openpty()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("SOP_TELEMETRY")}
-    environment.update(COLUMNS="80", TERM="xterm")
-    try:
-        status = subprocess.run([sys.executable, "-m", "sop_telemetry", "--dir", str(storage_dir), "list"],
-                                stdout=slave, stderr=subprocess.PIPE, env=environment, timeout=60).returncode
-        os.close(slave)
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(master)
-    shown = re.sub(r"\x1b\[[0-9;]*m", "", b"".join(chunks).decode("utf-8", "replace"))
+    status, shown = on_a_terminal(80, "--dir", str(storage_dir), "list")
     assert status == 0
-    lines = shown.splitlines()
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", shown).splitlines()
     assert max(len(line) for line in lines) <= 80
     for session in sessions:
         assert any(line.lstrip().startswith(session.session_id) for line in lines), shown
