@@ -26,14 +26,11 @@ What is patched (all undone by `uninstall()`):
   code know their task, agent and step.
 
 Why plain functions and not `wrapt.FunctionWrapper`: a FunctionWrapper in a class builds a bound wrapper object at
-every attribute access and calls through it; on a 21-step ToolCallingAgent run with a scripted model, wrappers that
-did nothing but call the original added 1.6% to the run as FunctionWrappers and nothing measurable as plain
-functions (the two timed side by side in one process, as in benchmarks/, section 1). Each patch here is
-a function closing over the original, marked as ours, with `functools.update_wrapper` (so `__wrapped__`, the name
-and the signature are the original's); `uninstall()` restores by identity as before. The one called on every step
-(generate) is generated with the original's own parameters (`_signatures`): what a call
-through the wrapper adds drops from about 280 ns to 90 in a tight loop. wrapt is still what proxies the generator
-of `run(stream=True)`.
+every attribute access and calls through it, which costs a short run measurably (docs/design.md, "Patch shapes").
+Each patch here is a function closing over the original, marked as ours, with `functools.update_wrapper` (so
+`__wrapped__`, the name and the signature are the original's); `uninstall()` restores by identity as before. The one
+called on every step (generate) is generated with the original's own parameters (`_signatures`), which saves packing
+and unpacking the arguments at every call. wrapt is still what proxies the generator of `run(stream=True)`.
 
 Every wrapper checks `switch.enabled` first and then calls the original. What it records is queued, not built: a
 tuple of timestamps and the objects at hand goes on the collector's queue, and the record dicts are built later by
@@ -68,8 +65,8 @@ SUPPORTED_VERSIONS = ((1, 23), (1, 27))  # >= 1.23 (copies context into tool thr
 class _ModelCall:
     """Set while this thread is inside a recorded model call, so that one that delegates to another patched method
     (super().generate, generate_stream -> generate, a model wrapping a model) counts once. Per thread rather than
-    a context variable: setting a ContextVar allocates a new context each time (≈0.5 µs a call inside a run), and
-    model calls are synchronous, so a thread is exactly one chain of them."""
+    a context variable: setting a ContextVar allocates a new context each time, and model calls are synchronous, so a
+    thread is exactly one chain of them."""
 
     __slots__ = ("busy",)
 
@@ -79,8 +76,8 @@ class _ModelCall:
 
 class _PerThread(threading.local):
     """Each thread's own `_ModelCall`. The flag is read and set on an object of its own rather than on the
-    thread-local: each attribute access on a threading.local looks the thread's dict up first (≈40 ns, against
-    ≈8 for a slot), and a model call reads the flag once and sets it twice."""
+    thread-local: each attribute access on a threading.local looks the thread's dict up first (several times a slot
+    access), and a model call reads the flag once and sets it twice."""
 
     def __init__(self) -> None:
         self.model_call = _ModelCall()
@@ -114,7 +111,7 @@ _COMPLETED, _CANCELLED, _FAILED = TaskStatus.COMPLETED, TaskStatus.CANCELLED, Ta
 # queue nothing as they go (see the steps section); a run queues its steps once, when it ends. Inside a run,
 # smolagents' own work between calls evicts our code and data from the CPU caches, so what a call costs is mostly how
 # many objects and code objects it reaches: on a cache-cold call (benchmarks/, section 2b) a helper function and the
-# collector's attributes, which this body no longer reaches, were 0.55 of the model wrapper's 2.4 µs.
+# collector's attributes, which this body no longer reaches, were a large part of the model wrapper's cost.
 def _collector() -> Any:
     return TelemetryManager.get_instance().get_collector()
 
@@ -390,12 +387,11 @@ def _tool_call_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
 
 # -- steps ---------------------------------------------------------------------------------------------------------
 # Steps queue nothing as they go: a run's step records are built from the agent's memory when it ends (_end_run),
-# and smolagents' `_finalize_step`, called at every step, is not patched (a wrapper there ran 22 times in a 21-step
-# ToolCallingAgent run to do nothing in the usual case: ≈35k of the ≈350k instructions sop_telemetry added to it,
-# benchmarks/ section 1c, though not enough time to tell apart in section 1). What the memory will not tell is
-# read elsewhere: where a planning step's calls end (`_generate_planning_step`, which only planning agents call),
-# and, from a failing run's traceback (`_note_failure`: only failing runs pay), the error a step died of when it is
-# not stored on the step and a step that never reached the memory because its callback raised.
+# and smolagents' `_finalize_step`, called at every step, is not patched (a wrapper there did nothing in the usual
+# case; docs/design.md, "Steps are read from the agent's memory"). What the memory will not tell is read elsewhere:
+# where a planning step's calls end (`_generate_planning_step`, which only planning agents call), and, from a failing
+# run's traceback (`_note_failure`: only failing runs pay), the error a step died of when it is not stored on the step
+# and a step that never reached the memory because its callback raised.
 _in_flight: Callable[[], Optional[BaseException]] = getattr(sys, "exception", None) or (lambda: sys.exc_info()[1])
 
 
