@@ -237,8 +237,11 @@ class _Output:
             else:
                 from rich import box
 
-                narrow = {"box": box.SIMPLE_HEAD, "pad_edge": False, "collapse_padding": True} if self.narrow else {}
-                shown = Table(title=table.title, title_justify="left", **narrow)
+                if self.narrow:
+                    shown = Table(title=table.title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                                  collapse_padding=True)
+                else:
+                    shown = Table(title=table.title, title_justify="left")
                 for index, (name, align) in enumerate(table.columns):
                     # The first column names the row (a session id, a task, a model): what a user copies. It is
                     # kept whole on a narrow terminal, and the other columns' values wrap first.
@@ -566,7 +569,6 @@ def _cmd_report(args: argparse.Namespace, out: _Output) -> int:
 
 def _cmd_stats(args: argparse.Namespace, out: _Output) -> int:
     from .analysis import Table
-
     from .storage import SessionLoadError
 
     store = _store(args)
@@ -788,7 +790,7 @@ def _written_sessions(entries: List[Dict[str, Any]], store: Any, before: Dict[st
     """Session files of the run: those its processes reported at exit, plus files new or changed in the storage
     directory that a process of the run wrote (a process that ended with os._exit reports nothing)."""
     found: List[Path] = []
-    pids = {child_pid}
+    pids: set = {child_pid}
     for entry in entries:
         pids.add(entry.get("pid"))
         path = Path(entry.get("path") or "")

@@ -294,7 +294,7 @@ class TelemetryCollector:
         """Records one finished model call. Pass `None` tokens when the model did not report usage."""
         if not switch.enabled:
             return
-        # Zero on both sides reports nothing, as from the instrumentation: a client's "no usage" (LiteLLM's Usage(0, 0, 0)).
+        # Zero on both sides reported nothing, as in the instrumentation (LiteLLM's "no usage" is Usage(0, 0, 0)).
         reported = extra.pop("tokens_reported", bool(prompt_tokens or completion_tokens))
         if not reported and not prompt_tokens and not completion_tokens:
             prompt_tokens = completion_tokens = None
@@ -382,8 +382,9 @@ class TelemetryCollector:
             if task_id in self._open:
                 # A reused id while the first is still open: keep both, tell them apart.
                 task["task_id"] = renamed = f"{task_id}#{next_id('')}"
-                self._said_once("start_task", f"start_task({task_id!r}): a task with this id is still open; this one is "
-                                         f"recorded as {renamed!r} and ended by end_task({task_id!r}) in its context")
+                self._said_once("start_task", f"start_task({task_id!r}): a task with this id is still open; this one "
+                                              f"is recorded as {renamed!r} and ended by end_task({task_id!r}) in its "
+                                              "context")
                 task_id = renamed
             self._tasks.append(task)
             self._open[task_id] = task

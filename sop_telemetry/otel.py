@@ -18,9 +18,9 @@ One task is one trace: the task is the root span; agent runs are `invoke_agent {
 `parent_agent_id`; steps are spans under their agent run; model calls (`chat {model}`) and tool calls
 (`execute_tool {name}`) sit under the step that made them (under the agent run when no step matches). Attributes
 follow the OpenTelemetry GenAI semantic conventions, plus our ids and cost as `sop_telemetry.*`, and each span names
-its OpenInference kind (`openinference.span.kind`: CHAIN for tasks and steps, AGENT, LLM, TOOL) for Phoenix. Timestamps are the
-records' own. Trace and span ids are hashes of the session, task and record ids, so a session sent twice (live, then
-backfilled) is the same trace with the same spans.
+its OpenInference kind (`openinference.span.kind`: CHAIN for tasks and steps, AGENT, LLM, TOOL) for Phoenix.
+Timestamps are the records' own. Trace and span ids are hashes of the session, task and record ids, so a session
+sent twice (live, then backfilled) is the same trace with the same spans.
 
 The spans are the SDK's own `ReadableSpan` objects, sent by the official OTLP/HTTP exporter. No TracerProvider is
 created and the global one is never read or set: an application's own OpenTelemetry setup, or OpenInference, is left

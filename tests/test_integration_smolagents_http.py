@@ -12,6 +12,7 @@ import pytest
 from fakes import add
 from openai_server import OpenAIServer, error_reply, tool_call_reply
 from smolagents import ToolCallingAgent
+from smolagents.utils import AgentGenerationError
 
 pytest.importorskip("openai", reason="needs the openai package (test extra)")
 from smolagents.models import OpenAIServerModel  # noqa: E402
@@ -60,7 +61,7 @@ def test_a_key_that_a_clip_cuts_through_is_masked_in_the_file_and_the_log(manage
             return error_reply(500, "x" * (485 - before - len(quote)) + quote + sent + " was refused")
 
         server.replies = [echo]
-        with pytest.raises(Exception):
+        with pytest.raises(AgentGenerationError):
             ToolCallingAgent(tools=[add], model=model, verbosity_level=0).run("add")
     path = manager.flush_data()
     text = path.read_text()
