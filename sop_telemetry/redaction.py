@@ -91,7 +91,9 @@ def mask_cut_secret(text: str, secrets: Sequence[str]) -> str:
 
 
 def _cut_secret_present(text: str, secrets: Sequence[str]) -> bool:
-    longest = len(secrets[0]) if secrets else 0
+    if not secrets:
+        return False
+    longest = max(len(secret) for secret in secrets)
     at = text.find(ELLIPSIS)
     while at >= 0:
         before = text[max(0, at - longest):at]
@@ -108,17 +110,19 @@ _FORMATTED = {"status", "start_time", "end_time", "schema_version", "session_id"
 
 def redact_json(text: str, secrets: Sequence[str]) -> str:
     """A session file's JSON with every secret value replaced by MASK inside string values (and model names used
-    as keys), and the beginning of one that a clip cut through (a text ending in "…") masked too: a secret may be
-    learned after a text quoting it was clipped. Parsed and rewritten only when a secret is there, so the usual
-    write costs one scan per secret and one for the ellipsis."""
+    as keys), and the beginning of a remembered one that a clip cut through (a text ending in "…") masked too.
+    Parsed and rewritten only when a secret is there, so the usual write costs a scan or two per secret."""
     present = [s for s in secrets if s in text or json.dumps(s, ensure_ascii=False)[1:-1] in text]
-    if not present and not (secrets and _cut_secret_present(text, secrets)):
+    # A clip masks the secrets known when it cuts; one remembered later (a model's key, learned when its run's records
+    # are built) may have been cut through, so the beginnings of those are looked for here.
+    late = [s for s in secrets if s in _remembered and s[:_MIN_FRAGMENT] in text]
+    if not present and not _cut_secret_present(text, late):
         return text
 
     def mask(value: str) -> str:
         value = mask_secrets(value, present)
-        if value.endswith(ELLIPSIS):
-            value = mask_cut_secret(value[:-1], secrets) + ELLIPSIS
+        if late and value.endswith(ELLIPSIS):
+            value = mask_cut_secret(value[:-1], late) + ELLIPSIS
         return value
 
     def clean(value: Any, key: Optional[str] = None) -> Any:
