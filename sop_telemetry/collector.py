@@ -247,8 +247,8 @@ class TelemetryCollector:
         frame = current.get()
         task = self._innermost_open(frame, task_id) or self._open.get(task_id)
         if task is None:
-            self._said_once("end_task", f"end_task({task_id!r}): no open task has this id (never started, or already "
-                                   "ended); nothing was changed")
+            self._said_once("end_task", f"end_task({task_id!r}): no open task has this id (never started, or "
+                                        "already ended); nothing was changed")
             return
         if frame is not None and frame.task is task and frame.agent is None:
             current.set(frame.parent)
@@ -501,8 +501,8 @@ class TelemetryCollector:
         with self._lock:
             if self._implicit is None:
                 self._implicit = self.open_task("untracked", "Records made outside any task", implicit=True)
-                self._said_once("untracked", "a record was made outside any task (no start_task or agent run around "
-                                        "it): such records go to the task 'untracked'", logging.INFO)
+                self._said_once("untracked", "a record was made outside any task (no start_task or agent run "
+                                             "around it): such records go to the task 'untracked'", logging.INFO)
             return self._implicit
 
     def changed(self, urgent: bool) -> None:
