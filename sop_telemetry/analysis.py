@@ -393,7 +393,8 @@ class TimeSplit(_Result):
         return [Table("Time split", _SPLIT_COLUMNS, [self.cells()])]
 
 
-_SPLIT_COLUMNS = [("wall", ">"), ("in model calls", ">"), ("in tools", ">"), ("overhead", ">")]
+# "agent's own work", never "overhead": users read that as the telemetry's cost.
+_SPLIT_COLUMNS = [("wall", ">"), ("in model calls", ">"), ("in tools", ">"), ("agent's own work", ">")]
 
 
 class TaskTiming(_Result):
@@ -443,11 +444,12 @@ class PerformanceReport(_Result):
 
     def tables(self) -> List[Table]:
         tables = [Table(f"Performance of session {self.session_id}", None, [
-            ["session duration", format_duration(self.total_duration)],
+            ["session duration", f"{format_duration(self.total_duration)} (from telemetry's start in the process to "
+                                 "the end of its last task)"],
             ["in tasks", format_duration(self.split.wall)],
-            ["model calls", _share(self.split.model, self.split.wall)],
-            ["tools", _share(self.split.tools, self.split.wall)],
-            ["agent overhead", _share(self.split.overhead, self.split.wall)],
+            ["  model calls", _share(self.split.model, self.split.wall)],
+            ["  tools", _share(self.split.tools, self.split.wall)],
+            ["  agent's own work", _share(self.split.overhead, self.split.wall)],
         ])]
         tables.append(Table("Tasks", [("task", "<"), ("status", "<"), *_SPLIT_COLUMNS, ("steps", ">"),
                                       ("model calls", ">"), ("tool calls", ">")],
@@ -516,7 +518,7 @@ def analyze_performance(session: TelemetrySession, slowest: int = 5) -> Performa
 
 
 def task_time_split(task: TaskExecution) -> TimeSplit:
-    """The task's wall time split into model calls, tools and overhead (overlaps counted once)."""
+    """The task's wall time split into model calls, tools and the agent's own work (overlaps counted once)."""
     if task.duration is None:
         return TimeSplit()
     origin = task.start_time
@@ -576,6 +578,8 @@ class AgentFigures(_Result):
     total_tokens: int = 0
     tokens_per_run: Optional[float] = None
     cost: Optional[float] = None
+    # Calls with tokens but no known price: when > 0, `cost` is a lower bound.
+    unpriced_calls: int = 0
 
     def tables(self) -> List[Table]:
         return [Table("Agent", None, [["runs", str(self.runs)], ["success rate", _rate(self.success_rate)]])]
@@ -625,7 +629,7 @@ class SessionsSummary(_Result):
                             [[name, str(a.runs), str(a.failed), _rate(a.success_rate),
                               format_duration(a.mean_duration),
                               "-" if a.tokens_per_run is None else _int(round(a.tokens_per_run)),
-                              format_cost(a.cost)] for name, a in self.agents.items()]))
+                              format_cost(a.cost, a.unpriced_calls)] for name, a in self.agents.items()]))
         return tables
 
 
@@ -663,6 +667,8 @@ def summarize_sessions(sessions: Iterable[TelemetrySession]) -> SessionsSummary:
                     of_agent.total_tokens += call.total_tokens or 0
                     if call.cost_estimate is not None:
                         of_agent.cost = (of_agent.cost or 0.0) + call.cost_estimate
+                    else:
+                        of_agent.unpriced_calls += 1
             if task.dropped_token_usage is not None:
                 summary.total.add_usage(task.dropped_token_usage)
                 by_day[_day(task.start_time)].add_usage(task.dropped_token_usage)

@@ -263,8 +263,9 @@ def to_text_tree(session: TelemetrySession, task_id: Optional[str] = None) -> st
 
 def _task_node(task: TaskExecution) -> _Node:
     usage = task.token_usage
+    unpriced = sum(1 for call in task.llm_calls if call.tokens_reported and call.cost_estimate is None)
     parts = [f"task {task.task_id}", TaskStatus(task.status).value, format_duration(task.duration),
-             f"{usage.total_tokens:,} tokens", f"cost {format_cost(usage.cost_estimate)}"]
+             f"{usage.total_tokens:,} tokens", f"cost {format_cost(usage.cost_estimate, unpriced)}"]
     if task.stop_reason:
         parts.append(f"stopped: {task.stop_reason}")
     if task.error_type:

@@ -664,3 +664,43 @@ def test_masking_never_makes_a_file_unreadable_and_handles_json_escapes(manager,
     (task,) = session.tasks
     assert task.status.value == "completed"
     assert task.tools[0].error_message == "state ***, key ***"
+
+
+def test_a_key_cut_through_by_any_clip_is_masked_whole(manager, storage_dir, monkeypatch, caplog):
+    # The key near the 500-character clip of a task's description, a tool's error and, with content capture on, a
+    # tool's arguments and output: masked before the clip, never half-kept.
+    caplog.set_level(logging.DEBUG, logger="sop_telemetry")
+    key = "sk-test-SECRET-0123456789"
+    monkeypatch.setenv("PROVIDER_API_KEY", key)
+    manager.initialize({"capture_content": True})
+    near_the_clip = "x" * 485 + key + " and more"
+
+    @tool
+    def echo(text: str) -> str:
+        """Echoes its text.
+
+        Args:
+            text: Anything.
+        """
+        return text
+
+    @tool
+    def leaky() -> str:
+        """Fails, quoting the key."""
+        raise PermissionError(near_the_clip)
+
+    model = ScriptedModel([call("echo", text=near_the_clip), call("leaky"), call("final_answer", answer="ok")])
+    assert ToolCallingAgent(tools=[echo, leaky], model=model, verbosity_level=0).run(near_the_clip) == "ok"
+    collector = manager.get_collector()
+    collector.start_task("manual", "y" * 480 + key)
+    collector.end_task("manual", "failed", error_message="z" * 490 + key)
+    text = manager.flush_data().read_text()
+    tasks = {t["task_id"]: t for t in json.loads(text)["tasks"]}
+    manual = tasks.pop("manual")
+    (first,) = tasks.values()
+    assert first["description"] == "x" * 485 + "*** and more"
+    echoed, failed, _answer = first["tools"]
+    assert failed["error_message"] == "x" * 485 + "*** and more"
+    assert "***" in echoed["arguments_preview"] and echoed["output_preview"] == "x" * 485 + "*** and more"
+    assert (manual["description"], manual["error_message"]) == ("y" * 480 + "***", "z" * 490 + "***")
+    assert key[:4] not in text and key[:4] not in caplog.text

@@ -51,7 +51,8 @@ def int_or_none(value: Any) -> Optional[int]:
 def tokens(usage: Any) -> Tuple[Optional[int], Optional[int], Optional[int], bool]:
     """(prompt, completion, total, reported) from a usage object (smolagents' TokenUsage or anything like it)."""
     prompt, completion = int_or_none(attr(usage, "input_tokens")), int_or_none(attr(usage, "output_tokens"))
-    if prompt is None and completion is None:
+    if not prompt and not completion:
+        # None or zero on both sides: a client's way of saying "no usage" (LiteLLM answers Usage(0, 0, 0)).
         return None, None, None, False
     total = int_or_none(attr(usage, "total_tokens"))
     if total is None:
