@@ -110,8 +110,10 @@ def test_show(sessions, storage_dir, main):
     assert [t["total_tokens"] for t in data["tasks"]] == [330, 330]
 
 
-def test_unknown_bad_and_ambiguous_ids_are_one_line_errors(sessions, storage_dir, main):
+def test_unknown_bad_and_ambiguous_ids_are_one_line_errors(sessions, storage_dir, main, monkeypatch):
     first, _ = sessions
+    # An id may also be a file's path: from a folder where these relative paths lead to no file, they are only ids.
+    monkeypatch.chdir(storage_dir.parent)
     directory = str(storage_dir)
     user_error(cli("--dir", directory, "show", "20990101T000000_000000_00000000"), "no session")
     user_error(main("--dir", directory, "show", "../../etc/passwd"), "no session")
