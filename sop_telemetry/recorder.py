@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from contextvars import Token
 from typing import Any, Callable, Iterator, Optional, Tuple, Union
 
-from .collector import Frame, clip, current, next_id, switch
+from .collector import Clock, Frame, clip, current, next_id, switch
 from .error_handler import report
 from .manager import TelemetryManager  # (at import, not at a first call: an integration imports this at install)
 from .status import CallStatus, TaskStatus
@@ -46,7 +46,12 @@ __all__ = [
 ]
 
 Run = Frame  # the handle of an agent run
-clock = time.perf_counter  # the clock of the `start` / `end` arguments (unless `wall=True`)
+
+
+def clock() -> float:
+    """The clock of the `start` / `end` arguments (unless `wall=True`): `time.perf_counter`, read through the
+    collector's `Clock` so that freezegun's patching of module globals leaves it one clock with the runs' epochs."""
+    return Clock.perf()
 
 ErrorArg = Union[BaseException, Tuple[str, Optional[str]], str, None]
 Error = Optional[Tuple[str, Optional[str]]]
@@ -150,7 +155,7 @@ _REASONING = (("reasoning_tokens",), ("output_token_details", "reasoning"),
 def usage_of(usage: Any) -> Tuple[Optional[int], Optional[int], Optional[int], bool, Optional[int], Optional[int]]:
     """(prompt, completion, total, reported, cached, reasoning) from a usage as a framework reports it: `Usage`,
     smolagents' TokenUsage, pydantic-ai's RequestUsage, LangChain's usage_metadata dict, OpenAI's usage. Not
-    reported (None, None, None, False, None, None) when it has neither input nor output tokens."""
+    reported (None, None, None, False, None, None) when it has neither input nor output tokens, or zero of both."""
     if usage is None:
         return None, None, None, False, None, None
     if usage.__class__ is Usage:
@@ -159,12 +164,13 @@ def usage_of(usage: Any) -> Tuple[Optional[int], Optional[int], Optional[int], b
     else:
         prompt = int_or_none(_field(usage, *_INPUT))
         completion = int_or_none(_field(usage, *_OUTPUT))
-        if prompt is None and completion is None:
+        if not prompt and not completion:
             return None, None, None, False, None, None
         total = _field(usage, *_TOTAL)
         cached = _field(usage, *_CACHED)
         reasoning = _field(usage, *_REASONING)
-    if prompt is None and completion is None:
+    if not prompt and not completion:
+        # None or zero on both sides: a client's way of saying "no usage" (LiteLLM answers Usage(0, 0, 0)).
         return None, None, None, False, None, None
     total = int_or_none(total)
     if total is None:
@@ -298,7 +304,7 @@ def _epoch(run: Optional[Run], wall: bool) -> float:
     """What turns a `clock()` reading into epoch seconds: the run's (taken when it began), or now's."""
     if wall:
         return 0.0
-    return run.epoch if run is not None else time.time() - time.perf_counter()
+    return run.epoch if run is not None else time.time() - Clock.perf()
 
 
 def capturing() -> bool:
@@ -417,7 +423,7 @@ def begin_step(step_type: str = "action", number: Optional[int] = None, *, run: 
         if number is None:
             number = (run.last_step or 0) + 1
         run.last_step = number
-        step = Step(run, number, step_type, time.perf_counter(), run.step)
+        step = Step(run, number, step_type, Clock.perf(), run.step)
         run.step = number
         return step
     except Exception as exc:  # noqa: BLE001 - the guard
@@ -434,7 +440,7 @@ def end_step(step: Step, *, error: ErrorArg = None, is_final_answer: bool = Fals
         return
     try:
         run.step = step.previous
-        record_step(step.number, step_type or step.step_type, step.start, time.perf_counter(), run=run, error=error,
+        record_step(step.number, step_type or step.step_type, step.start, Clock.perf(), run=run, error=error,
                     is_final_answer=is_final_answer, code=code)
     except Exception as exc:  # noqa: BLE001 - the guard
         report("recorder.step", exc)
