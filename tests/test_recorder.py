@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 from fakes import written_session
+
 from sop_telemetry import recorder
 from sop_telemetry.collector import switch
 from sop_telemetry.error_handler import get_error_handler

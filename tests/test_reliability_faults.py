@@ -30,9 +30,9 @@ from agent_runs import SCENARIOS, assert_same_outcome, uninstrumented
 from fakes import ScriptedModel, add, call
 from smolagents import ToolCallingAgent
 
+from sop_telemetry import recorder
 from sop_telemetry.collector import TelemetryCollector
 from sop_telemetry.error_handler import get_error_handler
-from sop_telemetry import recorder
 from sop_telemetry.integrations.patching import is_ours
 from sop_telemetry.integrations.smolagents import SmolagentsIntegration
 from sop_telemetry.manager import TelemetryManager
