@@ -504,11 +504,16 @@ class TelemetryCollector:
         threads that would file one thread's records under another thread's task (and the frameworks we
         instrument copy the context into their tool threads, the case that guess was for)."""
         with self._lock:
-            if self._implicit is None:
-                self._implicit = self.open_task("untracked", "Records made outside any task", implicit=True)
+            implicit = self._implicit
+            if implicit is None:
+                # Kept before the manager is told (changed): if telling it fails, the next record must find this
+                # task, not open a second one with the same id.
+                implicit = self._implicit = self.open_task("untracked", "Records made outside any task",
+                                                           notify=False, implicit=True)
                 self._said_once("untracked", "a record was made outside any task (no start_task or agent run "
                                              "around it): such records go to the task 'untracked'", logging.INFO)
-            return self._implicit
+                self.changed(False)
+            return implicit
 
     def changed(self, urgent: bool) -> None:
         """Marks the session changed and tells the manager (which starts its writer); `urgent` asks for a write now."""

@@ -29,8 +29,6 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from .error_handler import report
-
 if TYPE_CHECKING:
     from importlib.abc import Loader
 else:
@@ -45,6 +43,14 @@ BUILTIN: Tuple[Tuple[str, str, str], ...] = (
 )
 
 ENV_VAR = "SOP_TELEMETRY_INTEGRATIONS"
+
+
+def report(operation: str, exc: BaseException) -> None:
+    """The guard's inline shape (error_handler.report), imported when first needed: `import sop_telemetry` loads
+    this module and nothing else of ours."""
+    from .error_handler import report as guard_report
+
+    guard_report(operation, exc)
 
 
 class DidNotEnable(Exception):
