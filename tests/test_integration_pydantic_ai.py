@@ -149,7 +149,8 @@ def test_tools_over_several_requests(manager):
     assert all(r["agent_id"] == agent_rec["agent_id"] for r in task["llm_calls"] + task["tools"] + task["steps"])
     for record in task["llm_calls"] + task["tools"] + task["steps"]:
         assert record["duration"] >= 0 and record["start_time"] <= record["end_time"]
-    assert task["steps"][0]["end_time"] >= task["tools"][0]["end_time"]
+    # (A call's end is stored as its start plus its duration: equal times may differ in the last bit.)
+    assert task["steps"][0]["end_time"] >= task["tools"][0]["end_time"] - 1e-6
 
 
 def test_parallel_tool_calls_in_one_response(manager):
