@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
@@ -149,8 +150,9 @@ def test_tools_over_several_requests(manager):
     assert all(r["agent_id"] == agent_rec["agent_id"] for r in task["llm_calls"] + task["tools"] + task["steps"])
     for record in task["llm_calls"] + task["tools"] + task["steps"]:
         assert record["duration"] >= 0 and record["start_time"] <= record["end_time"]
-    # (A call's end is stored as its start plus its duration: equal times may differ in the last bit.)
-    assert task["steps"][0]["end_time"] >= task["tools"][0]["end_time"] - 1e-6
+    # (A call's end is stored as its start plus its duration: equal times may differ in the last digit.)
+    step_end, tool_end = (datetime.fromisoformat(r["end_time"]) for r in (task["steps"][0], task["tools"][0]))
+    assert step_end >= tool_end - timedelta(microseconds=1)
 
 
 def test_parallel_tool_calls_in_one_response(manager):
