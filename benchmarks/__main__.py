@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-SECTIONS = ("agent", "ablation", "instructions", "per_call", "flush", "memory", "imports", "sessions", "otlp")
+SECTIONS = ("agent", "ablation", "instructions", "per_call", "flush", "memory", "imports", "sessions", "otlp",
+            "pydantic_ai")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
 FULL = {
@@ -38,6 +39,7 @@ FULL = {
     "imports": {"runs": 15},
     "sessions": {"sessions": 1_000, "repeats": 3},
     "otlp": {"iterations": 100, "warmup": 10},
+    "pydantic_ai": {"iterations": 100, "warmup": 5, "repeats": 3},
 }
 QUICK = {
     "agent_tool_calling": {"iterations": 4, "warmup": 1, "repeats": 1, "openinference_every": 2},
@@ -51,6 +53,7 @@ QUICK = {
     "imports": {"runs": 2},
     "sessions": {"sessions": 20, "repeats": 1},
     "otlp": {"iterations": 3, "warmup": 1},
+    "pydantic_ai": {"iterations": 2, "warmup": 1, "repeats": 1},
 }
 
 
@@ -160,6 +163,16 @@ def main(argv: List[str] | None = None) -> int:
 
                     log("7. live OTLP export to a healthy, dead and silent collector")
                     results["otlp"] = run_otlp_dead_collector(**plan["otlp"])
+            if "pydantic_ai" in wanted:
+                try:
+                    import pydantic_ai  # noqa: F401
+                except ImportError:
+                    log("8. pydantic-ai run overhead skipped: pip install -e '.[bench]'")
+                else:
+                    from .pydantic_ai_run import run_pydantic_ai_overhead
+
+                    log("8. pydantic-ai run overhead")
+                    results["pydantic_ai"] = run_pydantic_ai_overhead(log=log, **plan["pydantic_ai"])
         finally:
             manager.shutdown(flush=False)
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)

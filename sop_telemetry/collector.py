@@ -74,7 +74,7 @@ class Frame:
     """What a piece of running code records into: a task, and the agent run (if any) inside it."""
 
     __slots__ = ("task", "agent", "owner", "parent", "collector", "pending", "limit", "epoch", "calls", "tools",
-                 "dropped", "framework", "step", "last_step", "stop_reason", "ext")
+                 "dropped", "framework", "step", "last_step", "stop_reason", "ext", "on_end")
 
     def __init__(self, task: Optional[dict], agent: Optional[dict] = None, owner: Any = None,
                  parent: Optional["Frame"] = None, collector: Optional["TelemetryCollector"] = None):
@@ -111,6 +111,8 @@ class Frame:
         self.stop_reason: Optional[str] = None
         # What the integration that began the run keeps with it: the core never reads it.
         self.ext: Any = None
+        # The integration's builder `(collector, frame)` for what it read when the run ended (recorder.end_run).
+        self.on_end: Optional[Callable[[Any, "Frame"], None]] = None
 
 
 current: ContextVar[Optional[Frame]] = ContextVar("sop_telemetry_frame", default=None)

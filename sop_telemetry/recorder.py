@@ -225,7 +225,9 @@ def end_run(run: Run, *, status: Union[TaskStatus, str, None] = None, error: Err
             stop_reason: Optional[str] = None, end: Optional[float] = None) -> None:
     """Ends a run. `status` defaults from `error`: none -> completed; KeyboardInterrupt, asyncio.CancelledError ->
     cancelled; GeneratorExit -> cancelled, with no error recorded; anything else -> failed. `stop_reason` (e.g.
-    "max_steps") is the run's, and its task's when top-level. `end` is epoch seconds (default: now)."""
+    "max_steps") is the run's, and its task's when top-level. `end` is epoch seconds (default: now).
+    Where records are built, `run.on_end(collector, run)` runs first if the integration set it: its builder for what
+    it read as the run ended (smolagents' steps), at no cost of an event of its own on the agent's thread."""
     if run is DISABLED or run is None:
         return
     try:
@@ -520,6 +522,11 @@ def open_run(collector: Any, run: Run, framework: Optional[str], agent_type: Any
 
 
 def _end(collector: Any, run: Run, end: float, status: TaskStatus, error: Error, stop_reason: Optional[str]) -> None:
+    if run.on_end is not None:
+        try:
+            run.on_end(collector, run)
+        except Exception as exc:  # noqa: BLE001 - the guard: the run is closed all the same
+            report("recorder.end_run", exc)
     close_run(collector, run, end, status, error, stop_reason)
 
 

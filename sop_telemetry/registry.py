@@ -39,6 +39,7 @@ logger = logging.getLogger("sop_telemetry")
 # (name, the module whose import installs it, the module holding its `integration`).
 BUILTIN: Tuple[Tuple[str, str, str], ...] = (
     ("smolagents", "smolagents", "sop_telemetry.integrations.smolagents"),
+    ("pydantic_ai", "pydantic_ai", "sop_telemetry.integrations.pydantic_ai"),
 )
 
 ENV_VAR = "SOP_TELEMETRY_INTEGRATIONS"

@@ -107,7 +107,9 @@ NOT_REACHED = (
     | {("recorder.tool_call", s) for s in SCENARIOS if s not in ("direct_calls", "tool_calling")}
     | {("collector.open_fallback_task", s) for s in SCENARIOS if s != "direct_calls"}
     | {("recorder.take_calls", s) for s in SCENARIOS if s != "stream"}  # (planning steps: only this one plans)
-    | {(p, "direct_calls") for p in ("recorder.begin_run", "recorder.end_run", "recorder.defer", "recorder.open_run",
+    # (the integration defers only a planning step's end and, before a failed model call, its model's credentials)
+    | {("recorder.defer", s) for s in SCENARIOS if s not in ("stream", "failing_model", "direct_calls")}
+    | {(p, "direct_calls") for p in ("recorder.begin_run", "recorder.end_run", "recorder.open_run",
                                      "recorder.close_run", "recorder.add_step", "recorder.take_calls")}
     # (installed before any scenario runs: a fault in it is the integration contract's, tested apart)
     | {("integration.setup", s) for s in SCENARIOS}

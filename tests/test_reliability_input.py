@@ -624,8 +624,8 @@ def test_secrets_never_reach_a_session_file_or_the_log(manager, storage_dir, mon
 
 
 def test_a_model_key_is_masked_even_when_its_run_record_fails_to_build(manager, storage_dir, monkeypatch):
-    # The key is remembered by an event of its own, queued as the run begins: a failure to build the run's agent
-    # record (counted and logged) must not leave the failed call's error message, which quotes the key, unmasked.
+    # The key is remembered by an event of its own, queued before the failed call's: a failure to build the run's
+    # agent record (counted and logged) must not leave the call's error message, which quotes the key, unmasked.
     from sop_telemetry import recorder
 
     def broken(*args: Any) -> None:

@@ -2,8 +2,8 @@
 
 Usage (what `TelemetryCollector.materialize()` does with the events the integration defers)::
 
-    from sop_telemetry.integrations._smolagents_records import record_steps
-    record_steps(collector, run, fields)      # the steps of a run that ended, from what step_fields read
+    from sop_telemetry.integrations._smolagents_records import finish_run
+    finish_run(collector, run)      # run.on_end: its model's credentials, the steps step_fields read as it ended
 
 Runs, model calls and tool calls go through the recorder API; what is smolagents' own is here: its steps, read from
 the agent's memory when a run ends, the calls of a planning step, and its models' credentials. What the integration
@@ -16,6 +16,7 @@ from typing import Any, List, Optional, Tuple
 
 from .. import recorder
 from ..collector import Frame
+from ..error_handler import guard
 
 
 class RunState:
@@ -23,16 +24,29 @@ class RunState:
     when first needed): the calls of each planning step (by the step object's id), the error a step died of (by
     id), steps that never reached the memory (a step callback raised), a streamed run's (memory list, index of its
     first step), and the exception the caller was handling when the run began (code may run an agent inside an
-    `except`: sys.exc_info() shows it everywhere below, so it must not be taken for an error of this run)."""
+    `except`: sys.exc_info() shows it everywhere below, so it must not be taken for an error of this run); the
+    agent's model and, once the run ended, its steps' fields, for `finish_run`."""
 
-    __slots__ = ("planning", "step_errors", "lost_steps", "memory", "outer_error")
+    __slots__ = ("planning", "step_errors", "lost_steps", "memory", "outer_error", "model", "fields")
 
-    def __init__(self, outer_error: Optional[BaseException]) -> None:
+    def __init__(self, outer_error: Optional[BaseException], model: Any) -> None:
         self.planning: Optional[dict] = None
         self.step_errors: Optional[dict] = None
         self.lost_steps: Optional[List[Any]] = None
         self.memory: Optional[Tuple[List[Any], int]] = None
         self.outer_error = outer_error
+        self.model = model
+        self.fields: Optional[list] = None
+
+
+def finish_run(collector: Any, frame: Frame) -> None:
+    """The run's `on_end` (built just before its end): its model's credentials remembered, then its steps recorded
+    from what step_fields read as it ended. Each guarded apart: a failure costs that part only."""
+    state = frame.ext
+    if state.model is not None:
+        guard("smolagents.run", remember_credentials, collector, frame, state.model)
+    if state.fields is not None:
+        guard("smolagents.step", record_steps, collector, frame, state.fields)
 # -- steps ---------------------------------------------------------------------------------------------------------
 # A run's step records are built when it ends, from the agent's memory: smolagents appends every finished planning
 # and action step to `agent.memory.steps`, with its timing, number, error and code. Nothing is recorded per step while
@@ -149,9 +163,10 @@ _last_credentials: Optional[tuple] = None
 
 def remember_credentials(collector: Any, frame: Optional[Frame], model: Any) -> None:
     """A model's key (`api_key` or `token` on LiteLLM-style models, in `client_kwargs` on OpenAI, Azure, Bedrock and
-    Inference Providers models) is masked in session files: a failed call's error message may quote it. Queued at
-    the start of a run, so it has run before the run's records are written or exported. Runs of one agent pass the
-    same model with the same key again and again: that case is recognized and skipped."""
+    Inference Providers models) is masked in session files: a failed call's error message may quote it. Built
+    before a failed model call's record and before a run's end, so it has run before a record that may quote the
+    key is written or exported. Runs of one agent pass the same model with the same key again and again: that case
+    is recognized and skipped."""
     global _last_credentials
     attr = recorder.attr
     api_key, token, kwargs = attr(model, "api_key"), attr(model, "token"), attr(model, "client_kwargs")

@@ -92,7 +92,7 @@ _model_returned, _tool_returned = recorder.model_returned, recorder.tool_returne
 # times a run) the wrapper uses the recorder's fast form (model_returned / tool_returned: one tuple queued), reading
 # only what cannot wait; anything unusual (no run, content capture, a reply with no `token_usage`, a model with no
 # string id, an error) goes to the general path (`_record_llm` / `_record_tool`: recorder.model_call / tool_call).
-# Steps record nothing as they go (see the steps section); a run defers its steps once, when it ends.
+# Steps record nothing as they go (see the steps section): a run reads them when it ends, for its end to build.
 def _model_name(model: Any) -> str:
     try:
         model_id = model.model_id
@@ -117,6 +117,9 @@ def _record_llm(model: Any, frame: Optional[Frame], t0: float, t1: float, usage:
         previews: Tuple[Any, Any] = (None, None)
         if content is not None and recorder.capturing():
             previews = _llm_previews(content)
+        if exc is not None:
+            # The error's message may quote the model's key: remembered before the call's record is built.
+            recorder.defer(frame, "smolagents.model", records.remember_credentials, model)
         recorder.model_call(_model_name(model), usage, t0, t1, run=frame, streamed=streamed, error=exc,
                             step=_step_of(frame), input=previews[0], output=previews[1])
     except Exception as error:  # noqa: BLE001 - this is the guard
@@ -416,23 +419,15 @@ def _begin_run(agent: Any, args: tuple, kwargs: dict, parent: Optional[Frame]) -
                                task=args[0] if args else kwargs.get("task", ""),
                                model=_model_name(model) if model is not None else None, parent=parent, owner=agent)
     if frame is not recorder.DISABLED:
-        frame.ext = records.RunState(_in_flight())
-        if model is not None:
-            # Masked from the run's start: a failed call's error message may quote the model's key. (Guarded
-            # apart, inline: the run has begun, and must be ended whatever happens here.)
-            try:
-                recorder.defer(frame, "smolagents.run", records.remember_credentials, model)
-            except Exception as error:  # noqa: BLE001 - the guard
-                _failed("smolagents.run", error)
+        frame.ext = records.RunState(_in_flight(), model)
+        frame.on_end = records.finish_run
     return frame
 
 
 def _end_run(frame: Frame, exc: Optional[BaseException]) -> None:
     if exc is not None and exc.__traceback__ is not None:
         _safe("smolagents.step", _note_failure, frame, exc)
-    fields = _step_fields(frame, frame.collector)
-    if fields is not None:
-        recorder.defer(frame, "smolagents.step", records.record_steps, fields)
+    frame.ext.fields = _step_fields(frame, frame.collector)  # (built by records.finish_run, the run's on_end)
     recorder.end_run(frame, error=exc)
 
 
