@@ -1,0 +1,511 @@
+"""LangChain and LangGraph: every graph or chain run, chat-model call and tool call, through LangChain's callbacks.
+
+Usage::
+
+    import sop_telemetry            # that is all: the handler below is given to every LangChain run from now on
+    agent = create_agent(model, tools=[search])
+    agent.invoke({"messages": [("user", "...")]})
+
+    from sop_telemetry import registry
+    registry.get("langchain").uninstall()       # and .install()
+
+How it hooks: one `SopCallbackHandler` is registered with `langchain_core.tracers.context.register_configure_hook`
+through a context variable whose default is the handler, so LangChain's callback manager adds it to every run it
+configures, in every thread and asyncio task, beside the user's handlers, LangSmith's tracer and OpenInference's; a
+context that sets the variable to None opts out. LangChain tells the handler each run's id and its parent's, and
+nesting comes from those ids alone: never from the thread or task an event arrives on.
+
+What becomes what (the guide, docs/langchain.md, says why):
+
+- a run with no parent we know (a graph, an agent, a chain invoked by the program) is an agent run: a task of its
+  own, or nested under the current sop_telemetry run (a smolagents agent's tool, say) if there is one;
+- a chain run one of whose children is a LangGraph node (tagged ``graph:step:N``) is a graph: a subgraph or a
+  sub-agent called from a node or from a tool is an agent run nested under the run it was called in;
+- a chat-model or LLM call, a tool call: a record in the nearest agent run (a model or tool invoked on its own,
+  outside any run: in the current sop_telemetry run, else the session's implicit task);
+- steps: each round of an agent run (its model calls in one LangGraph superstep, and the tool calls after them until
+  the next model call) is an "action" step, recorded when the run ends.
+
+Everything here runs inside LangChain's callbacks, on the caller's thread: it reads a few fields, keeps a small
+per-run object keyed by run id, and hands the rest to the recorder, which builds the records later. Each callback is
+guarded whole; LangChain would log an exception from a handler, but it never gets one from this one.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+from .. import recorder
+from ..recorder import attr
+from ..collector import switch
+from ..error_handler import get_error_handler
+from ..registry import DidNotEnable, Integration, version_in
+
+logger = logging.getLogger("sop_telemetry")
+
+FRAMEWORK = "langchain"
+_GRAPH_STEP = "graph:step:"
+
+
+def _failed(operation: str, exc: BaseException) -> None:
+    get_error_handler().record_error(operation, exc)
+
+
+class _Agent:
+    """An agent run (a graph, an agent, or a chain invoked on its own) and its steps. Begun with the recorder only
+    when something is recorded in it (a graph's first node, a call): a prompt or a parser invoked on its own records
+    nothing. `rounds` holds, per step, [number, start, end, superstep, is_final, error]."""
+
+    __slots__ = ("run", "parent", "name", "kind", "start", "rounds", "lock")
+
+    def __init__(self, parent: Any, name: Any, kind: str, start: float) -> None:
+        self.run: Any = None
+        self.parent = parent  # the enclosing _Agent, or the sop_telemetry run current when it began (or None)
+        self.name = name
+        self.kind = kind
+        self.start = start
+        self.rounds: List[list] = []
+        self.lock = threading.Lock()
+
+    def ensure(self) -> Any:
+        """The recorder's run, begun now (with the start noted earlier) if it was not yet."""
+        run = self.run
+        if run is None:
+            with self.lock:
+                run = self.run
+                if run is None:
+                    parent = self.parent
+                    if isinstance(parent, _Agent):
+                        parent = parent.ensure()
+                    start = time.time() - (recorder.clock() - self.start)
+                    run = self.run = recorder.begin_run(FRAMEWORK, self.kind, self.name, task=self.name or "",
+                                                        parent=parent, start=start)
+        return run
+
+    def open_round(self, superstep: Any, now: float) -> int:
+        """The step a model call starting now belongs to: the current one if it began in the same LangGraph
+        superstep (parallel model nodes), else a new one."""
+        with self.lock:
+            rounds = self.rounds
+            if rounds and superstep is not None and rounds[-1][3] == superstep:
+                return rounds[-1][0]
+            number = len(rounds) + 1
+            rounds.append([number, now, now, superstep, False, None])
+            return number
+
+    def current_round(self) -> Optional[int]:
+        rounds = self.rounds
+        return rounds[-1][0] if rounds else None
+
+    def ended(self, number: Optional[int], end: float, final: Optional[bool] = None,
+              error: Optional[BaseException] = None) -> None:
+        if number is None:
+            return
+        with self.lock:
+            entry = self.rounds[number - 1]
+            if end > entry[2]:
+                entry[2] = end
+            if final is not None:
+                entry[4] = final
+            if error is not None and entry[5] is None:
+                entry[5] = error
+
+    def finish(self, error: Optional[BaseException]) -> None:
+        """Records the run's steps and ends it (if it was begun: else nothing was recorded in it)."""
+        run = self.run
+        if run is None:
+            return
+        rounds = self.rounds
+        if error is not None and rounds and rounds[-1][5] is None:
+            rounds[-1][5] = error
+        last = len(rounds)
+        for number, start, end, _superstep, final, step_error in rounds:
+            recorder.record_step(number, "action", start, end, run=run, error=step_error,
+                                 is_final_answer=bool(final and number == last and error is None))
+        stop = "max_steps" if type(error).__name__ == "GraphRecursionError" else None
+        recorder.end_run(run, error=error, stop_reason=stop)
+
+
+class _Node:
+    """What the handler keeps of one LangChain run until it ends."""
+
+    __slots__ = ("agent", "own", "start", "name", "model", "step", "tool_call_id", "failed", "streamed")
+
+    def __init__(self, agent: Optional[_Agent], start: float) -> None:
+        self.agent = agent  # the agent run this run's records go to (None: outside any)
+        self.own = False  # whether this run is that agent run itself
+        self.start = start
+        self.name: Any = None
+        self.model: Any = None
+        self.step: Optional[int] = None
+        self.tool_call_id: Any = None
+        # Failed tool calls among this run's children, waiting for this run's end to tell whether their error went
+        # back to the model (a ToolMessage with status "error" in this run's output) or on up.
+        self.failed: Optional[list] = None
+        self.streamed = False
+
+
+def _agent_type(metadata: Optional[dict]) -> str:
+    """"agent" for langchain.agents.create_agent, "graph" for another LangGraph graph, "chain" otherwise; read from
+    the `ls_integration` key LangGraph and create_agent put in their run's metadata."""
+    kind = metadata.get("ls_integration") if metadata else None
+    if kind == "langchain_create_agent":
+        return "agent"
+    if kind == "langgraph":
+        return "graph"
+    return "chain"
+
+
+def _model_name(serialized: Optional[dict], metadata: Optional[dict], kwargs: dict) -> Any:
+    """The model a call asked for (the reply's own name, read at its end, wins): LangChain's `ls_model_name`, else
+    the invocation parameters' model, else the model class."""
+    name = metadata.get("ls_model_name") if metadata else None
+    if name:
+        return name
+    params = kwargs.get("invocation_params")
+    if isinstance(params, dict):
+        for key in ("model", "model_name", "model_id", "deployment_name"):
+            if params.get(key):
+                return params[key]
+    if serialized:
+        ids = serialized.get("id")
+        if isinstance(ids, list) and ids:
+            return ids[-1]
+        return serialized.get("name")
+    return None
+
+
+def _reply(response: Any) -> tuple:
+    """(message or None, usage or None) of an LLMResult: the usage of the first generation that has one (with n
+    candidates, LangChain's providers put the whole call's usage on each), else the provider's `llm_output`."""
+    generations = getattr(response, "generations", None) or ()
+    message = None
+    for candidates in generations:
+        for generation in candidates or ():
+            found = getattr(generation, "message", None)
+            if found is None:
+                continue
+            if message is None:
+                message = found
+            usage = getattr(found, "usage_metadata", None)
+            if usage:
+                return found, dict(usage)
+    output = getattr(response, "llm_output", None)
+    if isinstance(output, dict):
+        usage = output.get("token_usage") or output.get("usage")
+        if isinstance(usage, dict) and usage:
+            return message, dict(usage)
+    return message, None
+
+
+def _reply_model(message: Any, fallback: Any) -> Any:
+    metadata = getattr(message, "response_metadata", None)
+    if isinstance(metadata, dict):
+        name = metadata.get("model_name") or metadata.get("model")
+        if isinstance(name, str) and name:
+            return name
+    return fallback
+
+
+def _error_messages(output: Any, depth: int = 0) -> Dict[Any, bool]:
+    """The tool call ids of the ToolMessages with status "error" in a run's output (a ToolNode's: a dict of
+    messages, a list of them or of Commands)."""
+    found: Dict[Any, bool] = {}
+    if depth > 3:
+        return found
+    if attr(output, "type") == "tool":
+        if attr(output, "status") == "error":
+            found[attr(output, "tool_call_id")] = True
+        return found
+    if isinstance(output, dict):
+        items = output.values()
+    elif isinstance(output, (list, tuple)):
+        items = output
+    else:
+        update = attr(output, "update")  # a LangGraph Command
+        if update is None:
+            return found
+        items = (update,)
+    for item in items:
+        found.update(_error_messages(item, depth + 1))
+    return found
+
+
+def _make_handler_class() -> type:
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class SopCallbackHandler(BaseCallbackHandler):
+        """sop_telemetry's LangChain callback handler: see the module's docstring."""
+
+        # Called on the event's own thread or event loop, never through an executor: cheap, and in order.
+        run_inline = True
+        raise_error = False
+        # Read by the callback manager for every event; plain attributes are cheaper than the base class's
+        # properties. Custom events are not runs.
+        ignore_llm = ignore_chain = ignore_agent = ignore_retriever = ignore_chat_model = ignore_retry = False
+        ignore_custom_event = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.nodes: Dict[Any, _Node] = {}
+
+        # -- chains: agent runs and what nests them ----------------------------------------------------------
+        def on_chain_start(self, serialized: Any, inputs: Any, *, run_id: Any, parent_run_id: Any = None,
+                           tags: Optional[List[str]] = None, metadata: Optional[dict] = None,
+                           **kwargs: Any) -> None:
+            if not switch.enabled:
+                return
+            try:
+                now = recorder.clock()
+                parent = self.nodes.get(parent_run_id) if parent_run_id is not None else None
+                name = kwargs.get("name")
+                if parent is None:
+                    node = _Node(_Agent(recorder.current_run(), name, _agent_type(metadata), now), now)
+                    node.own = True
+                else:
+                    node = _Node(parent.agent, now)
+                    node.name = name
+                    if tags and any(tag.startswith(_GRAPH_STEP) for tag in tags):
+                        # A LangGraph node: its parent is a graph, an agent run of its own.
+                        if not parent.own:
+                            parent.agent = _Agent(parent.agent, parent.name, _agent_type(metadata), parent.start)
+                            parent.own = True
+                        node.agent = parent.agent
+                        parent.agent.ensure()
+                self.nodes[run_id] = node
+            except Exception as exc:  # noqa: BLE001 - the guard
+                _failed("langchain.chain", exc)
+
+        def on_chain_end(self, outputs: Any, *, run_id: Any, **kwargs: Any) -> None:
+            node = self.nodes.pop(run_id, None)
+            if node is None:
+                return
+            try:
+                if node.failed is not None:
+                    self._settle(node, outputs)
+                if node.own:
+                    node.agent.finish(None)
+            except Exception as exc:  # noqa: BLE001 - the guard
+                _failed("langchain.chain", exc)
+
+        def on_chain_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
+            node = self.nodes.pop(run_id, None)
+            if node is None:
+                return
+            try:
+                if node.failed is not None:
+                    self._settle(node, None)
+                if node.own:
+                    node.agent.finish(error)
+            except Exception as exc:  # noqa: BLE001 - the guard
+                _failed("langchain.chain", exc)
+
+        # -- model calls ----------------------------------------------------------------------------------------
+        def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: Any, parent_run_id: Any = None,
+                                tags: Optional[List[str]] = None, metadata: Optional[dict] = None,
+                                **kwargs: Any) -> None:
+            self._model_start(serialized, run_id, parent_run_id, metadata, kwargs)
+
+        def on_llm_start(self, serialized: Any, prompts: Any, *, run_id: Any, parent_run_id: Any = None,
+                         tags: Optional[List[str]] = None, metadata: Optional[dict] = None, **kwargs: Any) -> None:
+            self._model_start(serialized, run_id, parent_run_id, metadata, kwargs)
+
+        def _model_start(self, serialized: Any, run_id: Any, parent_run_id: Any, metadata: Optional[dict],
+                         kwargs: dict) -> None:
+            if not switch.enabled:
+                return
+            try:
+                now = recorder.clock()
+                parent = self.nodes.get(parent_run_id) if parent_run_id is not None else None
+                node = _Node(parent.agent if parent is not None else None, now)
+                node.model = _model_name(serialized, metadata, kwargs)
+                if node.agent is not None:
+                    node.agent.ensure()
+                    node.step = node.agent.open_round(metadata.get("langgraph_step") if metadata else None, now)
+                self.nodes[run_id] = node
+            except Exception as exc:  # noqa: BLE001 - the guard
+                _failed("langchain.model", exc)
+
+        def on_llm_new_token(self, token: Any, *, run_id: Any, **kwargs: Any) -> None:
+            node = self.nodes.get(run_id)
+            if node is not None:
+                node.streamed = True
+
+        def on_llm_end(self, response: Any, *, run_id: Any, **kwargs: Any) -> None:
+            node = self.nodes.pop(run_id, None)
+            if node is None:
+                return
+            try:
+                end = recorder.clock()
+                message, usage = _reply(response)
+                agent = node.agent
+                recorder.model_call(_reply_model(message, node.model), usage, node.start, end,
+                                    run=agent.run if agent is not None else None, streamed=node.streamed,
+                                    step=node.step)
+                if agent is not None:
+                    agent.ended(node.step, end, final=not getattr(message, "tool_calls", None))
+            except Exception as exc:  # noqa: BLE001 - the guard
+                _failed("langchain.model", exc)
+
+        def on_llm_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
+            node = self.nodes.pop(run_id, None)
+            if node is None:
+                return
+            try:
+                end = recorder.clock()
+                # What a stream delivered before it broke, usage included if the provider sent it.
+                message, usage = _reply(kwargs.get("response"))
+                agent = node.agent
+                recorder.model_call(_reply_model(message, node.model), usage, node.start, end,
+                                    run=agent.run if agent is not None else None, streamed=node.streamed,
+                                    step=node.step, error=error)
+                if agent is not None:
+                    agent.ended(node.step, end, error=error)
+            except Exception as exc:  # noqa: BLE001 - the guard
+                _failed("langchain.model", exc)
+
+        # -- tool calls -----------------------------------------------------------------------------------------
+        def on_tool_start(self, serialized: Any, input_str: Any, *, run_id: Any, parent_run_id: Any = None,
+                          tags: Optional[List[str]] = None, metadata: Optional[dict] = None,
+                          **kwargs: Any) -> None:
+            if not switch.enabled:
+                return
+            try:
+                parent = self.nodes.get(parent_run_id) if parent_run_id is not None else None
+                node = _Node(parent.agent if parent is not None else None, recorder.clock())
+                node.name = kwargs.get("name") or (serialized or {}).get("name")
+                node.tool_call_id = kwargs.get("tool_call_id")
+                if node.agent is not None:
+                    node.agent.ensure()
+                    node.step = node.agent.current_round()
+                self.nodes[run_id] = node
+            except Exception as exc:  # noqa: BLE001 - the guard
+                _failed("langchain.tool", exc)
+
+        def on_tool_end(self, output: Any, *, run_id: Any, parent_run_id: Any = None, **kwargs: Any) -> None:
+            node = self.nodes.pop(run_id, None)
+            if node is None:
+                return
+            try:
+                end = recorder.clock()
+                agent = node.agent
+                error = None
+                if getattr(output, "type", None) == "tool" and getattr(output, "status", None) == "error":
+                    # The tool handled its own error (handle_tool_error / handle_validation_error): only the
+                    # message the model gets is left of it.
+                    error = ("ToolError", getattr(output, "content", None))
+                recorder.tool_call(node.name, node.start, end, run=agent.run if agent is not None else None,
+                                   step=node.step, error=error, error_returned_to_model=error is not None)
+                if agent is not None:
+                    agent.ended(node.step, end)
+            except Exception as exc:  # noqa: BLE001 - the guard
+                _failed("langchain.tool", exc)
+
+        def on_tool_error(self, error: BaseException, *, run_id: Any, parent_run_id: Any = None,
+                          **kwargs: Any) -> None:
+            node = self.nodes.pop(run_id, None)
+            if node is None:
+                return
+            try:
+                end = recorder.clock()
+                parent = self.nodes.get(parent_run_id) if parent_run_id is not None else None
+                if node.agent is not None:
+                    node.agent.ended(node.step, end)
+                if node.tool_call_id is not None and parent is not None:
+                    # Whether the error goes back to the model is known when the caller (a ToolNode) ends.
+                    if parent.failed is None:
+                        parent.failed = []
+                    parent.failed.append((node, end, error))
+                else:
+                    self._tool_failed(node, end, error, False)
+            except Exception as exc:  # noqa: BLE001 - the guard
+                _failed("langchain.tool", exc)
+
+        def _tool_failed(self, node: _Node, end: float, error: Any, returned: bool) -> None:
+            agent = node.agent
+            recorder.tool_call(node.name, node.start, end, run=agent.run if agent is not None else None,
+                               step=node.step, error=error, error_returned_to_model=returned)
+
+        def _settle(self, caller: _Node, outputs: Any) -> None:
+            handed_back = _error_messages(outputs) if outputs is not None else {}
+            for node, end, error in caller.failed:
+                self._tool_failed(node, end, error, node.tool_call_id in handed_back)
+            caller.failed = None
+
+        # -- retrievers: runs that may have children --------------------------------------------------------
+        def on_retriever_start(self, serialized: Any, query: Any, *, run_id: Any, parent_run_id: Any = None,
+                               **kwargs: Any) -> None:
+            if not switch.enabled:
+                return
+            parent = self.nodes.get(parent_run_id) if parent_run_id is not None else None
+            self.nodes[run_id] = _Node(parent.agent if parent is not None else None, 0.0)
+
+        def on_retriever_end(self, documents: Any, *, run_id: Any, **kwargs: Any) -> None:
+            self.nodes.pop(run_id, None)
+
+        def on_retriever_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
+            self.nodes.pop(run_id, None)
+
+    return SopCallbackHandler
+
+
+class LangChainIntegration(Integration):
+    name = "langchain"
+    module = "langchain_core"
+    distribution = "langchain-core"
+    supported = ">=1.0,<2"
+    # LangGraph is not hooked itself: its runs reach the handler through langchain-core's callbacks, and only its
+    # run metadata and tags are read. Tested with the range below.
+    langgraph_supported = ">=1.0,<2"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handler: Any = None
+        self._var: Optional[contextvars.ContextVar] = None
+        self._hook: Optional[tuple] = None
+
+    def setup(self) -> None:
+        try:
+            from langchain_core.tracers import context as tracer_context
+        except ImportError as exc:
+            raise DidNotEnable(f"langchain_core.tracers.context cannot be imported: {exc}") from exc
+        register = getattr(tracer_context, "register_configure_hook", None)
+        hooks = getattr(tracer_context, "_configure_hooks", None)
+        if register is None or not isinstance(hooks, list):
+            raise DidNotEnable("langchain_core has no register_configure_hook")
+        self._check_langgraph()
+        if self.handler is None:
+            self.handler = _make_handler_class()()
+            # The default is the handler: a variable set in one thread would not be seen in LangGraph's pool.
+            self._var = contextvars.ContextVar("sop_telemetry_langchain", default=self.handler)
+        register(self._var, True)
+        self._hook = hooks[-1] if hooks and hooks[-1][0] is self._var else None
+
+    def _check_langgraph(self) -> None:
+        try:
+            from importlib.metadata import version
+
+            found = version("langgraph")
+        except Exception:  # noqa: BLE001 - not installed: LangChain alone is recorded all the same
+            return
+        if not version_in(found, self.langgraph_supported):
+            logger.warning("sop_telemetry: langgraph %s is outside the tested range (%s); its runs are recorded "
+                           "through langchain-core's callbacks, but graphs may not be told from chains",
+                           found, self.langgraph_supported)
+
+    def teardown(self) -> None:
+        from langchain_core.tracers import context as tracer_context
+
+        hooks = getattr(tracer_context, "_configure_hooks", None)
+        if isinstance(hooks, list):
+            hooks[:] = [hook for hook in hooks if hook[0] is not self._var]
+        self._hook = None
+        # Runs under way keep the handler in their managers; their ends still find their nodes.
+
+
+integration = LangChainIntegration()
+install, uninstall, is_installed = integration.install, integration.uninstall, integration.is_installed
