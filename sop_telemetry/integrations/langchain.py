@@ -180,35 +180,37 @@ def _model_name(serialized: Optional[dict], metadata: Optional[dict], kwargs: di
 
 
 def _reply(response: Any) -> tuple:
-    """(message or None, usage or None) of an LLMResult: the usage of the first generation that has one (with n
-    candidates, LangChain's providers put the whole call's usage on each), else the provider's `llm_output`."""
-    generations = getattr(response, "generations", None) or ()
-    message = None
+    """(message or None, usage or None, the model's name for itself or None) of an LLMResult. The usage is that of
+    the first generation that has one (with n candidates, LangChain's providers put the whole call's usage on each),
+    else the provider's `llm_output` (LLMs, older chat models); the name, the reply's `response_metadata` or the
+    `llm_output`'s."""
+    generations = attr(response, "generations") or ()
+    output = attr(response, "llm_output")
+    message = usage = None
     for candidates in generations:
         for generation in candidates or ():
-            found = getattr(generation, "message", None)
+            found = attr(generation, "message")
             if found is None:
                 continue
             if message is None:
                 message = found
-            usage = getattr(found, "usage_metadata", None)
-            if usage:
-                return found, dict(usage)
-    output = getattr(response, "llm_output", None)
-    if isinstance(output, dict):
-        usage = output.get("token_usage") or output.get("usage")
-        if isinstance(usage, dict) and usage:
-            return message, dict(usage)
-    return message, None
-
-
-def _reply_model(message: Any, fallback: Any) -> Any:
-    metadata = getattr(message, "response_metadata", None)
+            found_usage = attr(found, "usage_metadata")
+            if found_usage:
+                message, usage = found, dict(found_usage)
+                break
+        if usage is not None:
+            break
+    if usage is None and isinstance(output, dict):
+        reported = output.get("token_usage") or output.get("usage")
+        if isinstance(reported, dict) and reported:
+            usage = dict(reported)
+    name = None
+    metadata = attr(message, "response_metadata")
     if isinstance(metadata, dict):
         name = metadata.get("model_name") or metadata.get("model")
-        if isinstance(name, str) and name:
-            return name
-    return fallback
+    if not name and isinstance(output, dict):
+        name = output.get("model_name") or output.get("model")
+    return message, usage, name if isinstance(name, str) and name else None
 
 
 def _error_messages(output: Any, depth: int = 0) -> Dict[Any, bool]:
@@ -341,13 +343,13 @@ def _make_handler_class() -> type:
                 return
             try:
                 end = recorder.clock()
-                message, usage = _reply(response)
+                message, usage, name = _reply(response)
                 agent = node.agent
-                recorder.model_call(_reply_model(message, node.model), usage, node.start, end,
+                recorder.model_call(name or node.model, usage, node.start, end,
                                     run=agent.run if agent is not None else None, streamed=node.streamed,
                                     step=node.step)
                 if agent is not None:
-                    agent.ended(node.step, end, final=not getattr(message, "tool_calls", None))
+                    agent.ended(node.step, end, final=not attr(message, "tool_calls"))
             except Exception as exc:  # noqa: BLE001 - the guard
                 _failed("langchain.model", exc)
 
@@ -358,9 +360,9 @@ def _make_handler_class() -> type:
             try:
                 end = recorder.clock()
                 # What a stream delivered before it broke, usage included if the provider sent it.
-                message, usage = _reply(kwargs.get("response"))
+                _message, usage, name = _reply(kwargs.get("response"))
                 agent = node.agent
-                recorder.model_call(_reply_model(message, node.model), usage, node.start, end,
+                recorder.model_call(name or node.model, usage, node.start, end,
                                     run=agent.run if agent is not None else None, streamed=node.streamed,
                                     step=node.step, error=error)
                 if agent is not None:
@@ -394,10 +396,10 @@ def _make_handler_class() -> type:
                 end = recorder.clock()
                 agent = node.agent
                 error = None
-                if getattr(output, "type", None) == "tool" and getattr(output, "status", None) == "error":
+                if attr(output, "type") == "tool" and attr(output, "status") == "error":
                     # The tool handled its own error (handle_tool_error / handle_validation_error): only the
                     # message the model gets is left of it.
-                    error = ("ToolError", getattr(output, "content", None))
+                    error = ("ToolError", attr(output, "content"))
                 recorder.tool_call(node.name, node.start, end, run=agent.run if agent is not None else None,
                                    step=node.step, error=error, error_returned_to_model=error is not None)
                 if agent is not None:
@@ -465,8 +467,8 @@ class LangChainIntegration(Integration):
     def __init__(self) -> None:
         super().__init__()
         self.handler: Any = None
-        self._var: Optional[contextvars.ContextVar] = None
-        self._hook: Optional[tuple] = None
+        # Its default is the handler; a context that sets it to None is not recorded.
+        self.context_var: Optional[contextvars.ContextVar] = None
 
     def setup(self) -> None:
         try:
@@ -481,9 +483,8 @@ class LangChainIntegration(Integration):
         if self.handler is None:
             self.handler = _make_handler_class()()
             # The default is the handler: a variable set in one thread would not be seen in LangGraph's pool.
-            self._var = contextvars.ContextVar("sop_telemetry_langchain", default=self.handler)
-        register(self._var, True)
-        self._hook = hooks[-1] if hooks and hooks[-1][0] is self._var else None
+            self.context_var = contextvars.ContextVar("sop_telemetry_langchain", default=self.handler)
+        register(self.context_var, True)
 
     def _check_langgraph(self) -> None:
         try:
@@ -502,8 +503,7 @@ class LangChainIntegration(Integration):
 
         hooks = getattr(tracer_context, "_configure_hooks", None)
         if isinstance(hooks, list):
-            hooks[:] = [hook for hook in hooks if hook[0] is not self._var]
-        self._hook = None
+            hooks[:] = [hook for hook in hooks if hook[0] is not self.context_var]
         # Runs under way keep the handler in their managers; their ends still find their nodes.
 
 
