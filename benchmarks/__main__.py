@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-SECTIONS = ("agent", "ablation", "instructions", "per_call", "flush", "memory", "imports", "sessions", "otlp")
+SECTIONS = ("agent", "ablation", "instructions", "per_call", "flush", "memory", "imports", "sessions", "otlp",
+            "langgraph")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
 FULL = {
@@ -38,6 +39,7 @@ FULL = {
     "imports": {"runs": 15},
     "sessions": {"sessions": 1_000, "repeats": 3},
     "otlp": {"iterations": 100, "warmup": 10},
+    "langgraph": {"iterations": 100, "warmup": 5, "repeats": 3},
 }
 QUICK = {
     "agent_tool_calling": {"iterations": 4, "warmup": 1, "repeats": 1, "openinference_every": 2},
@@ -51,6 +53,7 @@ QUICK = {
     "imports": {"runs": 2},
     "sessions": {"sessions": 20, "repeats": 1},
     "otlp": {"iterations": 3, "warmup": 1},
+    "langgraph": {"iterations": 3, "warmup": 1, "repeats": 1},
 }
 
 
@@ -158,6 +161,11 @@ def main(argv: List[str] | None = None) -> int:
 
                     log("7. live OTLP export to a healthy, dead and silent collector")
                     results["otlp"] = run_otlp_dead_collector(**plan["otlp"])
+            if "langgraph" in wanted:
+                from .langgraph_run import run_langgraph_overhead
+
+                log("8. LangGraph agent run overhead")
+                results["langgraph"] = run_langgraph_overhead(log=log, **plan["langgraph"])
         finally:
             manager.shutdown(flush=False)
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
@@ -172,6 +180,10 @@ def main(argv: List[str] | None = None) -> int:
         from .otlp_dead_collector import _table as otlp_table
 
         print("\n7. " + otlp_table(results["otlp"]))
+    if "langgraph" in results:
+        from .langgraph_run import render as render_langgraph
+
+        print(render_langgraph(results))
     print(f"\n({results['meta']['seconds']} s)")
     out = args.json or DEFAULT_JSON
     out.parent.mkdir(parents=True, exist_ok=True)

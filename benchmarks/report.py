@@ -124,6 +124,9 @@ def targets(r: Dict[str, Any]) -> List[Tuple[str, str, str, Optional[bool]]]:
                         "< 1 s", ses["cli_list_ms"] < 1000.0))
         else:
             out.append((f"`sop-telemetry list` over {ses['sessions']:,} sessions", "skipped", "< 1 s", None))
+    from .langgraph_run import targets as langgraph_targets
+
+    out.extend(langgraph_targets(r))
     return out
 
 

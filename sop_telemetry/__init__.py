@@ -44,6 +44,8 @@ _EXPORTS = {
     "summarize_sessions": "analysis",
 }
 
+# No module __dir__ listing these: tools that walk every module's attributes (freezegun at each freeze_time) would
+# import the whole package, under their frozen clock.
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 
@@ -54,10 +56,6 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
-
-
-def __dir__() -> list[str]:
-    return __all__
 
 
 def _activate() -> None:

@@ -1,0 +1,318 @@
+"""Section 8: what telemetry adds to a whole LangGraph agent run, beside no telemetry and OpenInference.
+
+Usage::
+
+    from benchmarks.langgraph_run import run_langgraph_overhead
+    result = run_langgraph_overhead(iterations=100, warmup=5, repeats=3)
+    result["cpu"]["setups"]["sop"]["added_pct"]
+
+The run: `langchain.agents.create_agent` with three tools and a scripted chat model (no network) that asks for 12
+tool calls over 10 model calls (one round with two calls in parallel) and then answers; every reply reports its
+usage. The setups, switched in turn in one process (the order shuffled per iteration, one untimed run after each
+switch, each sample the fastest of `repeats` timed runs, GC off), as in section 1:
+
+- ``none``: sop_telemetry's LangChain integration uninstalled, OpenInference uninstrumented;
+- ``sop``: the integration installed, telemetry enabled; the session is written after each timed run, outside the
+  timing, and a fresh one begun (the writer's work is in ``sop_with_write``);
+- ``sop_with_write``: the same, timed until the session file is written (`flush_data()`): records built, JSON
+  written and renamed;
+- ``openinference``: OpenInference's `LangChainInstrumentor().instrument(tracer_provider=...)` with an SDK
+  TracerProvider and an InMemorySpanExporter behind a SimpleSpanProcessor; the exporter is cleared after each run.
+
+The headline is the median of the paired differences with ``none`` in CPU time (every thread), as a percentage of
+``none``'s median; wall time is kept beside it.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .agent_run import added
+from .stats import cpu_time, freeze_heap, median, perf, quiet_gc, trimmed_mean
+
+_ORDER = ("none", "sop", "sop_with_write", "openinference")
+Row = Dict[str, Tuple[float, float]]
+
+
+def langgraph_available() -> Optional[str]:
+    """None if LangGraph and langchain can be imported, else why not."""
+    try:
+        import langchain.agents  # noqa: F401
+        import langgraph  # noqa: F401
+    except ImportError as exc:
+        return f"LangGraph section skipped: {exc} (pip install -e '.[bench]')"
+    return None
+
+
+def openinference_available() -> Optional[str]:
+    try:
+        import openinference.instrumentation.langchain  # noqa: F401
+        import opentelemetry.sdk.trace  # noqa: F401
+    except ImportError as exc:
+        return f"OpenInference column skipped: {exc} (pip install -e '.[bench]')"
+    return None
+
+
+def _script() -> List[Any]:
+    """Ten replies asking for tools (the fourth asks for two at once), then the answer; each with its usage."""
+    from langchain_core.messages import AIMessage
+
+    calls = [[("add", {"a": 1, "b": 2})], [("multiply", {"a": 3, "b": 4})], [("lookup", {"key": "x"})],
+             [("add", {"a": 5, "b": 6}), ("multiply", {"a": 7, "b": 8})], [("lookup", {"key": "y"})],
+             [("add", {"a": 9, "b": 1})], [("multiply", {"a": 2, "b": 2})], [("lookup", {"key": "z"})],
+             [("add", {"a": 3, "b": 3})], [("multiply", {"a": 4, "b": 4})]]
+    replies: List[Any] = []
+    for index, round_calls in enumerate(calls):
+        replies.append(AIMessage(
+            content="", tool_calls=[{"name": name, "args": args, "id": f"c{index}_{n}", "type": "tool_call"}
+                                    for n, (name, args) in enumerate(round_calls)],
+            usage_metadata={"input_tokens": 100 + index, "output_tokens": 10, "total_tokens": 110 + index}))
+    replies.append(AIMessage(content="All done.",
+                             usage_metadata={"input_tokens": 200, "output_tokens": 5, "total_tokens": 205}))
+    return replies
+
+
+def build_agent() -> Any:
+    """The benchmark's agent: its model replays the script from the start at every run."""
+    from langchain.agents import create_agent
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.outputs import ChatGeneration, ChatResult
+    from langchain_core.tools import tool
+
+    script = _script()
+
+    class ScriptedChatModel(GenericFakeChatModel):
+        model_name: str = "bench-model"
+        messages: Any = iter(())
+        position: int = 0
+
+        def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+            return self
+
+        def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any) -> Any:
+            reply = script[self.position % len(script)]
+            self.position += 1
+            return ChatResult(generations=[ChatGeneration(message=reply)])
+
+    @tool
+    def add(a: int, b: int) -> int:
+        """Adds two numbers."""
+        return a + b
+
+    @tool
+    def multiply(a: int, b: int) -> int:
+        """Multiplies two numbers."""
+        return a * b
+
+    @tool
+    def lookup(key: str) -> str:
+        """Looks a key up."""
+        return {"x": "1", "y": "2"}.get(key, "?")
+
+    model = ScriptedChatModel()
+    agent = create_agent(model, tools=[add, multiply, lookup], name="bench_agent")
+
+    def run() -> Any:
+        model.position = 0
+        return agent.invoke({"messages": [("user", "Do the sums.")]})
+
+    return run
+
+
+class Setups:
+    """Switches the process between the setups."""
+
+    def __init__(self, use_openinference: bool) -> None:
+        from sop_telemetry import TelemetryManager
+        from sop_telemetry.integrations import langchain as integration
+
+        self.integration = integration
+        self.manager = TelemetryManager.get_instance()
+        self.names = ["none", "sop", "sop_with_write"]
+        self.exporter: Any = None
+        if use_openinference:
+            from openinference.instrumentation.langchain import LangChainInstrumentor
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+            from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+            self.exporter = InMemorySpanExporter()
+            self.provider = TracerProvider()
+            self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+            self.instrumentor = LangChainInstrumentor()
+            self.names.append("openinference")
+        self.active = ""
+        self.activate("none")
+
+    def activate(self, name: str) -> None:
+        if name == self.active:
+            return
+        if self.active == "openinference":
+            self.instrumentor.uninstrument()
+        if name.startswith("sop"):
+            self.integration.install()
+        else:
+            self.integration.uninstall()
+        if name == "openinference":
+            self.instrumentor.instrument(tracer_provider=self.provider)
+        self.active = name
+
+    def after(self, name: str, timed: bool) -> Dict[str, int]:
+        """Outside the timing (unless `timed`: sop_with_write's write): the run's session written, counted, and a
+        fresh one begun; OpenInference's spans counted and cleared."""
+        counts: Dict[str, int] = {}
+        if name.startswith("sop"):
+            collector = self.manager.get_collector()
+            collector.materialize()
+            snapshot = collector.snapshot()
+            counts = {kind: sum(len(t[kind]) for t in snapshot["tasks"]) for kind in ("llm_calls", "tools", "steps")}
+            counts["tasks"] = len(snapshot["tasks"])
+            if not timed:
+                self.manager.flush_data()
+            from sop_telemetry.storage import new_session_id
+
+            if collector.roll_over(new_session_id()) is None:
+                raise RuntimeError("a task is still open after the run")
+        elif name == "openinference":
+            counts = {"spans": len(self.exporter.get_finished_spans())}
+            self.exporter.clear()
+        return counts
+
+    def close(self) -> None:
+        self.activate("none")
+        self.integration.install()
+
+
+def sample(setups: Setups, run: Callable[[], Any], iterations: int, warmup: int, repeats: int, seed: int = 1,
+           progress: Callable[[int], None] = lambda i: None) -> Tuple[List[Row], Dict[str, Dict[str, int]]]:
+    """Per iteration after `warmup`, a row of (wall, CPU) seconds per setup, each the fastest of `repeats` timed
+    runs; and what each setup's first timed run recorded."""
+    manager = setups.manager
+    freeze_heap()
+    rows: List[Row] = []
+    recorded: Dict[str, Dict[str, int]] = {}
+    rng = random.Random(seed)
+    try:
+        for i in range(warmup + iterations):
+            order = list(setups.names)
+            rng.shuffle(order)
+            row: Row = {}
+            for name in order:
+                setups.activate(name)
+                run()
+                setups.after(name, False)
+                best = (float("inf"), float("inf"))
+                for _ in range(repeats):
+                    with quiet_gc():
+                        c0, t0 = cpu_time(), perf()
+                        run()
+                        if name == "sop_with_write":
+                            manager.flush_data()
+                        t1, c1 = perf(), cpu_time()
+                    best = (min(best[0], t1 - t0), min(best[1], c1 - c0))
+                    counts = setups.after(name, name == "sop_with_write")
+                    recorded.setdefault(name, counts)
+                row[name] = best
+            if i >= warmup:
+                rows.append(row)
+            progress(i)
+    finally:
+        setups.close()
+    return rows, recorded
+
+
+def summarize(rows: List[Row], which: int) -> Dict[str, Any]:
+    base = median([row["none"][which] for row in rows])
+    setups: Dict[str, Any] = {}
+    for name in [n for n in _ORDER if n in rows[0]]:
+        values = [row[name][which] for row in rows]
+        entry: Dict[str, Any] = {"median_ms": median(values) * 1e3, "trimmed_mean_ms": trimmed_mean(values) * 1e3,
+                                 "samples": len(values)}
+        if name != "none":
+            entry.update(added([row[name][which] - row["none"][which] for row in rows], base))
+        setups[name] = entry
+    out: Dict[str, Any] = {"setups": setups}
+    sop, oi = setups.get("sop"), setups.get("openinference")
+    if sop and oi and sop["added_ms"] > 0:
+        out["openinference_over_sop"] = oi["added_ms"] / sop["added_ms"]
+        low, high = sop["added_ms_ci95"]
+        if high > 0:
+            out["openinference_over_sop_conservative"] = oi["added_ms"] / high
+    return out
+
+
+def run_langgraph_overhead(iterations: int, warmup: int, repeats: int = 3,
+                           log: Callable[[str], None] = lambda m: None) -> Dict[str, Any]:
+    skipped = langgraph_available()
+    if skipped:
+        log(skipped)
+        return {"skipped": skipped}
+    oi_skipped = openinference_available()
+    if oi_skipped:
+        log(oi_skipped)
+    run = build_agent()
+    setups = Setups(use_openinference=oi_skipped is None)
+    step = max(1, (warmup + iterations) // 10)
+    rows, recorded = sample(setups, run, iterations, warmup, repeats,
+                            progress=lambda i: log(f"   {i + 1}/{warmup + iterations}") if (i + 1) % step == 0
+                            else None)
+    return {"iterations": iterations, "warmup": warmup, "repeats": repeats, "recorded": recorded,
+            "cpu": summarize(rows, 1), "wall": summarize(rows, 0),
+            "openinference": "skipped" if oi_skipped else "SimpleSpanProcessor + InMemorySpanExporter"}
+
+
+_NAMES = {"none": "no telemetry", "sop": "sop_telemetry enabled", "sop_with_write": "sop_telemetry + its file write",
+          "openinference": "OpenInference (SimpleSpanProcessor)"}
+
+
+def targets(r: Dict[str, Any]) -> List[Tuple[str, str, str, Optional[bool]]]:
+    """The section's targets, in report.targets' shape: <= 2% of the run, >= 10x less than OpenInference."""
+    g = r.get("langgraph")
+    if not g or g.get("skipped"):
+        return []
+    cpu, wall = g["cpu"], g["wall"]
+    sop = cpu["setups"]["sop"]
+    out = [("LangGraph agent run overhead, sop_telemetry enabled (CPU time)",
+            f"{sop['added_pct']:.2f}% (+{sop['added_ms']:.3f} ms; wall {wall['setups']['sop']['added_pct']:.2f}%)",
+            "<= 2%", sop["added_pct"] <= 2.0)]
+    ratio = cpu.get("openinference_over_sop")
+    if "openinference" not in cpu["setups"]:
+        out.append(("LangGraph: OpenInference added / sop_telemetry added", "skipped", ">= 10x", None))
+    elif ratio is None:
+        out.append(("LangGraph: OpenInference added / sop_telemetry added", "sop adds nothing measurable", ">= 10x",
+                    True))
+    else:
+        cons = cpu.get("openinference_over_sop_conservative")
+        out.append(("LangGraph: OpenInference added / sop_telemetry added (CPU)",
+                    f"{ratio:.1f}x (conservative {cons if cons is None else round(cons, 1)}x; wall "
+                    f"{wall.get('openinference_over_sop') or float('nan'):.1f}x)", ">= 10x", ratio >= 10.0))
+    return out
+
+
+def render(r: Dict[str, Any]) -> str:
+    from .report import table
+
+    g = r.get("langgraph")
+    if not g:
+        return ""
+    if g.get("skipped"):
+        return f"\n8. LangGraph agent run\n   skipped: {g['skipped']}"
+    rows = []
+    for name, c in g["cpu"]["setups"].items():
+        w = g["wall"]["setups"][name]
+        if name == "none":
+            rows.append([_NAMES[name], f"{w['median_ms']:.2f}", f"{c['median_ms']:.2f}", "-", "-", "-", "-"])
+        else:
+            low, high = c["added_ms_ci95"]
+            rows.append([_NAMES[name], f"{w['median_ms']:.2f}", f"{c['median_ms']:.2f}", f"{c['added_ms']:.3f}",
+                         f"{low:.3f} to {high:.3f}", f"{c['added_pct']:.2f}%", f"{w['added_pct']:.2f}%"])
+    text = table(f"\n8. LangGraph agent run: create_agent, 10 model calls, 12 tool calls; {g['iterations']} "
+                 f"interleaved samples per setup (each the fastest of {g['repeats']} runs)",
+                 ["setup", "wall ms", "CPU ms", "+CPU ms (median)", "95% interval", "+CPU %", "+wall %"], rows)
+    ratio = g["cpu"].get("openinference_over_sop")
+    if ratio is not None:
+        text += (f"\n   OpenInference adds {ratio:.1f}x the CPU time sop_telemetry adds (conservative: "
+                 f"{g['cpu'].get('openinference_over_sop_conservative') or float('nan'):.1f}x)")
+    text += f"\n   recorded per run: {g['recorded']}"
+    return text
