@@ -6,9 +6,9 @@ Usage::
     result = run_langgraph_overhead(iterations=100, warmup=5, repeats=3)
     result["cpu"]["setups"]["sop"]["added_pct"]
 
-The run: `langchain.agents.create_agent` with three tools and a scripted chat model (no network) that asks for 12
-tool calls over 10 model calls (one round with two calls in parallel) and then answers; every reply reports its
-usage. The setups, switched in turn in one process (the order shuffled per iteration, one untimed run after each
+The run: `langchain.agents.create_agent` with three tools and a scripted chat model (no network) that asks for 11
+tool calls over 10 replies (one with two calls, run in parallel) and then answers: 11 model calls, each reply
+reporting its usage. The setups, switched in turn in one process (the order shuffled per iteration, one untimed run after each
 switch, each sample the fastest of `repeats` timed runs, GC off), as in section 1:
 
 - ``none``: sop_telemetry's LangChain integration uninstalled, OpenInference uninstrumented;
@@ -307,7 +307,7 @@ def render(r: Dict[str, Any]) -> str:
             low, high = c["added_ms_ci95"]
             rows.append([_NAMES[name], f"{w['median_ms']:.2f}", f"{c['median_ms']:.2f}", f"{c['added_ms']:.3f}",
                          f"{low:.3f} to {high:.3f}", f"{c['added_pct']:.2f}%", f"{w['added_pct']:.2f}%"])
-    text = table(f"\n8. LangGraph agent run: create_agent, 10 model calls, 12 tool calls; {g['iterations']} "
+    text = table(f"\n8. LangGraph agent run: create_agent, 11 model calls, 11 tool calls; {g['iterations']} "
                  f"interleaved samples per setup (each the fastest of {g['repeats']} runs)",
                  ["setup", "wall ms", "CPU ms", "+CPU ms (median)", "95% interval", "+CPU %", "+wall %"], rows)
     ratio = g["cpu"].get("openinference_over_sop")

@@ -92,4 +92,8 @@ fi
 [ -f "$WORK/without.xml" ] && [ -f "$WORK/with.xml" ] || exit 0
 
 # -- 4. compare ----------------------------------------------------------------------------------------------------
-"$PYTHON" "$REPO/scripts/compare_suite_runs.py" "$WORK"
+# The one expected difference: this test counts the handlers of a callback manager made by trace_as_chain_group, and
+# a handler registered through langchain-core's configure hook is one of them (LangSmith's tracer, when tracing is
+# on, fails it the same way).
+"$PYTHON" "$REPO/scripts/compare_suite_runs.py" "$WORK" \
+    --expected "tests.unit_tests.runnables.test_config::test_merge_config_callbacks=it counts a callback manager's handlers, and ours is one"

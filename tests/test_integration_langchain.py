@@ -486,6 +486,34 @@ def test_results_and_other_handlers_events_are_the_same_with_telemetry(manager, 
         assert tokens(task) == (30, 3)
 
 
+def test_an_async_llm_start_still_reaches_the_other_handlers(manager, uninstrumented):
+    # langchain-core's AsyncCallbackManager.on_llm_start gives an LLM's start only to the inline handlers when there
+    # are any: ours must not make the user's handler, or astream_events, miss it.
+    class Starts(BaseCallbackHandler):
+        def __init__(self):
+            self.starts = 0
+
+        def on_llm_start(self, serialized, prompts, **kwargs):
+            self.starts += 1
+
+    def observe():
+        handler = Starts()
+        chain = ChatPromptTemplate.from_template("{q}") | FakeListLLM(responses=["fine"])
+
+        async def main():
+            return [e["event"] async for e in chain.astream_events({"q": "x"}, {"callbacks": [handler]},
+                                                                   version="v2")]
+
+        return asyncio.run(main()), handler.starts
+
+    with uninstrumented:
+        expected = observe()
+    assert "on_llm_start" in expected[0] and expected[1] == 1
+    assert observe() == expected
+    (call,) = only_task(written_session(manager))["llm_calls"]
+    assert call["model"] == "FakeListLLM" and call["tokens_reported"] is False
+
+
 def test_usage_and_response_metadata_are_not_mutated(manager):
     message = reply("same", usage=(5, 5), model="m-1", cached=2)
     before = (dict(message.usage_metadata), dict(message.response_metadata), message.usage_metadata)
@@ -497,6 +525,7 @@ def test_usage_and_response_metadata_are_not_mutated(manager):
 
 
 def test_openinference_langchain_tracer_sees_the_same_run_beside_us(manager):
+    pytest.importorskip("openinference.instrumentation.langchain")
     from openinference.instrumentation.langchain import LangChainInstrumentor
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor

@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import sys
 import threading
 import time
 from typing import Any, Dict, List, Optional
 
 from .. import recorder
-from ..recorder import attr
+from ..recorder import attr, clock
 from ..collector import switch
 from ..error_handler import get_error_handler
 from ..registry import DidNotEnable, Integration, version_in
@@ -81,7 +82,7 @@ class _Agent:
                     parent = self.parent
                     if isinstance(parent, _Agent):
                         parent = parent.ensure()
-                    start = time.time() - (recorder.clock() - self.start)
+                    start = time.time() - (clock() - self.start)
                     run = self.run = recorder.begin_run(FRAMEWORK, self.kind, self.name, task=self.name or "",
                                                         parent=parent, start=start)
         return run
@@ -133,16 +134,15 @@ class _Agent:
 class _Node:
     """What the handler keeps of one LangChain run until it ends."""
 
-    __slots__ = ("agent", "own", "start", "name", "model", "step", "tool_call_id", "failed", "streamed")
+    __slots__ = ("agent", "own", "start", "label", "step", "call_id", "failed", "streamed")
 
-    def __init__(self, agent: Optional[_Agent], start: float) -> None:
+    def __init__(self, agent: Optional[_Agent], start: float, label: Any = None, own: bool = False) -> None:
         self.agent = agent  # the agent run this run's records go to (None: outside any)
-        self.own = False  # whether this run is that agent run itself
+        self.own = own  # whether this run is that agent run itself
         self.start = start
-        self.name: Any = None
-        self.model: Any = None
+        self.label = label  # a chain's or tool's name; the model a call asked for
         self.step: Optional[int] = None
-        self.tool_call_id: Any = None
+        self.call_id: Any = None  # a tool run's tool_call_id
         # Failed tool calls among this run's children, waiting for this run's end to tell whether their error went
         # back to the model (a ToolMessage with status "error" in this run's output) or on up.
         self.failed: Optional[list] = None
@@ -184,10 +184,16 @@ def _reply(response: Any) -> tuple:
     the first generation that has one (with n candidates, LangChain's providers put the whole call's usage on each),
     else the provider's `llm_output` (LLMs, older chat models); the name, the reply's `response_metadata` or the
     `llm_output`'s."""
-    generations = attr(response, "generations") or ()
+    try:  # the usual case, read plainly: one reply that carries its usage
+        message = response.generations[0][0].message
+        usage = message.usage_metadata
+        if usage:
+            return message, dict(usage), _name_in(message.response_metadata, response.llm_output)
+    except Exception:  # noqa: BLE001 - anything else: read piece by piece below
+        pass
     output = attr(response, "llm_output")
     message = usage = None
-    for candidates in generations:
+    for candidates in attr(response, "generations") or ():
         for generation in candidates or ():
             found = attr(generation, "message")
             if found is None:
@@ -204,13 +210,16 @@ def _reply(response: Any) -> tuple:
         reported = output.get("token_usage") or output.get("usage")
         if isinstance(reported, dict) and reported:
             usage = dict(reported)
-    name = None
-    metadata = attr(message, "response_metadata")
-    if isinstance(metadata, dict):
-        name = metadata.get("model_name") or metadata.get("model")
-    if not name and isinstance(output, dict):
-        name = output.get("model_name") or output.get("model")
-    return message, usage, name if isinstance(name, str) and name else None
+    return message, usage, _name_in(attr(message, "response_metadata"), output)
+
+
+def _name_in(metadata: Any, output: Any) -> Optional[str]:
+    for source in (metadata, output):
+        if isinstance(source, dict):
+            name = source.get("model_name") or source.get("model")
+            if isinstance(name, str) and name:
+                return name
+    return None
 
 
 def _error_messages(output: Any, depth: int = 0) -> Dict[Any, bool]:
@@ -237,15 +246,31 @@ def _error_messages(output: Any, depth: int = 0) -> Dict[Any, bool]:
     return found
 
 
+_SORTING_CODE: Any = None  # the code of langchain-core's AsyncCallbackManager.on_llm_start (see run_inline)
+
+
 def _make_handler_class() -> type:
-    from langchain_core.callbacks import BaseCallbackHandler
+    global _SORTING_CODE
+    from langchain_core.callbacks import AsyncCallbackManager, BaseCallbackHandler
+
+    _SORTING_CODE = getattr(getattr(AsyncCallbackManager, "on_llm_start", None), "__code__", None)
 
     class SopCallbackHandler(BaseCallbackHandler):
         """sop_telemetry's LangChain callback handler: see the module's docstring."""
 
-        # Called on the event's own thread or event loop, never through an executor: cheap, and in order.
-        run_inline = True
         raise_error = False
+
+        @property
+        def run_inline(self) -> bool:
+            """True: called on the event's own thread or event loop, never through an executor (cheap, in order).
+            Except where langchain-core's AsyncCallbackManager.on_llm_start sorts its handlers: when any handler is
+            inline it gives an LLM's start to the inline ones only, and every other handler (Langfuse's, a user's,
+            astream_events') would miss it because of us. There we say False: it then calls us with the others,
+            and inline all the same (see ahandle_event)."""
+            frame = sys._getframe(1)
+            caller = frame.f_back  # (the comprehension that reads this has its own frame before Python 3.12)
+            return not (frame.f_code is _SORTING_CODE or caller is not None and caller.f_code is _SORTING_CODE)
+
         # Read by the callback manager for every event; plain attributes are cheaper than the base class's
         # properties. Custom events are not runs.
         ignore_llm = ignore_chain = ignore_agent = ignore_retriever = ignore_chat_model = ignore_retry = False
@@ -253,7 +278,15 @@ def _make_handler_class() -> type:
 
         def __init__(self) -> None:
             super().__init__()
-            self.nodes: Dict[Any, _Node] = {}
+            # Keyed by the run id's integer: a UUID hashes in Python code, its int in C.
+            self.nodes: Dict[int, _Node] = {}
+
+        def _child(self, parent_run_id: Any, start: float, label: Any) -> _Node:
+            parent = self.nodes.get(parent_run_id.int) if parent_run_id is not None else None
+            agent = parent.agent if parent is not None else None
+            if agent is not None and agent.run is None:
+                agent.ensure()  # something is recorded in it: it begins now, from its own start
+            return _Node(agent, start, label)
 
         # -- chains: agent runs and what nests them ----------------------------------------------------------
         def on_chain_start(self, serialized: Any, inputs: Any, *, run_id: Any, parent_run_id: Any = None,
@@ -262,31 +295,34 @@ def _make_handler_class() -> type:
             if not switch.enabled:
                 return
             try:
-                now = recorder.clock()
-                parent = self.nodes.get(parent_run_id) if parent_run_id is not None else None
+                now = clock()
+                nodes = self.nodes
+                parent = nodes.get(parent_run_id.int) if parent_run_id is not None else None
                 name = kwargs.get("name")
                 if parent is None:
-                    node = _Node(_Agent(recorder.current_run(), name, _agent_type(metadata), now), now)
-                    node.own = True
+                    node = _Node(_Agent(recorder.current_run(), name, _agent_type(metadata), now), now, name, True)
                 else:
-                    node = _Node(parent.agent, now)
-                    node.name = name
-                    if tags and any(tag.startswith(_GRAPH_STEP) for tag in tags):
-                        # A LangGraph node: its parent is a graph, an agent run of its own.
-                        if not parent.own:
-                            parent.agent = _Agent(parent.agent, parent.name, _agent_type(metadata), parent.start)
-                            parent.own = True
-                        node.agent = parent.agent
-                        parent.agent.ensure()
-                self.nodes[run_id] = node
+                    node = _Node(parent.agent, now, name)
+                    for tag in tags or ():
+                        if tag.startswith(_GRAPH_STEP):
+                            # A LangGraph node: its parent is a graph, an agent run of its own.
+                            if not parent.own:
+                                parent.agent = _Agent(parent.agent, parent.label, _agent_type(metadata),
+                                                      parent.start)
+                                parent.own = True
+                            node.agent = parent.agent
+                            if parent.agent.run is None:
+                                parent.agent.ensure()
+                            break
+                nodes[run_id.int] = node
             except Exception as exc:  # noqa: BLE001 - the guard
                 _failed("langchain.chain", exc)
 
         def on_chain_end(self, outputs: Any, *, run_id: Any, **kwargs: Any) -> None:
-            node = self.nodes.pop(run_id, None)
-            if node is None:
-                return
             try:
+                node = self.nodes.pop(run_id.int, None)
+                if node is None:
+                    return
                 if node.failed is not None:
                     self._settle(node, outputs)
                 if node.own:
@@ -295,10 +331,10 @@ def _make_handler_class() -> type:
                 _failed("langchain.chain", exc)
 
         def on_chain_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
-            node = self.nodes.pop(run_id, None)
-            if node is None:
-                return
             try:
+                node = self.nodes.pop(run_id.int, None)
+                if node is None:
+                    return
                 if node.failed is not None:
                     self._settle(node, None)
                 if node.own:
@@ -321,31 +357,31 @@ def _make_handler_class() -> type:
             if not switch.enabled:
                 return
             try:
-                now = recorder.clock()
-                parent = self.nodes.get(parent_run_id) if parent_run_id is not None else None
-                node = _Node(parent.agent if parent is not None else None, now)
-                node.model = _model_name(serialized, metadata, kwargs)
+                now = clock()
+                node = self._child(parent_run_id, now, _model_name(serialized, metadata, kwargs))
                 if node.agent is not None:
-                    node.agent.ensure()
                     node.step = node.agent.open_round(metadata.get("langgraph_step") if metadata else None, now)
-                self.nodes[run_id] = node
+                self.nodes[run_id.int] = node
             except Exception as exc:  # noqa: BLE001 - the guard
                 _failed("langchain.model", exc)
 
         def on_llm_new_token(self, token: Any, *, run_id: Any, **kwargs: Any) -> None:
-            node = self.nodes.get(run_id)
-            if node is not None:
-                node.streamed = True
+            try:
+                node = self.nodes.get(run_id.int)
+                if node is not None:
+                    node.streamed = True
+            except Exception as exc:  # noqa: BLE001 - the guard
+                _failed("langchain.model", exc)
 
         def on_llm_end(self, response: Any, *, run_id: Any, **kwargs: Any) -> None:
-            node = self.nodes.pop(run_id, None)
-            if node is None:
-                return
             try:
-                end = recorder.clock()
+                node = self.nodes.pop(run_id.int, None)
+                if node is None:
+                    return
+                end = clock()
                 message, usage, name = _reply(response)
                 agent = node.agent
-                recorder.model_call(name or node.model, usage, node.start, end,
+                recorder.model_call(name or node.label, usage, node.start, end,
                                     run=agent.run if agent is not None else None, streamed=node.streamed,
                                     step=node.step)
                 if agent is not None:
@@ -354,15 +390,15 @@ def _make_handler_class() -> type:
                 _failed("langchain.model", exc)
 
         def on_llm_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
-            node = self.nodes.pop(run_id, None)
-            if node is None:
-                return
             try:
-                end = recorder.clock()
+                node = self.nodes.pop(run_id.int, None)
+                if node is None:
+                    return
+                end = clock()
                 # What a stream delivered before it broke, usage included if the provider sent it.
                 _message, usage, name = _reply(kwargs.get("response"))
                 agent = node.agent
-                recorder.model_call(name or node.model, usage, node.start, end,
+                recorder.model_call(name or node.label, usage, node.start, end,
                                     run=agent.run if agent is not None else None, streamed=node.streamed,
                                     step=node.step, error=error)
                 if agent is not None:
@@ -377,65 +413,58 @@ def _make_handler_class() -> type:
             if not switch.enabled:
                 return
             try:
-                parent = self.nodes.get(parent_run_id) if parent_run_id is not None else None
-                node = _Node(parent.agent if parent is not None else None, recorder.clock())
-                node.name = kwargs.get("name") or (serialized or {}).get("name")
-                node.tool_call_id = kwargs.get("tool_call_id")
+                node = self._child(parent_run_id, clock(), kwargs.get("name") or (serialized or {}).get("name"))
+                node.call_id = kwargs.get("tool_call_id")
                 if node.agent is not None:
-                    node.agent.ensure()
                     node.step = node.agent.current_round()
-                self.nodes[run_id] = node
+                self.nodes[run_id.int] = node
             except Exception as exc:  # noqa: BLE001 - the guard
                 _failed("langchain.tool", exc)
 
-        def on_tool_end(self, output: Any, *, run_id: Any, parent_run_id: Any = None, **kwargs: Any) -> None:
-            node = self.nodes.pop(run_id, None)
-            if node is None:
-                return
+        def on_tool_end(self, output: Any, *, run_id: Any, **kwargs: Any) -> None:
             try:
-                end = recorder.clock()
-                agent = node.agent
+                node = self.nodes.pop(run_id.int, None)
+                if node is None:
+                    return
+                end = clock()
                 error = None
-                if attr(output, "type") == "tool" and attr(output, "status") == "error":
+                if attr(output, "status") == "error" and attr(output, "type") == "tool":
                     # The tool handled its own error (handle_tool_error / handle_validation_error): only the
                     # message the model gets is left of it.
                     error = ("ToolError", attr(output, "content"))
-                recorder.tool_call(node.name, node.start, end, run=agent.run if agent is not None else None,
-                                   step=node.step, error=error, error_returned_to_model=error is not None)
-                if agent is not None:
-                    agent.ended(node.step, end)
+                self._tool_ended(node, end, error, error is not None)
             except Exception as exc:  # noqa: BLE001 - the guard
                 _failed("langchain.tool", exc)
 
         def on_tool_error(self, error: BaseException, *, run_id: Any, parent_run_id: Any = None,
                           **kwargs: Any) -> None:
-            node = self.nodes.pop(run_id, None)
-            if node is None:
-                return
             try:
-                end = recorder.clock()
-                parent = self.nodes.get(parent_run_id) if parent_run_id is not None else None
-                if node.agent is not None:
-                    node.agent.ended(node.step, end)
-                if node.tool_call_id is not None and parent is not None:
+                node = self.nodes.pop(run_id.int, None)
+                if node is None:
+                    return
+                end = clock()
+                parent = self.nodes.get(parent_run_id.int) if parent_run_id is not None else None
+                if node.call_id is not None and parent is not None:
                     # Whether the error goes back to the model is known when the caller (a ToolNode) ends.
                     if parent.failed is None:
                         parent.failed = []
                     parent.failed.append((node, end, error))
                 else:
-                    self._tool_failed(node, end, error, False)
+                    self._tool_ended(node, end, error, False)
             except Exception as exc:  # noqa: BLE001 - the guard
                 _failed("langchain.tool", exc)
 
-        def _tool_failed(self, node: _Node, end: float, error: Any, returned: bool) -> None:
+        def _tool_ended(self, node: _Node, end: float, error: Any, returned: bool) -> None:
             agent = node.agent
-            recorder.tool_call(node.name, node.start, end, run=agent.run if agent is not None else None,
+            recorder.tool_call(node.label, node.start, end, run=agent.run if agent is not None else None,
                                step=node.step, error=error, error_returned_to_model=returned)
+            if agent is not None:
+                agent.ended(node.step, end)
 
         def _settle(self, caller: _Node, outputs: Any) -> None:
             handed_back = _error_messages(outputs) if outputs is not None else {}
             for node, end, error in caller.failed:
-                self._tool_failed(node, end, error, node.tool_call_id in handed_back)
+                self._tool_ended(node, end, error, node.call_id in handed_back)
             caller.failed = None
 
         # -- retrievers: runs that may have children --------------------------------------------------------
@@ -443,14 +472,23 @@ def _make_handler_class() -> type:
                                **kwargs: Any) -> None:
             if not switch.enabled:
                 return
-            parent = self.nodes.get(parent_run_id) if parent_run_id is not None else None
-            self.nodes[run_id] = _Node(parent.agent if parent is not None else None, 0.0)
+            try:
+                parent = self.nodes.get(parent_run_id.int) if parent_run_id is not None else None
+                self.nodes[run_id.int] = _Node(parent.agent if parent is not None else None, 0.0)
+            except Exception as exc:  # noqa: BLE001 - the guard
+                _failed("langchain.retriever", exc)
 
         def on_retriever_end(self, documents: Any, *, run_id: Any, **kwargs: Any) -> None:
-            self.nodes.pop(run_id, None)
+            self._forget(run_id)
 
         def on_retriever_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
-            self.nodes.pop(run_id, None)
+            self._forget(run_id)
+
+        def _forget(self, run_id: Any) -> None:
+            try:
+                self.nodes.pop(run_id.int, None)
+            except Exception as exc:  # noqa: BLE001 - the guard
+                _failed("langchain.retriever", exc)
 
     return SopCallbackHandler
 
