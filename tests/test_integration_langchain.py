@@ -560,6 +560,26 @@ def test_a_handler_disabled_for_one_context_records_nothing_there(manager):
     assert [tokens(c) for c in implicit["llm_calls"]] == [(2, 2)]
 
 
+def test_content_is_not_recorded_by_default_and_kept_clipped_when_opted_in(manager, storage_dir):
+    def run():
+        model = FakeChatModel(script=[reply(tools=[("add", {"a": 40, "b": 2})]), reply("the private answer is 42")])
+        create_agent(model, tools=[add]).invoke(ask("a private question"))
+
+    run()
+    raw = manager.flush_data().read_text()
+    assert "private" not in raw
+
+    manager.initialize({"storage_dir": str(storage_dir), "capture_content": True, "max_string_length": 20,
+                        "auto_cleanup": False, "fsync": False})
+    run()
+    task = real_tasks(written_session(manager))[-1]
+    first, second = task["llm_calls"]
+    assert (first["input_preview"], first["output_preview"]) == ("a private question", "add({'a': 40, 'b': …")
+    assert second["output_preview"] == "the private answer …"
+    (call,) = task["tools"]
+    assert (call["arguments_preview"], call["output_preview"]) == ("{'a': 40, 'b': 2}", "42")
+
+
 # -- install / uninstall ---------------------------------------------------------------------------------------
 def _our_hooks():
     from langchain_core.tracers.context import _configure_hooks

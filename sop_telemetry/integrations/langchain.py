@@ -134,7 +134,7 @@ class _Agent:
 class _Node:
     """What the handler keeps of one LangChain run until it ends."""
 
-    __slots__ = ("agent", "own", "start", "label", "step", "call_id", "failed", "streamed")
+    __slots__ = ("agent", "own", "start", "label", "step", "call_id", "failed", "streamed", "content")
 
     def __init__(self, agent: Optional[_Agent], start: float, label: Any = None, own: bool = False) -> None:
         self.agent = agent  # the agent run this run's records go to (None: outside any)
@@ -147,6 +147,7 @@ class _Node:
         # back to the model (a ToolMessage with status "error" in this run's output) or on up.
         self.failed: Optional[list] = None
         self.streamed = False
+        self.content: Any = None  # with capture_content on: the call's input (its last message, its arguments)
 
 
 def _agent_type(metadata: Optional[dict]) -> str:
@@ -220,6 +221,28 @@ def _name_in(metadata: Any, output: Any) -> Optional[str]:
             if isinstance(name, str) and name:
                 return name
     return None
+
+
+def _capturing(agent: Optional[_Agent]) -> bool:
+    run = agent.run if agent is not None else None
+    collector = getattr(run, "collector", None)
+    return bool(collector.capture_content) if collector is not None else recorder.capturing()
+
+
+def _last_content(items: Any) -> Any:
+    """What a model was asked: the content of the last message (or prompt) of its first input."""
+    first = items[0] if isinstance(items, list) and items else None
+    last = first[-1] if isinstance(first, list) and first else first
+    return attr(last, "content") if last is not None and not isinstance(last, str) else last
+
+
+def _said(message: Any) -> Any:
+    """What a model answered: its text, else the tool calls it asked for."""
+    text = attr(message, "content") or attr(message, "text")
+    if text:
+        return text
+    calls = attr(message, "tool_calls")
+    return ", ".join(f"{call.get('name')}({call.get('args')})" for call in calls) if calls else None
 
 
 def _error_messages(output: Any, depth: int = 0) -> Dict[Any, bool]:
@@ -346,14 +369,14 @@ def _make_handler_class() -> type:
         def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: Any, parent_run_id: Any = None,
                                 tags: Optional[List[str]] = None, metadata: Optional[dict] = None,
                                 **kwargs: Any) -> None:
-            self._model_start(serialized, run_id, parent_run_id, metadata, kwargs)
+            self._model_start(serialized, messages, run_id, parent_run_id, metadata, kwargs)
 
         def on_llm_start(self, serialized: Any, prompts: Any, *, run_id: Any, parent_run_id: Any = None,
                          tags: Optional[List[str]] = None, metadata: Optional[dict] = None, **kwargs: Any) -> None:
-            self._model_start(serialized, run_id, parent_run_id, metadata, kwargs)
+            self._model_start(serialized, prompts, run_id, parent_run_id, metadata, kwargs)
 
-        def _model_start(self, serialized: Any, run_id: Any, parent_run_id: Any, metadata: Optional[dict],
-                         kwargs: dict) -> None:
+        def _model_start(self, serialized: Any, inputs: Any, run_id: Any, parent_run_id: Any,
+                         metadata: Optional[dict], kwargs: dict) -> None:
             if not switch.enabled:
                 return
             try:
@@ -361,6 +384,8 @@ def _make_handler_class() -> type:
                 node = self._child(parent_run_id, now, _model_name(serialized, metadata, kwargs))
                 if node.agent is not None:
                     node.step = node.agent.open_round(metadata.get("langgraph_step") if metadata else None, now)
+                if _capturing(node.agent):
+                    node.content = _last_content(inputs)
                 self.nodes[run_id.int] = node
             except Exception as exc:  # noqa: BLE001 - the guard
                 _failed("langchain.model", exc)
@@ -383,7 +408,8 @@ def _make_handler_class() -> type:
                 agent = node.agent
                 recorder.model_call(name or node.label, usage, node.start, end,
                                     run=agent.run if agent is not None else None, streamed=node.streamed,
-                                    step=node.step)
+                                    step=node.step, input=node.content,
+                                    output=_said(message) if node.content is not None else None)
                 if agent is not None:
                     agent.ended(node.step, end, final=not attr(message, "tool_calls"))
             except Exception as exc:  # noqa: BLE001 - the guard
@@ -417,6 +443,8 @@ def _make_handler_class() -> type:
                 node.call_id = kwargs.get("tool_call_id")
                 if node.agent is not None:
                     node.step = node.agent.current_round()
+                if _capturing(node.agent):
+                    node.content = input_str
                 self.nodes[run_id.int] = node
             except Exception as exc:  # noqa: BLE001 - the guard
                 _failed("langchain.tool", exc)
@@ -432,7 +460,7 @@ def _make_handler_class() -> type:
                     # The tool handled its own error (handle_tool_error / handle_validation_error): only the
                     # message the model gets is left of it.
                     error = ("ToolError", attr(output, "content"))
-                self._tool_ended(node, end, error, error is not None)
+                self._tool_ended(node, end, error, error is not None, output)
             except Exception as exc:  # noqa: BLE001 - the guard
                 _failed("langchain.tool", exc)
 
@@ -454,10 +482,13 @@ def _make_handler_class() -> type:
             except Exception as exc:  # noqa: BLE001 - the guard
                 _failed("langchain.tool", exc)
 
-        def _tool_ended(self, node: _Node, end: float, error: Any, returned: bool) -> None:
+        def _tool_ended(self, node: _Node, end: float, error: Any, returned: bool, output: Any = None) -> None:
             agent = node.agent
+            if node.content is not None and output is not None:
+                output = attr(output, "content") if attr(output, "type") == "tool" else output
             recorder.tool_call(node.label, node.start, end, run=agent.run if agent is not None else None,
-                               step=node.step, error=error, error_returned_to_model=returned)
+                               step=node.step, error=error, error_returned_to_model=returned,
+                               arguments=node.content, output=output if node.content is not None else None)
             if agent is not None:
                 agent.ended(node.step, end)
 
