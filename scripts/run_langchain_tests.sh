@@ -18,6 +18,7 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
+. "$REPO/scripts/suite_common.sh"
 PYTHON=${PYTHON:-python3}
 VERSION=${LANGCHAIN_CORE_VERSION:-$("$PYTHON" -c 'from importlib.metadata import version; print(version("langchain-core"))')}
 MIRROR=${LANGCHAIN_GIT_DIR:-/work/.mirror/langchain-ai+langchain/repo}
@@ -50,14 +51,7 @@ STAMP=$VENV/.sop-telemetry-deps
 DEPS=("langchain-core==$VERSION" "pytest>=9.0.3,<10" "freezegun>=1.2.2,<2" "pytest-mock>=3.10,<4" "syrupy>=5,<6"
       "pytest-asyncio>=1.3,<2" "grandalf>=0.8,<1" "responses>=0.25,<1" "pytest-socket>=0.7,<0.9"
       "blockbuster>=1.5.18,<1.6" numpy "langchain-tests>=1.1.9,<2" pytest-benchmark jinja2)
-# sop_telemetry's own runtime dependencies, read from pyproject.toml (the package itself comes from PYTHONPATH).
-read -r -a OWN <<< "$("$PYTHON" -c '
-import sys
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    from pip._vendor import tomli as tomllib
-print(*tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"])' "$REPO/pyproject.toml")"
+read -r -a OWN <<< "$(own_dependencies "$PYTHON" "$REPO")"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "${DEPS[*]} ${OWN[*]}" ]; then
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip

@@ -342,24 +342,18 @@ def _make_handler_class() -> type:
                 _failed("langchain.chain", exc)
 
         def on_chain_end(self, outputs: Any, *, run_id: Any, **kwargs: Any) -> None:
+            self._chain_ended(run_id, outputs, None)
+
+        def on_chain_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
+            self._chain_ended(run_id, None, error)
+
+        def _chain_ended(self, run_id: Any, outputs: Any, error: Optional[BaseException]) -> None:
             try:
                 node = self.nodes.pop(run_id.int, None)
                 if node is None:
                     return
                 if node.failed is not None:
                     self._settle(node, outputs)
-                if node.own:
-                    node.agent.finish(None)
-            except Exception as exc:  # noqa: BLE001 - the guard
-                _failed("langchain.chain", exc)
-
-        def on_chain_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
-            try:
-                node = self.nodes.pop(run_id.int, None)
-                if node is None:
-                    return
-                if node.failed is not None:
-                    self._settle(node, None)
                 if node.own:
                     node.agent.finish(error)
             except Exception as exc:  # noqa: BLE001 - the guard
