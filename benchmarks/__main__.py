@@ -40,6 +40,7 @@ FULL = {
     "sessions": {"sessions": 1_000, "repeats": 3},
     "otlp": {"iterations": 100, "warmup": 10},
     "langgraph": {"iterations": 100, "warmup": 5, "repeats": 3},
+    "langgraph_instructions": {"runs": 5, "warmup": 3},
 }
 QUICK = {
     "agent_tool_calling": {"iterations": 4, "warmup": 1, "repeats": 1, "openinference_every": 2},
@@ -54,6 +55,7 @@ QUICK = {
     "sessions": {"sessions": 20, "repeats": 1},
     "otlp": {"iterations": 3, "warmup": 1},
     "langgraph": {"iterations": 3, "warmup": 1, "repeats": 1},
+    "langgraph_instructions": {"quick": True},
 }
 
 
@@ -166,6 +168,10 @@ def main(argv: List[str] | None = None) -> int:
 
                 log("8. LangGraph agent run overhead")
                 results["langgraph"] = run_langgraph_overhead(log=log, **plan["langgraph"])
+                from .langgraph_run import run_langgraph_instructions
+
+                results["langgraph_instructions"] = run_langgraph_instructions(log=log,
+                                                                               **plan["langgraph_instructions"])
         finally:
             manager.shutdown(flush=False)
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)

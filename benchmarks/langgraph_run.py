@@ -287,6 +287,16 @@ def targets(r: Dict[str, Any]) -> List[Tuple[str, str, str, Optional[bool]]]:
         out.append(("LangGraph: OpenInference added / sop_telemetry added (CPU)",
                     f"{ratio:.1f}x (conservative {cons if cons is None else round(cons, 1)}x; wall "
                     f"{wall.get('openinference_over_sop') or float('nan'):.1f}x)", ">= 10x", ratio >= 10.0))
+    ins = r.get("langgraph_instructions")
+    if ins and ins.get("counted"):
+        base, sop = ins["setups"]["none"], ins["setups"]["sop"]
+        out.append(("LangGraph agent run overhead, sop_telemetry enabled (instructions, every thread)",
+                    f"{sop['added_pct']:.2f}% (+{sop['added']:,.0f} of {base['per_run']:,.0f})", "<= 2%",
+                    sop["added_pct"] <= 2.0))
+        ratio = ins.get("openinference_over_sop")
+        if ratio is not None:
+            out.append(("LangGraph: OpenInference added / sop_telemetry added (instructions)", f"{ratio:.1f}x",
+                        ">= 10x", ratio >= 10.0))
     return out
 
 
@@ -315,4 +325,107 @@ def render(r: Dict[str, Any]) -> str:
         text += (f"\n   OpenInference adds {ratio:.1f}x the CPU time sop_telemetry adds (conservative: "
                  f"{g['cpu'].get('openinference_over_sop_conservative') or float('nan'):.1f}x)")
     text += f"\n   recorded per run: {g['recorded']}"
+    ins = r.get("langgraph_instructions")
+    if ins and ins.get("counted"):
+        for name, c in ins["setups"].items():
+            added = "" if name == "none" else f" (+{c['added']:,.0f}, {c['added_pct']:.2f}%)"
+            text += f"\n   instructions per run, {_NAMES[name]}: {c['per_run']:,.0f}{added}"
     return text
+
+
+# -- instructions (callgrind) -------------------------------------------------------------------------------------
+def run_langgraph_instructions(runs: int = 5, warmup: int = 5, quick: bool = False,
+                               log: Callable[[str], None] = lambda m: None) -> Dict[str, Any]:
+    """The instructions a LangGraph agent run executes, per setup, each in its own process under callgrind (as
+    section 1c): every thread's, since LangGraph runs the tool calls on its pool. Load-independent, unlike the
+    timing; a lower bound of the timed overhead (a cache miss costs no instruction)."""
+    import tempfile
+    from pathlib import Path
+
+    from .instructions import _build_helper, summarize
+
+    skipped = langgraph_available()
+    if skipped:
+        return {"skipped": skipped}
+    setups = ["none", "sop"] + ([] if openinference_available() else ["openinference"])
+    log("8b. LangGraph agent run: instructions per run (callgrind)")
+    with tempfile.TemporaryDirectory(prefix="sop_bench_cg_lg_") as tmp:
+        directory = Path(tmp)
+        library = None
+        if quick:
+            runs, warmup = 1, 1
+        else:
+            library, why = _build_helper(directory)
+            if library is None:
+                return {"skipped": why}
+        counts = {setup: _count(setup, runs, warmup, library, directory, log) for setup in setups}
+    return {"runs": runs, "warmup": warmup, "counted": library is not None, **summarize(counts)}
+
+
+def _count(setup: str, runs: int, warmup: int, library: Any, directory: Any,
+           log: Callable[[str], None]) -> Optional[float]:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONHASHSEED": "0",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
+    out = directory / f"callgrind.{setup}"
+    command = [sys.executable, "-m", "benchmarks.langgraph_run", "--child", setup, str(runs), str(warmup),
+               str(library or "")]
+    if library is not None:
+        command = ["valgrind", "--tool=callgrind", "--collect-atstart=no", "--separate-threads=yes",
+                   f"--callgrind-out-file={out}"] + command
+    log(f"  instructions: {setup}")
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the instruction count of {setup} failed (exit {proc.returncode}):\n"
+                           f"{(proc.stdout + proc.stderr)[-3000:]}")
+    if library is None:
+        return None
+    total = 0.0
+    for part in directory.glob(f"callgrind.{setup}-*"):
+        for line in part.read_text().splitlines():
+            if line.startswith("summary:"):
+                total += float(line.split()[1])
+    return total / runs
+
+
+def _child(setup: str, runs: int, warmup: int, library: str) -> None:
+    import ctypes
+    import tempfile
+
+    import sop_telemetry  # noqa: F401 - before LangChain, as a user would
+    from sop_telemetry import TelemetryManager
+
+    helper = ctypes.CDLL(library) if library else None
+    on, off = (helper.on, helper.off) if helper is not None else (lambda: None, lambda: None)
+    with tempfile.TemporaryDirectory(prefix="sop_bench_child_") as tmp:
+        manager = TelemetryManager.get_instance()
+        manager.initialize({"storage_dir": tmp, "auto_cleanup": False, "flush_interval": 86_400, "fsync": False})
+        run = build_agent()
+        setups = Setups(use_openinference=setup == "openinference")
+        setups.activate(setup)
+        try:
+            for counted in [False] * warmup + [True] * runs:
+                with quiet_gc():
+                    if counted:
+                        on()
+                    run()
+                    if counted:
+                        off()
+                setups.after(setup, False)
+        finally:
+            setups.close()
+            manager.shutdown(flush=False)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) == 6 and sys.argv[1] == "--child":
+        _child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+    else:
+        raise SystemExit("usage: python -m benchmarks.langgraph_run --child SETUP RUNS WARMUP LIBRARY")
