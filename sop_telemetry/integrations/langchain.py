@@ -121,8 +121,8 @@ class _Agent:
         if run is None:
             return
         rounds = self.rounds
-        if error is not None and rounds and rounds[-1][5] is None:
-            rounds[-1][5] = error
+        if error is not None and rounds and rounds[-1][5] is None and not isinstance(error, GeneratorExit):
+            rounds[-1][5] = error  # (a stream closed early is a cancelled run, not a failed step)
         last = len(rounds)
         for number, start, end, _superstep, final, step_error in rounds:
             recorder.record_step(number, "action", start, end, run=run, error=step_error,
