@@ -393,7 +393,7 @@ def _cmd_show(args: argparse.Namespace, out: _Output) -> int:
         ["total tokens", f"{tokens.total.total_tokens:,}"],
         ["estimated cost", format_cost(tokens.total.cost, tokens.total.unpriced_calls)],
         ["python", env.python_version or "-"],
-        ["smolagents", env.smolagents_version or "-"],
+        ["frameworks", ", ".join(f"{name} {version}" for name, version in env.frameworks.items()) or "-"],
         ["directory", env.working_directory or "-"],
     ])
     out.tables([header, *tokens.tables()[1:], *performance.tables()[1:]])
@@ -520,7 +520,7 @@ def _cmd_stats(args: argparse.Namespace, out: _Output) -> int:
         ["oldest session", data["oldest_session"] or "-"],
         ["newest session", data["newest_session"] or "-"],
         ["last write", last],
-    ]), Table("Integrations", [("integration", "<"), ("framework version", "<"), ("supported", "<"), ("selected", "<")], [
+    ]), Table("Integrations", [(name, "<") for name in ("integration", "framework version", "supported", "selected")], [
         [row["name"], row["version"] or "not installed", row["supported"] or "-", "yes" if row["selected"] else "no"]
         for row in data["integrations"]
     ])])

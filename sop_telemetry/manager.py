@@ -453,10 +453,14 @@ class TelemetryManager:
 
     def _environment_info(self) -> Any:
         """The session's EnvironmentInfo, collected once (again after initialize(): the allowlist may change)."""
-        if self._environment is None:
-            from .environment import collect_environment
+        from .environment import collect_environment, framework_versions
 
+        if self._environment is None:
             self._environment = collect_environment(self.config.environment_allowlist)
+        else:
+            frameworks = framework_versions()  # (a framework may have been imported since)
+            if frameworks != self._environment.frameworks:
+                self._environment = self._environment.model_copy(update={"frameworks": frameworks})
         return self._environment
 
     def _build_current(self, final: bool) -> "TelemetrySession":

@@ -14,13 +14,15 @@ readers such as `jq`, and ignored (recomputed) when a file is loaded back.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, computed_field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
 from .status import CallStatus, TaskStatus
 
-SCHEMA_VERSION = 1
+# 2: each AgentExecution names its `framework`; EnvironmentInfo lists `frameworks` (schema 1 had one field per
+# framework, `<name>_version`, read into `frameworks` when a file of schema 1 is loaded).
+SCHEMA_VERSION = 2
 
 
 class _Model(BaseModel):
@@ -111,8 +113,7 @@ class AgentExecution(_Timed):
     agent_id: str = ""
     agent_type: str
     agent_name: str
-    # The framework the run was made with ("smolagents", "pydantic_ai", "langchain", ...); None in files written
-    # before schema version 2, all of them smolagents' runs.
+    # The framework the run was made with (an integration's name); None in files of schema 1, which had one.
     framework: Optional[str] = None
     parent_agent_id: Optional[str] = None
     model: Optional[str] = None
@@ -184,7 +185,18 @@ class EnvironmentInfo(_Model):
     hostname: Optional[str] = None
     pid: Optional[int] = None
     telemetry_version: Optional[str] = None
-    smolagents_version: Optional[str] = None
+    # The version of each framework instrumented in the session, by integration name.
+    frameworks: Dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _frameworks_of_schema_1(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            old = {key[: -len("_version")]: value for key, value in data.items()
+                   if key.endswith("_version") and key not in cls.model_fields and isinstance(value, str)}
+            if old:
+                data = {**data, "frameworks": {**old, **(data.get("frameworks") or {})}}
+        return data
 
 
 class TelemetrySession(_Model):

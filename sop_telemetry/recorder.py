@@ -34,13 +34,14 @@ from contextvars import Token
 from typing import Any, Callable, Iterator, Optional, Tuple, Union
 
 from .collector import Frame, clip, current, next_id, switch
-from .error_handler import get_error_handler
+from .error_handler import report
 from .status import CallStatus, TaskStatus
 
 __all__ = [
     "Run", "Usage", "DISABLED", "CURRENT", "clock", "begin_run", "end_run", "activate", "enter", "leave",
-    "current_run", "model_call", "tool_call", "record_step", "begin_step", "end_step", "defer", "capturing",
-    "remember_secret", "error_of", "usage_of",
+    "current_run", "model_call", "tool_call", "model_returned", "tool_returned", "record_step", "begin_step",
+    "end_step", "defer", "capturing", "remember_secret", "error_of", "usage_of", "attr", "int_or_none", "open_run",
+    "close_run", "call_record", "add_model_call", "add_tool_call", "add_step", "take_calls", "Step",
 ]
 
 Run = Frame  # the handle of an agent run
@@ -90,10 +91,6 @@ class Usage:
         return (f"Usage(input_tokens={self.input_tokens}, output_tokens={self.output_tokens}, "
                 f"total_tokens={self.total_tokens}, cached_tokens={self.cached_tokens}, "
                 f"reasoning_tokens={self.reasoning_tokens})")
-
-
-def _failed(operation: str, exc: BaseException) -> None:
-    get_error_handler().record_error(operation, exc)
 
 
 def _collector() -> Any:
@@ -154,8 +151,6 @@ def usage_of(usage: Any) -> Tuple[Optional[int], Optional[int], Optional[int], b
     else:
         prompt = int_or_none(_field(usage, "input_tokens", "prompt_tokens"))
         completion = int_or_none(_field(usage, "output_tokens", "completion_tokens"))
-        if prompt is None and completion is None:
-            return None, None, None, False, None, None
         total = _field(usage, "total_tokens")
         cached = _field(usage, "cache_read_tokens", "cached_tokens", "input_token_details.cache_read",
                         "prompt_tokens_details.cached_tokens")
@@ -179,11 +174,6 @@ def error_of(exc: ErrorArg, limit: int) -> Error:
     if isinstance(exc, tuple):
         return clip(exc[0], limit) or "Error", clip(exc[1] if len(exc) > 1 else None, limit)
     return "Error", clip(exc, limit)
-
-
-def _limit(run: Optional[Frame]) -> int:
-    collector = run.collector if run is not None and run.collector is not None else _collector()
-    return collector.max_string_length
 
 
 # -- agent runs ----------------------------------------------------------------------------------------------------
@@ -210,7 +200,7 @@ def begin_run(framework: str, agent_type: str, agent_name: Optional[str] = None,
             collector.changed(False)  # a task is starting: the writer runs (every flush_interval) and exit is hooked
         return run
     except Exception as exc:  # noqa: BLE001 - the guard (inline: this runs at every run's start)
-        _failed("recorder.begin_run", exc)
+        report("recorder.begin_run", exc)
         return DISABLED
 
 
@@ -239,7 +229,7 @@ def end_run(run: Run, *, status: Union[TaskStatus, str, None] = None, error: Err
         if run.parent is None:
             collector.changed(True)  # the task is over: the writer builds its records and writes the file now
     except Exception as exc:  # noqa: BLE001 - the guard
-        _failed("recorder.end_run", exc)
+        report("recorder.end_run", exc)
 
 
 def current_run() -> Optional[Run]:
@@ -256,7 +246,7 @@ def leave(token: Token) -> None:
     try:
         current.reset(token)
     except Exception as exc:  # noqa: BLE001 - a token from another context: the guard
-        _failed("recorder.leave", exc)
+        report("recorder.leave", exc)
 
 
 @contextmanager
@@ -272,14 +262,14 @@ def activate(run: Run) -> Iterator[Run]:
 def defer(run: Optional[Run], operation: str, builder: Callable[..., None], *args: Any) -> None:
     """Queues an integration's own work to run where records are built, after everything queued before it:
     `builder(collector, run, *args)`, guarded under `operation`. For framework state read cheaply now and turned
-    into records later (smolagents' steps from the agent's memory)."""
+    into records later (steps read from an agent's memory when its run ends)."""
     if run is DISABLED or not switch.enabled:
         return
     try:
         collector = run.collector if run is not None and run.collector is not None else _collector()
         _queue(collector, (operation, builder, run, *args))
     except Exception as exc:  # noqa: BLE001 - the guard
-        _failed(operation, exc)
+        report(operation, exc)
 
 
 # -- calls ---------------------------------------------------------------------------------------------------------
@@ -294,11 +284,11 @@ def _where(run: Optional[Run]) -> Tuple[Optional[Run], Any]:
     return None, collector
 
 
-def _times(run: Optional[Run], start: float, end: float, wall: bool) -> Tuple[float, float]:
+def _epoch(run: Optional[Run], wall: bool) -> float:
+    """What turns a `clock()` reading into epoch seconds: the run's (taken when it began), or now's."""
     if wall:
-        return start, end
-    epoch = run.epoch if run is not None else time.time() - time.perf_counter()
-    return start + epoch, end + epoch
+        return 0.0
+    return run.epoch if run is not None else time.time() - time.perf_counter()
 
 
 def capturing() -> bool:
@@ -307,6 +297,17 @@ def capturing() -> bool:
         return bool(_collector().capture_content)
     except Exception:  # noqa: BLE001
         return False
+
+
+def _call_context(run: Optional[Run], step: Any, given: Any, output: Any) -> Tuple[Optional[Run], Any, Any, Any]:
+    """A call's run, collector, step number, and previews (clipped, and only with content capture on)."""
+    run, collector = _where(run)
+    if step is _AUTO:
+        step = run.step if run is not None else None
+    previews = None
+    if collector.capture_content and (given is not None or output is not None):
+        previews = (clip(given, collector.max_string_length), clip(output, collector.max_string_length))
+    return run, collector, step, previews
 
 
 def model_call(model: Optional[str], usage: Any, start: float, end: float, *, run: Optional[Run] = None,
@@ -321,17 +322,12 @@ def model_call(model: Optional[str], usage: Any, start: float, end: float, *, ru
     if not switch.enabled or run is DISABLED:
         return
     try:
-        run, collector = _where(run)
-        if step is _AUTO:
-            step = run.step if run is not None else None
-        previews = None
-        if collector.capture_content and (input is not None or output is not None):
-            previews = (clip(input, collector.max_string_length), clip(output, collector.max_string_length))
-        start, end = _times(run, start, end, wall)
+        run, collector, step, previews = _call_context(run, step, input, output)
         _queue(collector, ("recorder.model_call", _model_call, run, model, usage, step, start, end,
-                           error_of(error, collector.max_string_length), status, streamed, purpose, previews))
+                           _epoch(run, wall), error_of(error, collector.max_string_length), status, streamed,
+                           purpose, previews))
     except Exception as exc:  # noqa: BLE001 - the guard
-        _failed("recorder.model_call", exc)
+        report("recorder.model_call", exc)
 
 
 def tool_call(name: Optional[str], start: float, end: float, *, run: Optional[Run] = None, error: ErrorArg = None,
@@ -344,18 +340,47 @@ def tool_call(name: Optional[str], start: float, end: float, *, run: Optional[Ru
     if not switch.enabled or run is DISABLED:
         return
     try:
-        run, collector = _where(run)
-        if step is _AUTO:
-            step = run.step if run is not None else None
-        previews = None
-        if collector.capture_content and (arguments is not None or output is not None):
-            previews = (clip(arguments, collector.max_string_length), clip(output, collector.max_string_length))
-        start, end = _times(run, start, end, wall)
-        _queue(collector, ("recorder.tool_call", _tool_call, run, name, step, start, end,
+        run, collector, step, previews = _call_context(run, step, arguments, output)
+        _queue(collector, ("recorder.tool_call", _tool_call, run, name, step, start, end, _epoch(run, wall),
                            error_of(error, collector.max_string_length), status, retry_requested,
                            error_returned_to_model, previews))
     except Exception as exc:  # noqa: BLE001 - the guard
-        _failed("recorder.tool_call", exc)
+        report("recorder.tool_call", exc)
+
+
+def model_returned(run: Optional[Run], model: Optional[str], usage: Any, step: Optional[int], start: float,
+                   end: float) -> bool:
+    """The fast form of `model_call` for what a wrapper sees dozens of times a run: a call that returned, in `run`
+    (a handle, not None), with `clock()` times. Returns False, recording nothing, when it cannot take it (no run,
+    content capture on): call `model_call` then."""
+    try:
+        pending = run.pending  # type: ignore[union-attr]
+        pending.append(("recorder.model_call", _returned, run, model, usage, step, start, end))  # type: ignore
+    except AttributeError:
+        return False
+    if len(pending) >= run.limit:  # type: ignore[union-attr]
+        _build_now(run)
+    return True
+
+
+def tool_returned(run: Optional[Run], name: Optional[str], step: Optional[int], start: float, end: float) -> bool:
+    """The fast form of `tool_call`, as model_returned is of model_call."""
+    try:
+        pending = run.pending  # type: ignore[union-attr]
+        pending.append(("recorder.tool_call", _tool_returned, run, name, step, start, end))  # type: ignore
+    except AttributeError:
+        return False
+    if len(pending) >= run.limit:  # type: ignore[union-attr]
+        _build_now(run)
+    return True
+
+
+def _build_now(run: Run) -> None:
+    """The queue reached its limit: its events are built now, on this thread (what bounds the queue's memory)."""
+    try:
+        run.collector.materialize()
+    except Exception as exc:  # noqa: BLE001 - the guard
+        report("collector.materialize", exc)
 
 
 # -- steps ---------------------------------------------------------------------------------------------------------
@@ -387,7 +412,7 @@ def begin_step(step_type: str = "action", number: Optional[int] = None, *, run: 
         run.step = number
         return step
     except Exception as exc:  # noqa: BLE001 - the guard
-        _failed("recorder.step", exc)
+        report("recorder.step", exc)
         return _NO_STEP
 
 
@@ -403,7 +428,7 @@ def end_step(step: Step, *, error: ErrorArg = None, is_final_answer: bool = Fals
         record_step(step.number, step_type or step.step_type, step.start, time.perf_counter(), run=run, error=error,
                     is_final_answer=is_final_answer, code=code)
     except Exception as exc:  # noqa: BLE001 - the guard
-        _failed("recorder.step", exc)
+        report("recorder.step", exc)
 
 
 def record_step(number: Optional[int], step_type: str, start: float, end: float, *, run: Optional[Run] = None,
@@ -420,11 +445,11 @@ def record_step(number: Optional[int], step_type: str, start: float, end: float,
         if run is None or run.collector is None:
             return  # a step belongs to a run
         collector = run.collector
-        start, end = _times(run, start, end, wall)
-        _queue(collector, ("recorder.step", _step, run, number, step_type, start, end,
+        epoch = _epoch(run, wall)
+        _queue(collector, ("recorder.step", _step, run, number, step_type, start + epoch, end + epoch,
                            error_of(error, collector.max_string_length), is_final_answer, code))
     except Exception as exc:  # noqa: BLE001 - the guard
-        _failed("recorder.step", exc)
+        report("recorder.step", exc)
 
 
 def remember_secret(value: Any) -> None:
@@ -434,7 +459,7 @@ def remember_secret(value: Any) -> None:
 
         remember(value)
     except Exception as exc:  # noqa: BLE001 - the guard
-        _failed("recorder.secret", exc)
+        report("recorder.secret", exc)
 
 
 # -- builders (run by TelemetryCollector.materialize, in queue order, under the collector's lock) ------------------
@@ -503,19 +528,21 @@ def close_run(collector: Any, run: Run, end: float, status: TaskStatus, error: E
         collector.close_task(run.task, status, end=end, notify=False, **extra)
 
 
-def call_record(run: Optional[Run], step_number: Any, start: float, end: float, error: Error,
+def call_record(run: Optional[Run], step_number: Any, start: float, duration: float, error: Error,
                 status: Any) -> dict:
-    """The fields a model call and a tool call share."""
+    """The fields a model call and a tool call share; `start` in epoch seconds."""
     agent = run.agent if run is not None else None
     if status is None:
         status = _SUCCESS if error is None else _ERROR
     elif isinstance(status, CallStatus):
         status = status.value
+    else:
+        status = CallStatus(status).value
     return {
         "call_id": next_id("c"),
         "start_time": start,
-        "end_time": end,
-        "duration": max(0.0, end - start),
+        "end_time": start + duration,
+        "duration": duration,
         "status": status,
         "error_type": error[0] if error is not None else None,
         "error_message": error[1] if error is not None else None,
@@ -547,17 +574,22 @@ def add_tool_call(collector: Any, run: Optional[Run], rec: dict, name: Any) -> N
 
 
 def _model_call(collector: Any, run: Optional[Run], model: Any, usage: Any, step: Any, start: float, end: float,
-                error: Error, status: Any, streamed: bool, purpose: Optional[str],
+                epoch: float, error: Error, status: Any, streamed: bool, purpose: Optional[str],
                 previews: Optional[tuple]) -> None:
-    rec = call_record(run, step, start, end, error, status)
+    rec = call_record(run, step, start + epoch, max(0.0, end - start), error, status)
     if previews is not None:
         rec["input_preview"], rec["output_preview"] = previews
     add_model_call(collector, run, rec, model, usage, streamed, purpose)
 
 
-def _tool_call(collector: Any, run: Optional[Run], name: Any, step: Any, start: float, end: float, error: Error,
-               status: Any, retry_requested: bool, returned: bool, previews: Optional[tuple]) -> None:
-    rec = call_record(run, step, start, end, error, status)
+def _returned(collector: Any, run: Run, model: Any, usage: Any, step: Any, start: float, end: float) -> None:
+    add_model_call(collector, run, call_record(run, step, start + run.epoch, end - start, None, None), model, usage,
+                   False, None)
+
+
+def _tool_call(collector: Any, run: Optional[Run], name: Any, step: Any, start: float, end: float, epoch: float,
+               error: Error, status: Any, retry_requested: bool, returned: bool, previews: Optional[tuple]) -> None:
+    rec = call_record(run, step, start + epoch, max(0.0, end - start), error, status)
     if previews is not None:
         rec["arguments_preview"], rec["output_preview"] = previews
     if retry_requested:
@@ -565,6 +597,10 @@ def _tool_call(collector: Any, run: Optional[Run], name: Any, step: Any, start: 
     if returned:
         rec["error_returned_to_model"] = True
     add_tool_call(collector, run, rec, name)
+
+
+def _tool_returned(collector: Any, run: Run, name: Any, step: Any, start: float, end: float) -> None:
+    add_tool_call(collector, run, call_record(run, step, start + run.epoch, end - start, None, None), name)
 
 
 def take_calls(run: Run, number: Any) -> Tuple[list, list, dict]:

@@ -29,6 +29,8 @@ import sys
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
+from .error_handler import report
+
 logger = logging.getLogger("sop_telemetry")
 
 # (name, the module whose import installs it, the module holding its `integration`).
@@ -82,7 +84,8 @@ class Integration:
     """The contract. A subclass sets `name`, `module` (the import that triggers it), `supported` (a version
     specifier for `distribution`, default the module's top-level name) and implements `setup()` (patch, register
     handlers; raise DidNotEnable to be skipped) and `teardown()` (undo exactly what setup did). `install()` and
-    `uninstall()` are idempotent and thread-safe; a version outside `supported` is skipped with one warning."""
+    `uninstall()` are idempotent and thread-safe and never raise; a version outside `supported` is skipped with one
+    warning, and any other failure of setup() or teardown() is counted by the guard."""
 
     name: str = ""
     module: str = ""
@@ -136,6 +139,9 @@ class Integration:
                     self._skipped = str(reason)
                     logger.warning("sop_telemetry: %s; it is not instrumented", reason)
                 return False
+            except Exception as exc:  # noqa: BLE001 - the guard: a failed install never reaches the user's import
+                report(f"integrations.{self.name}.install", exc)
+                return False
             self._installed = True
             self._skipped = None
             logger.debug("sop_telemetry: %s %s instrumented", self.name, version)
@@ -148,7 +154,10 @@ class Integration:
                 logger.debug("sop_telemetry: %s not instrumented; nothing to uninstall", self.name)
                 return
             self._installed = False
-            self.teardown()
+            try:
+                self.teardown()
+            except Exception as exc:  # noqa: BLE001 - the guard
+                report(f"integrations.{self.name}.uninstall", exc)
 
 
 # -- the registry --------------------------------------------------------------------------------------------------
@@ -230,10 +239,8 @@ def describe() -> List[Dict[str, Any]]:
 def _install(name: str) -> None:
     try:
         get(name).install()
-    except Exception as exc:  # noqa: BLE001 - a failed install must not break the user's import
-        from .error_handler import get_error_handler
-
-        get_error_handler().record_error(f"integrations.{name}.install", exc)
+    except Exception as exc:  # noqa: BLE001 - an integration module that cannot be imported: the guard
+        report(f"integrations.{name}.install", exc)
 
 
 def _imported(module: str) -> bool:

@@ -186,10 +186,14 @@ def test_bad_arguments_are_counted_never_raised(manager):
     get_error_handler().reset_error_state()
     run = recorder.begin_run("fakework", "Agent")
     recorder.end_run(run, status="no-such-status")  # refused on the caller's thread
-    recorder.model_call("m", None, "not a time", 1.0, run=run)  # refused on the caller's thread
+    recorder.model_call("m", None, "not a time", 1.0, run=run)  # refused where its record is built
+    recorder.tool_call("t", 0.0, 1.0, run=run)
     recorder.leave(object())  # not a token
+    manager.flush_data()
     summary = get_error_handler().get_error_summary()
     assert {"recorder.end_run", "recorder.model_call", "recorder.leave"} <= set(summary)
+    assert summary["recorder.model_call"]["count"] == 1  # the good call after it is kept
+    assert [t.tool_name for t in manager.get_session_data().tasks[-1].tools] == ["t"]
 
 
 def test_defer_runs_the_integrations_builder_in_queue_order(manager):

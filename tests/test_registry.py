@@ -139,3 +139,21 @@ def test_active_integrations_in_storage_stats(manager):
 
     stats = manager.get_storage_stats()
     assert stats["integrations"] == {"smolagents": smolagents.__version__}
+
+
+def test_config_key_selects_integrations(manager, monkeypatch):
+    from smolagents.models import Model
+
+    from sop_telemetry.integrations import smolagents as integration
+    from sop_telemetry.integrations.patching import is_ours
+
+    monkeypatch.delenv(registry.ENV_VAR, raising=False)
+    try:
+        manager.initialize({"integrations": "-smolagents"})
+        assert integration.is_installed() is False and not is_ours(vars(Model)["generate"])
+        assert manager.get_storage_stats()["integrations"] == {}
+        manager.initialize({"integrations": ["smolagents"]})
+        assert integration.is_installed() is True and is_ours(vars(Model)["generate"])
+    finally:
+        manager.initialize({"integrations": None})
+    assert integration.is_installed() is True

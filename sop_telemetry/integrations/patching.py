@@ -23,7 +23,7 @@ import functools
 import logging
 import threading
 from types import FunctionType
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, Collection, List, Optional, Tuple
 
 logger = logging.getLogger("sop_telemetry")
 
@@ -111,11 +111,14 @@ class Patcher:
         with self.lock:
             self.patched.append((base, "__init_subclass__", original, vars(base)["__init_subclass__"]))
 
-    def undo(self) -> None:
-        """Restores every attribute patched, newest first, by identity."""
+    def undo(self, attrs: Optional[Collection[str]] = None) -> None:
+        """Restores every attribute patched (or only those named in `attrs`), newest first, by identity."""
         with self.lock:
-            while self.patched:
-                owner, attr, original, ours = self.patched.pop()
+            keep = [patch for patch in self.patched if attrs is not None and patch[1] not in attrs]
+            undo = [patch for patch in self.patched if attrs is None or patch[1] in attrs]
+            self.patched = keep
+            while undo:
+                owner, attr, original, ours = undo.pop()
                 now = vars(owner).get(attr, ABSENT)
                 if now is not ours:
                     logger.debug("sop_telemetry: %s.%s was changed by someone else; left as is", owner, attr)
