@@ -8,8 +8,8 @@ Usage::
 
 The run: `langchain.agents.create_agent` with three tools and a scripted chat model (no network) that asks for 11
 tool calls over 10 replies (one with two calls, run in parallel) and then answers: 11 model calls, each reply
-reporting its usage. The setups, switched in turn in one process (the order shuffled per iteration, one untimed run after each
-switch, each sample the fastest of `repeats` timed runs, GC off), as in section 1:
+reporting its usage. The setups, switched in turn in one process (the order shuffled per iteration, one untimed run
+after each switch, each sample the fastest of `repeats` timed runs, GC off), as in section 1:
 
 - ``none``: sop_telemetry's LangChain integration uninstalled, OpenInference uninstrumented;
 - ``sop``: the integration installed, telemetry enabled; the session is written after each timed run, outside the

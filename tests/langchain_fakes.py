@@ -2,7 +2,8 @@
 
 Usage::
 
-    model = FakeChatModel(script=[reply(tools=[("add", {"a": 1, "b": 2})], usage=(100, 10)), reply("3", usage=(120, 5))])
+    model = FakeChatModel(script=[reply(tools=[("add", {"a": 1, "b": 2})], usage=(100, 10)),
+                                  reply("3", usage=(120, 5))])
     agent = create_agent(model, tools=[add])
     agent.invoke({"messages": [("user", "add 1 and 2")]})
 

@@ -8,13 +8,12 @@ import subprocess
 import sys
 import threading
 import warnings
-from typing import Any, List
+from typing import List
 
 import pytest
 from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models.fake import FakeListLLM
-from langchain_core.messages import AIMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.outputs import LLMResult
 from langchain_core.prompts import ChatPromptTemplate
@@ -471,7 +470,8 @@ def test_results_and_other_handlers_events_are_the_same_with_telemetry(manager, 
         def broken(*args, **kwargs):
             raise RuntimeError("telemetry bug")
 
-        for name in ("begin_run", "model_call", "tool_call", "record_step", "end_run"):
+        for name in ("begin_run", "model_call", "model_returned", "tool_call", "tool_returned", "record_step",
+                     "end_run"):
             monkeypatch.setattr(recorder, name, broken)
     seen = Counting()
     assert _observed_run(seen) == expected

@@ -43,17 +43,13 @@ from typing import Any, Dict, List, Optional
 from .. import recorder
 from ..recorder import attr, clock
 from ..collector import switch
-from ..error_handler import get_error_handler
+from ..error_handler import report
 from ..registry import DidNotEnable, Integration, version_in
 
 logger = logging.getLogger("sop_telemetry")
 
 FRAMEWORK = "langchain"
 _GRAPH_STEP = "graph:step:"
-
-
-def _failed(operation: str, exc: BaseException) -> None:
-    get_error_handler().record_error(operation, exc)
 
 
 class _Agent:
@@ -255,6 +251,7 @@ def _error_messages(output: Any, depth: int = 0) -> Dict[Any, bool]:
         if attr(output, "status") == "error":
             found[attr(output, "tool_call_id")] = True
         return found
+    items: Any
     if isinstance(output, dict):
         items = output.values()
     elif isinstance(output, (list, tuple)):
@@ -283,7 +280,7 @@ def _make_handler_class() -> type:
 
         raise_error = False
 
-        @property
+        @property  # type: ignore[override]
         def run_inline(self) -> bool:
             """True: called on the event's own thread or event loop, never through an executor (cheap, in order).
             Except where langchain-core's AsyncCallbackManager.on_llm_start sorts its handlers: when any handler is
@@ -329,17 +326,18 @@ def _make_handler_class() -> type:
                     for tag in tags or ():
                         if tag.startswith(_GRAPH_STEP):
                             # A LangGraph node: its parent is a graph, an agent run of its own.
-                            if not parent.own:
-                                parent.agent = _Agent(parent.agent, parent.label, _agent_type(metadata),
-                                                      parent.start)
+                            graph = parent.agent
+                            if graph is None or not parent.own:
+                                graph = parent.agent = _Agent(parent.agent, parent.label, _agent_type(metadata),
+                                                              parent.start)
                                 parent.own = True
-                            node.agent = parent.agent
-                            if parent.agent.run is None:
-                                parent.agent.ensure()
+                            node.agent = graph
+                            if graph.run is None:
+                                graph.ensure()
                             break
                 nodes[run_id.int] = node
             except Exception as exc:  # noqa: BLE001 - the guard
-                _failed("langchain.chain", exc)
+                report("langchain.chain", exc)
 
         def on_chain_end(self, outputs: Any, *, run_id: Any, **kwargs: Any) -> None:
             self._chain_ended(run_id, outputs, None)
@@ -354,10 +352,10 @@ def _make_handler_class() -> type:
                     return
                 if node.failed is not None:
                     self._settle(node, outputs)
-                if node.own:
+                if node.own and node.agent is not None:
                     node.agent.finish(error)
             except Exception as exc:  # noqa: BLE001 - the guard
-                _failed("langchain.chain", exc)
+                report("langchain.chain", exc)
 
         # -- model calls ----------------------------------------------------------------------------------------
         def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: Any, parent_run_id: Any = None,
@@ -382,7 +380,7 @@ def _make_handler_class() -> type:
                     node.content = _last_content(inputs)
                 self.nodes[run_id.int] = node
             except Exception as exc:  # noqa: BLE001 - the guard
-                _failed("langchain.model", exc)
+                report("langchain.model", exc)
 
         def on_llm_new_token(self, token: Any, *, run_id: Any, **kwargs: Any) -> None:
             try:
@@ -390,7 +388,7 @@ def _make_handler_class() -> type:
                 if node is not None:
                     node.streamed = True
             except Exception as exc:  # noqa: BLE001 - the guard
-                _failed("langchain.model", exc)
+                report("langchain.model", exc)
 
         def on_llm_end(self, response: Any, *, run_id: Any, **kwargs: Any) -> None:
             try:
@@ -400,14 +398,16 @@ def _make_handler_class() -> type:
                 end = clock()
                 message, usage, name = _reply(response)
                 agent = node.agent
-                recorder.model_call(name or node.label, usage, node.start, end,
-                                    run=agent.run if agent is not None else None, streamed=node.streamed,
-                                    step=node.step, input=node.content,
-                                    output=_said(message) if node.content is not None else None)
+                run = agent.run if agent is not None else None
+                if node.streamed or node.content is not None or not recorder.model_returned(
+                        run, name or node.label, usage, node.step, node.start, end):
+                    recorder.model_call(name or node.label, usage, node.start, end, run=run, streamed=node.streamed,
+                                        step=node.step, input=node.content,
+                                        output=_said(message) if node.content is not None else None)
                 if agent is not None:
                     agent.ended(node.step, end, final=not attr(message, "tool_calls"))
             except Exception as exc:  # noqa: BLE001 - the guard
-                _failed("langchain.model", exc)
+                report("langchain.model", exc)
 
         def on_llm_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
             try:
@@ -424,7 +424,7 @@ def _make_handler_class() -> type:
                 if agent is not None:
                     agent.ended(node.step, end, error=error)
             except Exception as exc:  # noqa: BLE001 - the guard
-                _failed("langchain.model", exc)
+                report("langchain.model", exc)
 
         # -- tool calls -----------------------------------------------------------------------------------------
         def on_tool_start(self, serialized: Any, input_str: Any, *, run_id: Any, parent_run_id: Any = None,
@@ -441,7 +441,7 @@ def _make_handler_class() -> type:
                     node.content = input_str
                 self.nodes[run_id.int] = node
             except Exception as exc:  # noqa: BLE001 - the guard
-                _failed("langchain.tool", exc)
+                report("langchain.tool", exc)
 
         def on_tool_end(self, output: Any, *, run_id: Any, **kwargs: Any) -> None:
             try:
@@ -456,7 +456,7 @@ def _make_handler_class() -> type:
                     error = ("ToolError", attr(output, "content"))
                 self._tool_ended(node, end, error, error is not None, output)
             except Exception as exc:  # noqa: BLE001 - the guard
-                _failed("langchain.tool", exc)
+                report("langchain.tool", exc)
 
         def on_tool_error(self, error: BaseException, *, run_id: Any, parent_run_id: Any = None,
                           **kwargs: Any) -> None:
@@ -474,21 +474,24 @@ def _make_handler_class() -> type:
                 else:
                     self._tool_ended(node, end, error, False)
             except Exception as exc:  # noqa: BLE001 - the guard
-                _failed("langchain.tool", exc)
+                report("langchain.tool", exc)
 
         def _tool_ended(self, node: _Node, end: float, error: Any, returned: bool, output: Any = None) -> None:
             agent = node.agent
-            if node.content is not None and output is not None:
-                output = attr(output, "content") if attr(output, "type") == "tool" else output
-            recorder.tool_call(node.label, node.start, end, run=agent.run if agent is not None else None,
-                               step=node.step, error=error, error_returned_to_model=returned,
-                               arguments=node.content, output=output if node.content is not None else None)
+            run = agent.run if agent is not None else None
+            if error is not None or node.content is not None or not recorder.tool_returned(
+                    run, node.label, node.step, node.start, end):
+                if node.content is not None and output is not None:
+                    output = attr(output, "content") if attr(output, "type") == "tool" else output
+                recorder.tool_call(node.label, node.start, end, run=run, step=node.step, error=error,
+                                   error_returned_to_model=returned, arguments=node.content,
+                                   output=output if node.content is not None else None)
             if agent is not None:
                 agent.ended(node.step, end)
 
         def _settle(self, caller: _Node, outputs: Any) -> None:
             handed_back = _error_messages(outputs) if outputs is not None else {}
-            for node, end, error in caller.failed:
+            for node, end, error in caller.failed or ():
                 self._tool_ended(node, end, error, node.call_id in handed_back)
             caller.failed = None
 
@@ -501,7 +504,7 @@ def _make_handler_class() -> type:
                 parent = self.nodes.get(parent_run_id.int) if parent_run_id is not None else None
                 self.nodes[run_id.int] = _Node(parent.agent if parent is not None else None, 0.0)
             except Exception as exc:  # noqa: BLE001 - the guard
-                _failed("langchain.retriever", exc)
+                report("langchain.retriever", exc)
 
         def on_retriever_end(self, documents: Any, *, run_id: Any, **kwargs: Any) -> None:
             self._forget(run_id)
@@ -513,7 +516,7 @@ def _make_handler_class() -> type:
             try:
                 self.nodes.pop(run_id.int, None)
             except Exception as exc:  # noqa: BLE001 - the guard
-                _failed("langchain.retriever", exc)
+                report("langchain.retriever", exc)
 
     return SopCallbackHandler
 
