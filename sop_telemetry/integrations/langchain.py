@@ -280,8 +280,8 @@ def _make_handler_class() -> type:
 
         raise_error = False
 
-        @property  # type: ignore[override]
-        def run_inline(self) -> bool:
+        @property
+        def run_inline(self) -> bool:  # type: ignore[override]
             """True: called on the event's own thread or event loop, never through an executor (cheap, in order).
             Except where langchain-core's AsyncCallbackManager.on_llm_start sorts its handlers: when any handler is
             inline it gives an LLM's start to the inline ones only, and every other handler (Langfuse's, a user's,
