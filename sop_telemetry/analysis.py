@@ -187,9 +187,11 @@ class Table:
 
 class _Result(BaseModel):
     def tables(self) -> List[Table]:
+        """The figures as titled rows of text cells (what the CLI draws)."""
         raise NotImplementedError
 
     def render(self) -> str:
+        """The figures as plain-text tables; `str(result)` gives the same."""
         return render_tables(self.tables())
 
     def __str__(self) -> str:
@@ -211,9 +213,10 @@ class TokenFigures(_Result):
     unpriced_calls: int = 0
 
     # add_call runs once per model call per grouping (hundreds of thousands of times over many sessions), and a
-    # pydantic __setattr__ costs ~1 µs: the sums go straight into the instance dict (all fields have defaults, so
-    # nothing reads model_fields_set here).
+    # pydantic __setattr__ validates each time: the sums go straight into the instance dict (all fields have
+    # defaults, so nothing reads model_fields_set here).
     def add_call(self, call: LLMCall) -> None:
+        """Adds one model call's tokens and cost."""
         d = self.__dict__
         d["calls"] += 1
         if not call.tokens_reported:
@@ -240,6 +243,7 @@ class TokenFigures(_Result):
             d["cost"] = (d["cost"] or 0.0) + usage.cost_estimate
 
     def merge(self, other: "TokenFigures") -> None:
+        """Adds `other`'s figures into these."""
         self.calls += other.calls
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
@@ -250,6 +254,7 @@ class TokenFigures(_Result):
             self.cost = (self.cost or 0.0) + other.cost
 
     def cells(self) -> List[str]:
+        """The figures as table cells: calls, prompt, completion, total, cost."""
         return [str(self.calls), _int(self.prompt_tokens), _int(self.completion_tokens), _int(self.total_tokens),
                 format_cost(self.cost, self.unpriced_calls)]
 
@@ -275,10 +280,12 @@ class DurationStats(_Result):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def error_rate(self) -> Optional[float]:
+        """Failed records / all records; None when there are none."""
         return self.errors / self.count if self.count else None
 
     @classmethod
     def of(cls, durations: Iterable[float], errors: int = 0) -> "DurationStats":
+        """The statistics of `durations` (seconds), with `errors` failures among them."""
         values = sorted(d for d in durations)
         if not values:
             return cls(errors=errors)
@@ -287,6 +294,7 @@ class DurationStats(_Result):
                    p95=_percentile(values, 0.95), max=values[-1], errors=errors)
 
     def cells(self) -> List[str]:
+        """The figures as table cells: count, total, mean, p50, p95, max, errors."""
         return [str(self.count), format_duration(self.total), format_duration(self.mean), format_duration(self.p50),
                 format_duration(self.p95), format_duration(self.max), str(self.errors)]
 
@@ -307,6 +315,9 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 # -- token usage ---------------------------------------------------------------------------------------------------
 class TokenReport(_Result):
+    """What `analyze_token_usage(session)` returns: `total`, and `by_model`, `by_agent`, `by_task` (each a dict of
+    `TokenFigures`: calls, prompt/completion/total tokens, cost, unreported and unpriced calls)."""
+
     session_id: str
     total: TokenFigures
     by_model: Dict[str, TokenFigures]
@@ -367,12 +378,14 @@ class TimeSplit(_Result):
     overhead: float = 0.0
 
     def add(self, other: "TimeSplit") -> None:
+        """Adds `other`'s times into these."""
         self.wall += other.wall
         self.model += other.model
         self.tools += other.tools
         self.overhead += other.overhead
 
     def cells(self) -> List[str]:
+        """The split as table cells: wall time, then each part with its share of it."""
         return [format_duration(self.wall), _share(self.model, self.wall), _share(self.tools, self.wall),
                 _share(self.overhead, self.wall)]
 
@@ -384,6 +397,8 @@ _SPLIT_COLUMNS = [("wall", ">"), ("in model calls", ">"), ("in tools", ">"), ("o
 
 
 class TaskTiming(_Result):
+    """One task in a `PerformanceReport`: status, duration, its `TimeSplit`, and counts of steps and calls."""
+
     task_id: str
     status: str
     duration: Optional[float]
@@ -398,6 +413,8 @@ class TaskTiming(_Result):
 
 
 class StepTiming(_Result):
+    """One step in a `PerformanceReport`'s `slowest_steps`: where it ran, its type, duration and error type."""
+
     task_id: str
     agent_name: Optional[str]
     step_number: Optional[int]
@@ -411,6 +428,9 @@ class StepTiming(_Result):
 
 
 class PerformanceReport(_Result):
+    """What `analyze_performance(session)` returns: `DurationStats` per agent, tool and model, a `TaskTiming` per
+    task, the session's `TimeSplit`, and the slowest steps."""
+
     session_id: str
     total_duration: float
     split: TimeSplit
@@ -544,6 +564,9 @@ class DayFigures(TokenFigures):
 
 
 class AgentFigures(_Result):
+    """One agent (by name) across sessions in a `SessionsSummary`: runs, failures, success rate, mean duration,
+    tokens per run and cost."""
+
     runs: int = 0
     completed: int = 0
     failed: int = 0
@@ -559,6 +582,9 @@ class AgentFigures(_Result):
 
 
 class SessionsSummary(_Result):
+    """What `summarize_sessions(...)` returns: counts of sessions and tasks, the period, token and cost totals, and
+    figures `by_day`, `by_model`, per tool (`tools`: durations and failures) and per agent (`agents`)."""
+
     sessions: int = 0
     tasks: int = 0
     failed_tasks: int = 0
@@ -693,6 +719,7 @@ def render_tables(tables: Iterable[Table]) -> str:
 
 
 def format_duration(seconds: Optional[float]) -> str:
+    """Seconds as the CLI shows them: "15 us", "2.4 ms", "3.10 s", "2m05.0s", "1h03m"; "-" when unknown."""
     if seconds is None:
         return "-"
     if seconds < 1e-3:

@@ -50,6 +50,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The `sop-telemetry` command: runs it with `argv` (default: the process's arguments) and returns its exit
+    status, e.g. `main(["--json", "list", "--since", "7d"])`. See the module docstring for the commands."""
     _read_only()
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)

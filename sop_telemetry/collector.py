@@ -115,6 +115,7 @@ _TASK_FIELDS = ("sop_category", "error_type", "error_message", "stop_reason")
 
 
 def next_id(prefix: str) -> str:
+    """A record id unique in this process: `prefix` and a counter (`c12` for a call, `a3` for an agent run)."""
     return f"{prefix}{next(_ids)}"
 
 
@@ -151,6 +152,20 @@ def encodable(text: str) -> str:
 
 
 class TelemetryCollector:
+    """Holds the records of one session and takes manual ones. Get the process's own from the manager:
+
+        collector = TelemetryManager.get_instance().get_collector()
+        collector.start_task("nightly-report", "Summarize yesterday's tickets")
+        collector.record_llm_call(model="gpt-4o", prompt_tokens=1200, completion_tokens=80, duration=2.5)
+        collector.record_tool_usage("search", 0.4, status="error", error_type="TimeoutError")
+        collector.end_task("nightly-report", TaskStatus.COMPLETED)
+
+    Records made outside any task go into an implicit task. Keywords beyond the named parameters set the record's
+    other fields (see `LLMCall`, `ToolExecution`, `AgentExecution`); a bad value is logged and that one record
+    refused. Every call here is guarded: it never raises into the program. A collector made directly
+    (`TelemetryCollector()`) is a scratch one; only the manager's is written to disk.
+    """
+
     def __init__(
         self,
         session_id: Optional[str] = None,
@@ -190,6 +205,8 @@ class TelemetryCollector:
 
     @safe_telemetry_operation("collector.end_task")
     def end_task(self, task_id: str, status: TaskStatus | str = TaskStatus.COMPLETED, **extra: Any) -> None:
+        """Closes the task opened as `task_id` with `status` (a `TaskStatus` or its value); `error_type` and
+        `error_message` keywords describe a failure."""
         if not switch.enabled:
             return
         status = TaskStatus(status)
@@ -251,6 +268,7 @@ class TelemetryCollector:
 
     @safe_telemetry_operation("collector.record_agent_execution")
     def record_agent_execution(self, agent_type: str, agent_name: str, duration: float = 0.0, **extra: Any) -> None:
+        """Records one finished agent run of `duration` seconds (ending now) in the current task."""
         if not switch.enabled:
             return
         rec = self._manual_record(duration, extra)
@@ -262,6 +280,7 @@ class TelemetryCollector:
 
     @safe_telemetry_operation("collector.record_tool_usage")
     def record_tool_usage(self, tool_name: str, duration: float = 0.0, **extra: Any) -> None:
+        """Records one finished tool call of `duration` seconds (ending now) in the current task."""
         if not switch.enabled:
             return
         rec = self._manual_record(duration, extra)
@@ -437,6 +456,7 @@ class TelemetryCollector:
             return self._implicit
 
     def changed(self, urgent: bool) -> None:
+        """Marks the session changed and tells the manager (which starts its writer); `urgent` asks for a write now."""
         self.generation += 1
         if self._on_change is not None:
             # Guarded here (inline: this runs at every agent run's start and end): a failure to start the writer
@@ -448,6 +468,7 @@ class TelemetryCollector:
 
     # -- reading -----------------------------------------------------------------------------------------------
     def has_records(self) -> bool:
+        """Whether the session has anything to write (tasks, or events waiting to be built)."""
         # Under the lock: while another thread builds queued events, they are in neither list (taken from `pending`,
         # their task not yet in `_tasks`). The writer, woken by a task's end, looked in that window, found nothing
         # to write and left the finished task unwritten until the next change.
@@ -462,9 +483,11 @@ class TelemetryCollector:
             return self.generation
 
     def open_task_count(self) -> int:
+        """How many tasks are open (started, not yet ended)."""
         return len(self._open)
 
     def task_count(self) -> int:
+        """How many tasks the session holds, open or ended."""
         return len(self._tasks)
 
     def snapshot(self, end_time: Optional[float] = None) -> dict:
@@ -515,6 +538,8 @@ class TelemetryCollector:
             return old
 
     def build_session(self, environment: Any = None, end_time: Optional[float] = None) -> "TelemetrySession":
+        """The records so far as a `TelemetrySession` (queued events built first); `environment` is an
+        `EnvironmentInfo` to put in it."""
         from .models import TelemetrySession
 
         data = self.snapshot(end_time)

@@ -47,6 +47,10 @@ class _OpState:
 
 
 class TelemetryErrorHandler:
+    """Counts telemetry's own errors per operation, logs each operation's first failure as a warning (later ones at
+    debug level), and suspends an operation for `cooldown` seconds after `failure_threshold` failures in a row.
+    The process has one: `get_error_handler()`; read it with `get_error_summary()`."""
+
     def __init__(self, failure_threshold: int = 5, cooldown: float = 60.0) -> None:
         self.failure_threshold = failure_threshold
         self.cooldown = cooldown
@@ -87,12 +91,14 @@ class TelemetryErrorHandler:
             pass
 
     def record_success(self, operation: str) -> None:
+        """Ends `operation`'s run of consecutive failures (and its suspension)."""
         state = self._ops.get(operation)
         if state is not None and state.consecutive:
             state.consecutive = 0
             state.suspended_until = 0.0
 
     def is_suspended(self, operation: str) -> bool:
+        """Whether `operation` is skipped for now after repeated failures."""
         state = self._ops.get(operation)
         return state is not None and state.suspended_until > time.time()
 
@@ -112,10 +118,12 @@ class TelemetryErrorHandler:
             }
 
     def total_errors(self) -> int:
+        """How many errors telemetry has had in this process, all operations together."""
         with self._lock:
             return sum(s.count for s in self._ops.values())
 
     def reset_error_state(self) -> None:
+        """Forgets every count and suspension."""
         with self._lock:
             self._ops.clear()
 
@@ -141,6 +149,9 @@ if hasattr(os, "register_at_fork"):
 
 
 def get_error_handler() -> TelemetryErrorHandler:
+    """The process's error handler: `get_error_handler().get_error_summary()` lists telemetry's own errors, e.g.
+    `{"storage.write": {"count": 2, "last_error": "...", "last_error_type": "OSError", ...}}`; empty when all is
+    well."""
     return _handler
 
 

@@ -43,16 +43,34 @@ logger = logging.getLogger("sop_telemetry")
 _WRITE_BACKOFF = 20.0  # the writer spends at most about 1/21 of the time writing
 _MAX_WRITE_PAUSE = 2.0
 
-# Recording must start without pydantic (≈40 ms to import): the collector is made at once, and the configuration,
-# storage and models are imported on first use by the API below or by the writer thread.
+# Recording must start without pydantic (slow to import; docs/design.md): the collector is made at once, and the
+# configuration, storage and models are imported on first use by the API below or by the writer thread.
 
 
 class TelemetryManager:
+    """The process's telemetry: its configuration, its session (the collector) and the thread that writes it.
+
+    One per process; get it with `TelemetryManager.get_instance()`. Nothing needs setting up: the first record
+    starts it with the defaults. Usage::
+
+        manager = TelemetryManager.get_instance()
+        manager.initialize({"storage_dir": "/tmp/telemetry", "capture_content": True})   # optional, once, early
+        ...                                                  # agents run: their records go to the session
+        session = manager.get_session_data()                 # this process's session so far (a TelemetrySession)
+        path = manager.flush_data()                          # write it now (it is written at task ends and exit)
+        manager.get_all_session_ids()                        # stored sessions, oldest first
+        manager.disable_telemetry()                          # stop recording, until enable_telemetry()
+
+    No method raises into the program except `initialize` (ConfigError for a bad configuration); the others log
+    and count their own errors (`sop_telemetry.get_error_handler()`) and return a default.
+    """
+
     _instance: Optional["TelemetryManager"] = None
     _instance_lock = threading.Lock()
 
     @classmethod
     def get_instance(cls) -> "TelemetryManager":
+        """The process's one manager (made on first call; thread-safe)."""
         instance = cls._instance
         if instance is None:
             with cls._instance_lock:
@@ -103,7 +121,8 @@ class TelemetryManager:
 
     # -- configuration -----------------------------------------------------------------------------------------
     def initialize(self, config: Optional[Mapping[str, Any] | "TelemetryConfig"] = None) -> None:
-        """Applies `config` (the spec's keys); raises ConfigError for unknown keys or bad values.
+        """Applies `config`, a dict of `TelemetryConfig` keys (or a TelemetryConfig); raises ConfigError for unknown
+        keys or bad values. Example: `initialize({"storage_dir": "/tmp/telemetry", "max_file_age_days": 7})`.
 
         Calling it again changes only the keys it names (so the spec's bare `initialize()` keeps an earlier
         storage_dir): later records and writes follow the new settings; the current session goes on (its file
@@ -192,6 +211,7 @@ class TelemetryManager:
 
     @property
     def config(self) -> "TelemetryConfig":
+        """The configuration in effect (a validated `TelemetryConfig`, environment overrides applied)."""
         return self._ensure()
 
     def _new_collector(self) -> TelemetryCollector:
@@ -211,6 +231,7 @@ class TelemetryManager:
 
     # -- the spec's API ----------------------------------------------------------------------------------------
     def get_collector(self) -> TelemetryCollector:
+        """The collector of the current session: records tasks and calls by hand (see `TelemetryCollector`)."""
         collector = self._collector
         if collector is None:
             with self._lock:
@@ -276,6 +297,10 @@ class TelemetryManager:
 
     @safe_telemetry_operation("manager.get_storage_stats", default={})
     def get_storage_stats(self) -> Dict[str, Any]:
+        """A dict describing storage and recording: `storage_path`, `total_files`, `total_bytes`,
+        `current_session_id`, `current_session_tasks`, `enabled`, `last_flush_time`, `unwritten_changes`,
+        `dropped_records` (per kind), `telemetry_errors`, `otlp` (the live exporter's counters), and `integrations`
+        (the framework integrations installed now, with their framework's version)."""
         from . import registry
 
         cfg = self._ensure()
@@ -343,6 +368,7 @@ class TelemetryManager:
         switch.enabled = True
 
     def is_enabled(self) -> bool:
+        """Whether records are being made (False after `disable_telemetry()` or with SOP_TELEMETRY_DISABLED)."""
         return switch.enabled
 
     # -- writing -----------------------------------------------------------------------------------------------
@@ -385,14 +411,14 @@ class TelemetryManager:
         resume = 0.0  # (perf_counter) when the pause after the last write ends
         while not self._stopped:
             # Rewriting the file costs time in proportion to the session, and it holds the GIL the agents need.
-            # After a write that took d seconds the writer pauses _WRITE_BACKOFF * d: a small session (≈1 ms a
-            # write) is still written within ≈20 ms of each task's end, while a large one with short tasks ending
-            # back to back is written every few hundred ms instead of after every task.
+            # After a write that took d seconds the writer pauses _WRITE_BACKOFF * d: a small session is still
+            # written moments after each task's end, while a large one with short tasks ending back to back is
+            # written a few times a second instead of after every task.
             # The pause is taken right after the write, on the writer's own timer, so that a task that ends during
             # it does not wake the writer: `_on_change` only sets `_due`, which the writer reads when the pause is
             # over. Waking a sleeping thread costs the thread that does it a system call and, on a VM, an interrupt
-            # to another CPU: 15-30 µs on the agent's thread at the end of its run (benchmarks/, section 1: 0.3-0.8%
-            # of a short ToolCallingAgent run). So only a task that ends while the writer is idle (a pause went by
+            # to another CPU, on the agent's thread at the end of its run (measured: docs/design.md, "The writer
+            # and its pause"). So only a task that ends while the writer is idle (a pause went by
             # with nothing to write) pays for a wake; short tasks run back to back pay none. The price: after each
             # pause the writer looks once, even when nothing is due (one GIL acquisition per write, off the agent's
             # thread). `_pausing` is cleared before `_due` is read, and `_on_change` sets `_due` before it reads
@@ -423,7 +449,7 @@ class TelemetryManager:
     def _await_change(self, interval: float) -> None:
         """Waits until a task's end wakes the writer or `interval` (the flush interval) is over. Files whose deferred
         fsync comes due meanwhile are synced on the way, without a write: a write pass there would rewrite the
-        session of a task still running, in the middle of its run (the GIL it holds for about 1 ms, then a pause)."""
+        session of a task still running, in the middle of its run (holding the GIL, then pausing)."""
         deadline = time.perf_counter() + interval
         while not self._stopped:
             left = deadline - time.perf_counter()
@@ -485,7 +511,7 @@ class TelemetryManager:
         """(session id, file text) of the current session: what `_file_text(self._build_current(final))` gives, but
         each finished task is validated and serialized once and its JSON reused by later writes. The writer runs
         at every task end and rewrites the whole file, so without this a long-lived process pays for all its
-        earlier tasks again at each one (≈25 µs a record: 0.25 s for 10,000), holding the GIL its agents need."""
+        earlier tasks again at each one, holding the GIL its agents need (docs/design.md)."""
         from .models import TaskExecution, TelemetrySession, TokenUsage
 
         collector = self.get_collector()

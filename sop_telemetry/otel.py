@@ -399,9 +399,11 @@ class OtlpExportResult:
 
     @property
     def ok(self) -> bool:
+        """True when every span was accepted."""
         return not self.errors
 
     def summary(self) -> str:
+        """One line: what was sent where, and the first error if any."""
         text = f"sent {self.spans} spans ({self.tasks} tasks, {self.sessions} sessions) to {self.endpoint}"
         if self.errors:
             text += f"; {self.failed_spans} spans failed: {self.errors[0]}"
@@ -593,6 +595,7 @@ class LiveOtlpExporter:
     # -- control ---------------------------------------------------------------------------------------------------
     @property
     def closed(self) -> bool:
+        """Whether the exporter has been shut down."""
         return self._closed
 
     def flush(self, timeout: float) -> bool:
@@ -629,6 +632,7 @@ class LiveOtlpExporter:
         return False
 
     def stats(self) -> Dict[str, Any]:
+        """Counters of the live export: queued, exported and failed tasks and spans, drops, the last error."""
         with self._cond:
             return {
                 "enabled": True,

@@ -5,7 +5,7 @@ Usage::
     store = TelemetryDataStore(Path("~/.cache/ept/sop_agents").expanduser())
     store.write(session_id, session.to_json())
     for sid in store.session_ids():          # oldest first
-        session = store.load(sid)             # None when missing, corrupt or from a newer schema
+        session = store.load(sid)             # KeyError when missing, SessionLoadError when unreadable
 
 Only names matching the session-file pattern are ever read or removed, so a storage_dir pointed at a busy folder
 loses nothing else. Ids are checked against the same pattern before any path is built from them.
@@ -43,6 +43,7 @@ def new_session_id(now: Optional[float] = None) -> str:
 
 
 def is_session_id(value: object) -> bool:
+    """Whether `value` is a well-formed session id (the only strings ever turned into a path)."""
     return isinstance(value, str) and SESSION_ID_RE.match(value) is not None
 
 
@@ -51,6 +52,21 @@ class SessionLoadError(Exception):
 
 
 class TelemetryDataStore:
+    """The session files of one directory: write them atomically, list, load and clean them up.
+
+    Usage::
+
+        store = TelemetryDataStore(Path("/tmp/telemetry"))
+        for session_id in store.session_ids():                  # oldest first
+            try:
+                session = store.load(session_id)               # a validated TelemetrySession
+            except SessionLoadError as exc:                    # corrupt, truncated or from a newer version
+                print(exc)
+        store.cleanup(max_age_days=30, dry_run=True)            # ids of the files that would be removed
+
+    Only files named like sessions are ever read or removed. `fsync=False` skips syncing files to the disk.
+    """
+
     def __init__(self, directory: Path, fsync: bool = True) -> None:
         self.directory = Path(directory)
         self.fsync = fsync
@@ -63,6 +79,7 @@ class TelemetryDataStore:
         return self.directory / f"{session_id}.json"
 
     def ensure_directory(self) -> None:
+        """Creates the directory (mode 0700) if needed; raises NotADirectoryError when the path is something else."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not self.directory.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "storage path is not a directory", str(self.directory))
@@ -226,6 +243,7 @@ class TelemetryDataStore:
 
 
 def parse_session(data: bytes | str, source: str = "session") -> "TelemetrySession":
+    """A session from a file's bytes or text; raises SessionLoadError naming `source` when it is not one."""
     from pydantic import ValidationError
 
     from .models import TelemetrySession

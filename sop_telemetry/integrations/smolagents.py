@@ -26,8 +26,9 @@ What is patched (all undone by `uninstall()`):
   code know their task, agent and step.
 
 Each patch is a plain function closing over the original, made and undone by the shared `patching.Patcher` (restored
-by identity); wrapt is what proxies the generator of `run(stream=True)`. docs/integrations.md (the worked example)
-says why, with the measurements.
+by identity), not a `wrapt.FunctionWrapper`, which builds a bound wrapper object at every attribute access
+(docs/design.md, "Patch shapes"); wrapt is what proxies the generator of `run(stream=True)`. docs/integrations.md
+(the worked example) has this session's measurements.
 
 Every wrapper checks `switch.enabled` first and then calls the original. What it records goes through the recorder
 API (`sop_telemetry.recorder`), which queues it: records are built later, off the agent's thread. Runs, model calls
@@ -60,8 +61,8 @@ logger = logging.getLogger("sop_telemetry")
 class _ModelCall:
     """Set while this thread is inside a recorded model call, so that one that delegates to another patched method
     (super().generate, generate_stream -> generate, a model wrapping a model) counts once. Per thread rather than
-    a context variable: setting a ContextVar allocates a new context each time (≈0.5 µs a call inside a run), and
-    model calls are synchronous, so a thread is exactly one chain of them."""
+    a context variable: setting a ContextVar allocates a new context each time, and model calls are synchronous, so a
+    thread is exactly one chain of them."""
 
     __slots__ = ("busy",)
 
@@ -71,8 +72,8 @@ class _ModelCall:
 
 class _PerThread(threading.local):
     """Each thread's own `_ModelCall`. The flag is read and set on an object of its own rather than on the
-    thread-local: each attribute access on a threading.local looks the thread's dict up first (≈40 ns, against
-    ≈8 for a slot), and a model call reads the flag once and sets it twice."""
+    thread-local: each attribute access on a threading.local looks the thread's dict up first (several times a slot
+    access), and a model call reads the flag once and sets it twice."""
 
     def __init__(self) -> None:
         self.model_call = _ModelCall()
@@ -324,12 +325,11 @@ def _tool_call_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
 
 # -- steps ---------------------------------------------------------------------------------------------------------
 # Steps queue nothing as they go: a run's step records are built from the agent's memory when it ends (_end_run),
-# and smolagents' `_finalize_step`, called at every step, is not patched (a wrapper there ran 22 times in a 21-step
-# ToolCallingAgent run to do nothing in the usual case: ≈35k of the ≈350k instructions sop_telemetry added to it,
-# benchmarks/ section 1c, though not enough time to tell apart in section 1). What the memory will not tell is
-# read elsewhere: where a planning step's calls end (`_generate_planning_step`, which only planning agents call),
-# and, from a failing run's traceback (`_note_failure`: only failing runs pay), the error a step died of when it is
-# not stored on the step and a step that never reached the memory because its callback raised.
+# and smolagents' `_finalize_step`, called at every step, is not patched (a wrapper there did nothing in the usual
+# case; docs/design.md, "Steps are read from the agent's memory"). What the memory will not tell is read elsewhere:
+# where a planning step's calls end (`_generate_planning_step`, which only planning agents call), and, from a failing
+# run's traceback (`_note_failure`: only failing runs pay), the error a step died of when it is not stored on the step
+# and a step that never reached the memory because its callback raised.
 _in_flight: Callable[[], Optional[BaseException]] = getattr(sys, "exception", None) or (lambda: sys.exc_info()[1])
 
 
