@@ -4,7 +4,9 @@ Usage::
 
     sop-telemetry list                                   # sessions: id, start, duration, tasks, failed, tokens, cost
     sop-telemetry show latest                            # summary, token and time tables, and the task trees
-    sop-telemetry export latest --format csv -o out/     # also json, mermaid, text; -o FILE or stdout
+    sop-telemetry export latest --format csv -o out/     # also json, mermaid, text, html; -o FILE or stdout
+    sop-telemetry view latest --open                     # one self-contained HTML page; view A B compares two
+    sop-telemetry ui                                     # local read-only dashboard on 127.0.0.1 (Ctrl-C stops)
     sop-telemetry report --since 7d                      # across sessions: per day, model, tool, agent
     sop-telemetry stats
     sop-telemetry cleanup --max-age-days 30 --dry-run
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional, Sequence
 
 PROG = "sop-telemetry"
-_FORMATS = ("json", "csv", "mermaid", "text", "otlp")
+_FORMATS = ("json", "csv", "mermaid", "text", "html", "otlp")
 _REPORT_ENV = "_SOP_TELEMETRY_RUN_REPORT"
 
 
@@ -64,7 +66,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.dir = getattr(args, "dir", None)
         args.json = getattr(args, "json", False)
         if args.command is None:
-            raise UserError(f"a command is needed: list, show, export, report, stats, cleanup or run "
+            raise UserError(f"a command is needed: list, show, view, export, report, stats, cleanup, ui or run "
                             f"(see {PROG} --help)")
         return int(args.handler(args, _Output(args.json)) or 0)
     except UserError as exc:
@@ -125,8 +127,21 @@ def _parser() -> argparse.ArgumentParser:
     show = command("show", _cmd_show, "a session's summary, token and time tables, and task trees")
     show.add_argument("session", metavar="ID", help="a session id, a unique prefix of one, or 'latest'")
 
+    view = command("view", _cmd_view, "write a session as one self-contained HTML page (two: a comparison)")
+    view.add_argument("sessions", metavar="ID", nargs="*",
+                      help="a session id, a unique prefix of one, 'latest' or a session file's path (default "
+                           "latest); give two to compare them")
+    view.add_argument("-o", "--output", metavar="FILE",
+                      help="where to write the page, - for stdout (default: a private file in the temporary "
+                           "directory)")
+    view.add_argument("--open", action="store_true", help="open the page in the web browser")
+    view.add_argument("--task", metavar="TASK_ID", action="append",
+                      help="compare this task (once: the same id in both; twice: the first session's, then the "
+                           "second's)")
+
     export = command("export", _cmd_export,
-                     "export a session as JSON, CSV tables, a Mermaid gantt or a text tree, or send it over OTLP")
+                     "export a session as JSON, CSV tables, a Mermaid gantt, a text tree or an HTML page, or send "
+                     "it over OTLP")
     export.add_argument("session", metavar="ID", nargs="?",
                         help="a session id, a unique prefix of one, or 'latest' (otlp: or --since/--until)")
     export.add_argument("--format", "-f", choices=_FORMATS, default="json")
@@ -146,6 +161,11 @@ def _parser() -> argparse.ArgumentParser:
     _filters(report)
 
     command("stats", _cmd_stats, "storage directory statistics")
+
+    ui = command("ui", _cmd_ui, "a local read-only dashboard of the sessions (127.0.0.1, token in the URL)")
+    ui.add_argument("--port", type=_port, default=0, help="port on 127.0.0.1 (default: a free one)")
+    ui.add_argument("--no-browser", action="store_true", help="do not open the web browser")
+    _filters(ui)
 
     cleanup = command("cleanup", _cmd_cleanup, "remove session files older than N days")
     cleanup.add_argument("--max-age-days", type=_non_negative_float, metavar="N", default=None,
@@ -174,6 +194,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
     return value
 
 
@@ -427,6 +457,10 @@ def _cmd_export(args: argparse.Namespace, out: _Output) -> int:
                 text = exports.to_csv(session, args.table or "tasks")
             elif args.format == "mermaid":
                 text = exports.to_mermaid(session, args.task)
+            elif args.format == "html":
+                from .viewer import session_html
+
+                text = session_html(session)
             else:
                 text = exports.to_text_tree(session, args.task)
             if target is None:
@@ -443,6 +477,113 @@ def _cmd_export(args: argparse.Namespace, out: _Output) -> int:
     else:
         for path in written:
             out.line(f"Wrote {path}")
+    return 0
+
+
+def _cmd_view(args: argparse.Namespace, out: _Output) -> int:
+    from .viewer import comparison_html, session_html
+
+    wanted = args.sessions or ["latest"]
+    if len(wanted) > 2:
+        raise UserError("view takes one session, or two to compare")
+    tasks = args.task or []
+    if len(tasks) > 2 or (tasks and len(wanted) == 1):
+        raise UserError("--task picks the tasks to compare: give two sessions (the same one twice for two of its "
+                        "tasks) and --task once or twice")
+    store = _store(args)
+    sessions = [_load_any(store, ref) for ref in wanted]
+    try:
+        if len(sessions) == 1:
+            text = session_html(sessions[0])
+        else:
+            text = comparison_html(sessions[0], sessions[1], *(tasks + [None] * (2 - len(tasks))))
+    except KeyError as exc:
+        raise UserError(str(exc.args[0])) from None
+    if args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    target = Path(args.output).expanduser() if args.output else _view_file("-vs-".join(s.session_id
+                                                                                      for s in sessions))
+    try:
+        _write_private(target, text)
+    except OSError as exc:
+        raise UserError(f"cannot write {exc.filename or target}: {exc.strerror or exc}") from None
+    if out.json:
+        out.data({"written": [str(target)]})
+    else:
+        out.line(f"Wrote {target}")
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(target.resolve().as_uri()):
+            _warn(f"no web browser could be started; open {target} yourself")
+    return 0
+
+
+def _load_any(store: Any, ref: str) -> Any:
+    """A session from an id, a prefix, 'latest', or the path of a session file (anywhere)."""
+    path = Path(ref).expanduser()
+    if ref != "latest" and (os.sep in ref or ref.endswith(".json")) and path.is_file():
+        from .storage import SessionLoadError, parse_session
+
+        try:
+            return parse_session(path.read_bytes(), source=str(path))
+        except SessionLoadError as exc:
+            raise UserError(f"cannot read session {exc}") from None
+    return _load(store, ref)
+
+
+def _view_file(name: str) -> Path:
+    """A private place for pages written without -o: the pages hold the session's figures."""
+    folder = Path(tempfile.gettempdir()) / f"sop-telemetry-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    if folder.is_symlink() or (hasattr(os, "getuid") and folder.stat().st_uid != os.getuid()):
+        raise UserError(f"{folder} is not this user's own folder; give -o FILE")
+    return folder / f"{name}.html"
+
+
+def _write_private(target: Path, text: str) -> None:
+    """Written whole (temp file, then rename) and readable by this user only."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _cmd_ui(args: argparse.Namespace, out: _Output) -> int:
+    from .viewer.server import FILTERS, DashboardServer
+
+    _check_filters(args)
+    try:
+        server = DashboardServer(_directory(args), port=args.port,
+                                 filters={k: getattr(args, k) for k in FILTERS})
+    except OSError as exc:
+        raise UserError(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}") from None
+    if out.json:
+        out.data({"url": server.url, "directory": str(server.store.directory)})
+    else:
+        out.line(f"Serving the sessions in {server.store.directory} (read-only); Ctrl-C stops.")
+        out.line(f"Open: {server.url}")
+    sys.stdout.flush()
+    if not args.no_browser:
+        import webbrowser
+
+        webbrowser.open(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        if not out.json:
+            out.line("Stopped.")
+    finally:
+        server.server_close()
     return 0
 
 

@@ -13,7 +13,8 @@ import pytest
 
 import sop_telemetry
 
-READING_MODULES = ["sop_telemetry.analysis", "sop_telemetry.exports", "sop_telemetry.storage", "sop_telemetry.cli"]
+READING_MODULES = ["sop_telemetry.analysis", "sop_telemetry.exports", "sop_telemetry.storage", "sop_telemetry.cli",
+                   "sop_telemetry.viewer", "sop_telemetry.viewer.server"]
 
 
 def _own_members(cls: type) -> Iterator[Tuple[str, Any]]:
