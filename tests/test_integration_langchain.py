@@ -427,6 +427,34 @@ def test_a_subgraph_as_a_node_is_an_agent_nested_under_the_graph(manager):
     assert tokens(task) == (93, 9)
 
 
+def test_a_langgraph_agent_called_from_a_smolagents_tool_is_nested_under_that_agent(manager):
+    from smolagents import ToolCallingAgent, tool as smolagents_tool
+
+    from fakes import ScriptedModel, call
+
+    helper = create_agent(FakeChatModel(script=[reply(tools=[("add", {"a": 1, "b": 2})], usage=(7, 1)),
+                                                reply("3", usage=(8, 2))]), tools=[add], name="helper")
+
+    def ask_helper(question: str) -> str:
+        """Asks the LangGraph helper.
+
+        Args:
+            question: what to ask
+        """
+        return helper.invoke(ask(question))["messages"][-1].content
+
+    lead = ToolCallingAgent(tools=[smolagents_tool(ask_helper)], model=ScriptedModel(
+        [call("ask_helper", question="1+2"), call("final_answer", answer="3")], usage=(100, 10)), verbosity_level=0)
+    assert lead.run("go") == "3"
+
+    task = only_task(written_session(manager))
+    smol, lc = task["agents"]
+    assert (smol["framework"], lc["framework"], lc["agent_name"], lc["parent_agent_id"]) == (
+        "smolagents", "langchain", "helper", smol["agent_id"])
+    assert sorted(tokens(c) for c in task["llm_calls"] if c["agent_id"] == lc["agent_id"]) == [(7, 1), (8, 2)]
+    assert tokens(task) == (215, 23)
+
+
 # -- co-existence and never changing results -------------------------------------------------------------------------
 class Counting(BaseCallbackHandler):
     def __init__(self):
