@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator, Optional, Tuple, Union
 
 from .collector import Frame, clip, current, next_id, switch
 from .error_handler import report
+from .manager import TelemetryManager  # (at import, not at a first call: an integration imports this at install)
 from .status import CallStatus, TaskStatus
 
 __all__ = [
@@ -94,8 +95,6 @@ class Usage:
 
 
 def _collector() -> Any:
-    from .manager import TelemetryManager
-
     return TelemetryManager.get_instance().get_collector()
 
 
@@ -216,6 +215,8 @@ def end_run(run: Run, *, status: Union[TaskStatus, str, None] = None, error: Err
         return
     try:
         collector = run.collector
+        if collector is None:
+            return
         if isinstance(error, GeneratorExit):
             error, status = None, status or TaskStatus.CANCELLED
         err = error_of(error, collector.max_string_length)
@@ -353,24 +354,22 @@ def model_returned(run: Optional[Run], model: Optional[str], usage: Any, step: O
     """The fast form of `model_call` for what a wrapper sees dozens of times a run: a call that returned, in `run`
     (a handle, not None), with `clock()` times. Returns False, recording nothing, when it cannot take it (no run,
     content capture on): call `model_call` then."""
-    try:
-        pending = run.pending  # type: ignore[union-attr]
-        pending.append(("recorder.model_call", _returned, run, model, usage, step, start, end))  # type: ignore
-    except AttributeError:
+    if run is None or run.pending is None:
         return False
-    if len(pending) >= run.limit:  # type: ignore[union-attr]
+    pending = run.pending
+    pending.append(("recorder.model_call", _returned, run, model, usage, step, start, end))
+    if len(pending) >= run.limit:
         _build_now(run)
     return True
 
 
 def tool_returned(run: Optional[Run], name: Optional[str], step: Optional[int], start: float, end: float) -> bool:
     """The fast form of `tool_call`, as model_returned is of model_call."""
-    try:
-        pending = run.pending  # type: ignore[union-attr]
-        pending.append(("recorder.tool_call", _tool_returned, run, name, step, start, end))  # type: ignore
-    except AttributeError:
+    if run is None or run.pending is None:
         return False
-    if len(pending) >= run.limit:  # type: ignore[union-attr]
+    pending = run.pending
+    pending.append(("recorder.tool_call", _tool_returned, run, name, step, start, end))
+    if len(pending) >= run.limit:
         _build_now(run)
     return True
 
@@ -378,7 +377,8 @@ def tool_returned(run: Optional[Run], name: Optional[str], step: Optional[int], 
 def _build_now(run: Run) -> None:
     """The queue reached its limit: its events are built now, on this thread (what bounds the queue's memory)."""
     try:
-        run.collector.materialize()
+        if run.collector is not None:
+            run.collector.materialize()
     except Exception as exc:  # noqa: BLE001 - the guard
         report("collector.materialize", exc)
 
@@ -628,7 +628,9 @@ def add_step(collector: Any, run: Run, step_type: str, number: Optional[int], st
              tools: list, dropped: dict, error: Error, is_final: Any, code: Any) -> None:
     """A step record owning `calls` and `tools` (and the counts of its dropped ones): its calls with no purpose
     take the step's type as theirs, and all take its number."""
-    agent = run.agent
+    agent, task = run.agent, run.task
+    if agent is None or task is None:
+        return  # its run's begin failed (counted then): nothing to add to
     prompt, completion = dropped.get("prompt_tokens", 0), dropped.get("completion_tokens", 0)
     for call in calls:
         if call["purpose"] is None:
@@ -661,6 +663,6 @@ def add_step(collector: Any, run: Run, step_type: str, number: Optional[int], st
     collector.add("steps", rec, run)
     agent["steps"] += 1
     if isinstance(code, str) and code:
-        metrics = run.task["code_changes"]
+        metrics = task["code_changes"]
         metrics["code_actions"] += 1
         metrics["code_lines"] += code.count("\n") + 1

@@ -330,7 +330,7 @@ class _PostImportFinder:
             for name in names:
                 self.install(name)
 
-        spec.loader = _HookedLoader(spec.loader, installed)
+        spec.loader = _HookedLoader(spec.loader, installed)  # type: ignore[assignment]
         return spec
 
     def remove(self) -> None:

@@ -78,7 +78,7 @@ def step_fields(frame: Frame, steps: list, limit: int) -> list:
                 first = index + 1
                 break
     errors = state.step_errors
-    out = []
+    out: List[tuple] = []
     append = out.append
     for step in steps[first:last] + (state.lost_steps or []):
         if step.__class__ is action and errors is None:

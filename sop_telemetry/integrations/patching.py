@@ -101,7 +101,7 @@ class Patcher:
             if original is not ABSENT:
                 original.__get__(None, cls)(**kwargs)
             else:
-                super(base, cls).__init_subclass__(**kwargs)
+                super(base, cls).__init_subclass__(**kwargs)  # type: ignore[arg-type]
             from ..error_handler import guard
 
             with self.lock:

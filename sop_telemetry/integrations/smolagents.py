@@ -158,7 +158,7 @@ def _generate_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
             model_id = self.model_id
             # (The usage is taken now, not the reply kept: it holds the content and the raw response.)
             if model_id.__class__ is str and model_id and returned(
-                    frame, model_id, result.token_usage, frame.owner.step_number, t0, t1):
+                    frame, model_id, result.token_usage, frame.owner.step_number, t0, t1):  # type: ignore[union-attr]
                 return result
         except Exception:  # noqa: BLE001 - no run, an odd model, reply or agent: the general path
             pass
@@ -313,7 +313,8 @@ def _tool_call_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
         try:
             frame = frame_var.get()
             name = self.name
-            if name.__class__ is str and name and returned(frame, name, frame.owner.step_number, t0, t1):
+            if name.__class__ is str and name and returned(
+                    frame, name, frame.owner.step_number, t0, t1):  # type: ignore[union-attr]
                 return result
         except Exception:  # no run, an odd tool or agent: the general path (see generate)
             pass
@@ -460,7 +461,7 @@ def _closed_in(frame: Frame, steps: list) -> None:
         _step_died_of(frame, step, error)
 
 
-def _step_died_of(frame: Frame, step: Any, error: Tuple[str, Optional[str]]) -> None:
+def _step_died_of(frame: Frame, step: Any, error: Optional[Tuple[str, Optional[str]]]) -> None:
     """Notes the error a step died of, for its record (see records.step_fields); the first one noted stands."""
     state = frame.ext
     if state.step_errors is None:
