@@ -12,8 +12,9 @@ reporting its usage. The setups, switched in turn in one process (the order shuf
 after each switch, each sample the fastest of `repeats` timed runs, GC off), as in section 1:
 
 - ``none``: sop_telemetry's LangChain integration uninstalled, OpenInference uninstrumented;
-- ``sop``: the integration installed, telemetry enabled; the session is written after each timed run, outside the
-  timing, and a fresh one begun (the writer's work is in ``sop_with_write``);
+- ``sop``: the integration installed, telemetry enabled, the manager read-only during the timed run (the run's end
+  does not wake the writer, as in section 1's runs back to back); the session is written after it, outside the
+  timing, and a fresh one begun: what the hooks and the queueing cost the agent's threads;
 - ``sop_with_write``: the same, timed until the session file is written (`flush_data()`): records built, JSON
   written and renamed;
 - ``openinference``: OpenInference's `LangChainInstrumentor().instrument(tracer_provider=...)` with an SDK
@@ -204,12 +205,14 @@ def sample(setups: Setups, run: Callable[[], Any], iterations: int, warmup: int,
                 setups.after(name, False)
                 best = (float("inf"), float("inf"))
                 for _ in range(repeats):
+                    manager.read_only = name == "sop"
                     with quiet_gc():
                         c0, t0 = cpu_time(), perf()
                         run()
                         if name == "sop_with_write":
                             manager.flush_data()
                         t1, c1 = perf(), cpu_time()
+                    manager.read_only = False
                     best = (min(best[0], t1 - t0), min(best[1], c1 - c0))
                     counts = setups.after(name, name == "sop_with_write")
                     recorded.setdefault(name, counts)
@@ -337,7 +340,8 @@ def render(r: Dict[str, Any]) -> str:
 def run_langgraph_instructions(runs: int = 5, warmup: int = 5, quick: bool = False,
                                log: Callable[[str], None] = lambda m: None) -> Dict[str, Any]:
     """The instructions a LangGraph agent run executes, per setup, each in its own process under callgrind (as
-    section 1c): every thread's, since LangGraph runs the tool calls on its pool. Load-independent, unlike the
+    section 1c): every thread's, since LangGraph runs the tool calls on its pool, with the manager read-only during
+    the run so that the writer's work (built and written after it) is not counted. Load-independent, unlike the
     timing; a lower bound of the timed overhead (a cache miss costs no instruction)."""
     import tempfile
     from pathlib import Path
@@ -410,12 +414,14 @@ def _child(setup: str, runs: int, warmup: int, library: str) -> None:
         setups.activate(setup)
         try:
             for counted in [False] * warmup + [True] * runs:
+                manager.read_only = True  # the writer is not woken by the run's end: its work is not the run's
                 with quiet_gc():
                     if counted:
                         on()
                     run()
                     if counted:
                         off()
+                manager.read_only = False
                 setups.after(setup, False)
         finally:
             setups.close()
