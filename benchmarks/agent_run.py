@@ -65,8 +65,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from sop_telemetry.integrations.patching import as_method
 
 from .fake import section_one_agent
-from .stats import (bootstrap_ci, cpu_time, freeze_heap, median, minimal_hook_factory, perf, quiet_gc,
-                    trimmed_mean)
+from .stats import bootstrap_ci, cpu_time, freeze_heap, median, minimal_hook_factory, perf, quiet_gc, trimmed_mean
 
 _ORDER = ("none", "minimal_hooks", "sop", "sop_idle", "sop_unwritten", "sop_with_write", "sop_disabled",
           "openinference", "openinference_batch")

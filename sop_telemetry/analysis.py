@@ -27,7 +27,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from pydantic import BaseModel, Field, computed_field
+from pydantic import AwareDatetime, BaseModel, Field, computed_field
 
 from .models import LLMCall, TaskExecution, TelemetrySession, TokenUsage
 from .status import CallStatus, TaskStatus
@@ -393,7 +393,8 @@ class TimeSplit(_Result):
         return [Table("Time split", _SPLIT_COLUMNS, [self.cells()])]
 
 
-_SPLIT_COLUMNS = [("wall", ">"), ("in model calls", ">"), ("in tools", ">"), ("overhead", ">")]
+# "agent's own work", never "overhead": users read that as the telemetry's cost.
+_SPLIT_COLUMNS = [("wall", ">"), ("in model calls", ">"), ("in tools", ">"), ("agent's own work", ">")]
 
 
 class TaskTiming(_Result):
@@ -443,11 +444,12 @@ class PerformanceReport(_Result):
 
     def tables(self) -> List[Table]:
         tables = [Table(f"Performance of session {self.session_id}", None, [
-            ["session duration", format_duration(self.total_duration)],
+            ["session duration", f"{format_duration(self.total_duration)} (from telemetry's start in the process to "
+                                 "the end of its last task)"],
             ["in tasks", format_duration(self.split.wall)],
-            ["model calls", _share(self.split.model, self.split.wall)],
-            ["tools", _share(self.split.tools, self.split.wall)],
-            ["agent overhead", _share(self.split.overhead, self.split.wall)],
+            ["  model calls", _share(self.split.model, self.split.wall)],
+            ["  tools", _share(self.split.tools, self.split.wall)],
+            ["  agent's own work", _share(self.split.overhead, self.split.wall)],
         ])]
         tables.append(Table("Tasks", [("task", "<"), ("status", "<"), *_SPLIT_COLUMNS, ("steps", ">"),
                                       ("model calls", ">"), ("tool calls", ">")],
@@ -516,7 +518,7 @@ def analyze_performance(session: TelemetrySession, slowest: int = 5) -> Performa
 
 
 def task_time_split(task: TaskExecution) -> TimeSplit:
-    """The task's wall time split into model calls, tools and overhead (overlaps counted once)."""
+    """The task's wall time split into model calls, tools and the agent's own work (overlaps counted once)."""
     if task.duration is None:
         return TimeSplit()
     origin = task.start_time
@@ -576,6 +578,8 @@ class AgentFigures(_Result):
     total_tokens: int = 0
     tokens_per_run: Optional[float] = None
     cost: Optional[float] = None
+    # Calls with tokens but no known price: when > 0, `cost` is a lower bound.
+    unpriced_calls: int = 0
 
     def tables(self) -> List[Table]:
         return [Table("Agent", None, [["runs", str(self.runs)], ["success rate", _rate(self.success_rate)]])]
@@ -588,8 +592,9 @@ class SessionsSummary(_Result):
     sessions: int = 0
     tasks: int = 0
     failed_tasks: int = 0
-    first_start: Optional[datetime] = None
-    last_end: Optional[datetime] = None
+    # pydantic's AwareDatetime, not `datetime`: a name freezegun may have swapped for its FakeDatetime by import time.
+    first_start: Optional[AwareDatetime] = None
+    last_end: Optional[AwareDatetime] = None
     total: TokenFigures = Field(default_factory=TokenFigures)
     # Keyed "YYYY-MM-DD" (local time), oldest first.
     by_day: Dict[str, DayFigures] = Field(default_factory=dict)
@@ -624,7 +629,7 @@ class SessionsSummary(_Result):
                             [[name, str(a.runs), str(a.failed), _rate(a.success_rate),
                               format_duration(a.mean_duration),
                               "-" if a.tokens_per_run is None else _int(round(a.tokens_per_run)),
-                              format_cost(a.cost)] for name, a in self.agents.items()]))
+                              format_cost(a.cost, a.unpriced_calls)] for name, a in self.agents.items()]))
         return tables
 
 
@@ -658,10 +663,12 @@ def summarize_sessions(sessions: Iterable[TelemetrySession]) -> SessionsSummary:
                     figures.add_call(call)
                 name = names.get(call.agent_id or "") or call.agent_name
                 if name is not None and call.tokens_reported:
-                    figures = agents[name]
-                    figures.total_tokens += call.total_tokens or 0
+                    of_agent = agents[name]
+                    of_agent.total_tokens += call.total_tokens or 0
                     if call.cost_estimate is not None:
-                        figures.cost = (figures.cost or 0.0) + call.cost_estimate
+                        of_agent.cost = (of_agent.cost or 0.0) + call.cost_estimate
+                    else:
+                        of_agent.unpriced_calls += 1
             if task.dropped_token_usage is not None:
                 summary.total.add_usage(task.dropped_token_usage)
                 by_day[_day(task.start_time)].add_usage(task.dropped_token_usage)
@@ -672,19 +679,19 @@ def summarize_sessions(sessions: Iterable[TelemetrySession]) -> SessionsSummary:
                     tool_times[tool.tool_name].append(tool.duration)
                 tool_errors[tool.tool_name] += CallStatus(tool.status) is CallStatus.ERROR
             for agent in task.agents:
-                figures = agents[agent.agent_name]
-                figures.runs += 1
+                of_agent = agents[agent.agent_name]
+                of_agent.runs += 1
                 agent_status = TaskStatus(agent.status)
-                figures.completed += agent_status is TaskStatus.COMPLETED
-                figures.failed += agent_status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
+                of_agent.completed += agent_status is TaskStatus.COMPLETED
+                of_agent.failed += agent_status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
                 if agent.duration is not None:
                     agent_times[agent.agent_name].append(agent.duration)
-    for name, figures in agents.items():
-        finished = figures.completed + figures.failed
-        figures.success_rate = figures.completed / finished if finished else None
+    for name, of_agent in agents.items():
+        finished = of_agent.completed + of_agent.failed
+        of_agent.success_rate = of_agent.completed / finished if finished else None
         times = agent_times.get(name)
-        figures.mean_duration = math.fsum(times) / len(times) if times else None
-        figures.tokens_per_run = figures.total_tokens / figures.runs if figures.runs else None
+        of_agent.mean_duration = math.fsum(times) / len(times) if times else None
+        of_agent.tokens_per_run = of_agent.total_tokens / of_agent.runs if of_agent.runs else None
     summary.by_day = dict(sorted(by_day.items()))
     summary.by_model = dict(by_model)
     summary.tools = {name: DurationStats.of(tool_times.get(name, ()), tool_errors[name]) for name in tool_errors}
@@ -709,10 +716,10 @@ def render_tables(tables: Iterable[Table]) -> str:
             lines.append("  (none)")
         else:
             names = [name for name, _ in table.columns]
-            widths = [max(len(str(c)) for c in column) for column in zip(names, *table.rows)]
+            widths = [max(len(str(c)) for c in column) for column in zip(names, *table.rows, strict=True)]
             for row in [names, *table.rows]:
                 cells = [cell.rjust(w) if align == ">" else cell.ljust(w)
-                         for cell, w, (_, align) in zip(row, widths, table.columns)]
+                         for cell, w, (_, align) in zip(row, widths, table.columns, strict=True)]
                 lines.append("  " + "  ".join(cells).rstrip())
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)

@@ -34,6 +34,7 @@ from typing import Any, Dict, List, NoReturn, Optional, Sequence
 
 PROG = "sop-telemetry"
 _FORMATS = ("json", "csv", "mermaid", "text", "html", "otlp")
+_ID_HELP = "a session id, a unique prefix of one, 'latest' (the newest readable session), or a session file's path"
 _REPORT_ENV = "_SOP_TELEMETRY_RUN_REPORT"
 
 
@@ -112,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, parents=[common],
                      description="Read, analyse, export and clean up sop_telemetry sessions, or run a program "
                                  "with telemetry on.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.set_defaults(command=None)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -125,12 +129,11 @@ def _parser() -> argparse.ArgumentParser:
     _filters(listing)
 
     show = command("show", _cmd_show, "a session's summary, token and time tables, and task trees")
-    show.add_argument("session", metavar="ID", help="a session id, a unique prefix of one, or 'latest'")
+    show.add_argument("session", metavar="ID", help=_ID_HELP)
 
     view = command("view", _cmd_view, "write a session as one self-contained HTML page (two: a comparison)")
     view.add_argument("sessions", metavar="ID", nargs="*",
-                      help="a session id, a unique prefix of one, 'latest' or a session file's path (default "
-                           "latest); give two to compare them")
+                      help=f"{_ID_HELP} (default latest); give two to compare them")
     view.add_argument("-o", "--output", metavar="FILE",
                       help="where to write the page, - for stdout (default: a private file in the temporary "
                            "directory)")
@@ -143,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
                      "export a session as JSON, CSV tables, a Mermaid gantt, a text tree or an HTML page, or send "
                      "it over OTLP")
     export.add_argument("session", metavar="ID", nargs="?",
-                        help="a session id, a unique prefix of one, or 'latest' (otlp: or --since/--until)")
+                        help=f"{_ID_HELP} (otlp: or --since/--until instead)")
     export.add_argument("--format", "-f", choices=_FORMATS, default="json")
     export.add_argument("-o", "--output", metavar="PATH",
                         help="file to write (for csv: a directory, which gets one file per table); default stdout")
@@ -153,9 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--endpoint", metavar="URL",
                         help="otlp: collector URL (default: OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT)")
     export.add_argument("--header", metavar="KEY=VALUE", action="append", help="otlp: a request header (repeatable)")
-    export.add_argument("--timeout", type=_non_negative_float, metavar="SECONDS", default=10.0,
+    export.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", default=10.0,
                         help="otlp: seconds per request (default 10)")
-    _filters(export)
+    _filters(export, "sessions to send, --format otlp only: ")
 
     report = command("report", _cmd_report, "figures across sessions: per day, model, tool and agent")
     _filters(report)
@@ -177,9 +180,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _filters(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--since", metavar="WHEN", help="ISO date/time (2026-01-31, 2026-01-31T12:00) or 7d, 24h, 30m")
-    sub.add_argument("--until", metavar="WHEN", help="same forms as --since; exclusive")
+def _filters(sub: argparse.ArgumentParser, scope: str = "") -> None:
+    sub.add_argument("--since", metavar="WHEN",
+                     help=f"{scope}from this time: an ISO date or time (2026-01-31, 2026-01-31T12:00, with an "
+                          "optional Z or +02:00), 'today', or a time ago as a number and a unit: s (seconds), "
+                          "m (minutes), h (hours), d (days), w (weeks), e.g. 30m, 24h, 7d, 1.5w")
+    sub.add_argument("--until", metavar="WHEN", help=f"{scope}before this time (same forms as --since)")
     sub.add_argument("--agent", metavar="NAME", help="tasks that ran an agent of this name or type")
     sub.add_argument("--model", metavar="MODEL", help="tasks that called this model")
     sub.add_argument("--tool", metavar="TOOL", help="tasks that called this tool")
@@ -194,6 +200,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0: {text!r}")
     return value
 
 
@@ -222,6 +238,8 @@ class _Output:
     def __init__(self, as_json: bool) -> None:
         self.json = as_json
         self.rich = not as_json and sys.stdout.isatty() and _has_rich()
+        # An 80-column terminal: tables drop their borders and `list` its seconds, so that ids stay whole.
+        self.narrow = self.rich and _terminal_width() < 100
 
     def data(self, value: Any) -> None:
         print(json.dumps(value, indent=2, default=_json_default, ensure_ascii=False))
@@ -246,9 +264,19 @@ class _Output:
                 shown.add_column(style="bold")
                 shown.add_column()
             else:
-                shown = Table(title=table.title, title_justify="left")
-                for name, align in table.columns:
-                    shown.add_column(name, justify="right" if align == ">" else "left")
+                from rich import box
+
+                if self.narrow:
+                    shown = Table(title=table.title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                                  collapse_padding=True)
+                else:
+                    shown = Table(title=table.title, title_justify="left")
+                for index, (name, align) in enumerate(table.columns):
+                    # The first column names the row (a session id, a task, a model): what a user copies. It is
+                    # kept whole on a narrow terminal, and the other columns' values wrap first.
+                    whole = max([len(name), *(len(row[0]) for row in table.rows)]) if index == 0 else len(name)
+                    shown.add_column(name, justify="right" if align == ">" else "left", no_wrap=index == 0,
+                                     min_width=whole, overflow="ellipsis" if index == 0 else "fold")
             for row in table.rows:
                 # Text, not markup: a model or agent name like "[x]" must be shown as it is.
                 shown.add_row(*(Text(cell) for cell in row))
@@ -258,6 +286,12 @@ class _Output:
 def _json_default(value: Any) -> Any:
     isoformat = getattr(value, "isoformat", None)
     return isoformat() if isoformat is not None else str(value)
+
+
+def _terminal_width() -> int:
+    from rich.console import Console
+
+    return Console().width
 
 
 def _has_rich() -> bool:
@@ -285,20 +319,31 @@ def _directory(args: argparse.Namespace) -> Path:
         raise UserError(str(exc)) from None
 
 
-def _store(args: argparse.Namespace) -> Any:
+def _store(args: argparse.Namespace, check: bool = True) -> Any:
+    """The storage directory's store; `check`: a file where the folder should be is a user error."""
     from .storage import TelemetryDataStore
 
-    return TelemetryDataStore(_directory(args))
+    directory = _directory(args)
+    if check and directory.exists() and not directory.is_dir():
+        from .config import default_storage_dir
+
+        where = "--dir" if args.dir else "SOP_TELEMETRY_DIR"
+        message = f"{directory} ({where}) is a file, not a folder"
+        default = default_storage_dir()
+        if default != directory:
+            message += f"; programs given it write their sessions to {default} instead (--dir {default})"
+        raise UserError(message)
+    return TelemetryDataStore(directory)
 
 
 def _resolve(store: Any, wanted: str) -> str:
-    """A session id from an id, a unique prefix of one, or 'latest'; UserError otherwise. Only regular session
-    files directly in the directory count: links and other names are never followed."""
+    """A session id from an id, a unique prefix of one, or a session file's name; UserError otherwise. Only regular
+    session files directly in the directory count: links and other names are never followed."""
+    if wanted.endswith(".json") and os.sep not in wanted and not (os.altsep and os.altsep in wanted):
+        wanted = wanted[: -len(".json")]
     ids = [sid for sid, _path, _size, _mtime in store.session_files()]
     if not ids:
         raise UserError(f"no sessions in {store.directory}")
-    if wanted == "latest":
-        return ids[-1]
     if wanted in ids:
         return wanted
     if wanted and all(c.isalnum() or c in "_T" for c in wanted):
@@ -311,8 +356,28 @@ def _resolve(store: Any, wanted: str) -> str:
 
 
 def _load(store: Any, wanted: str) -> Any:
-    from .storage import SessionLoadError
+    """The session `wanted` names: the path of a session file (anywhere, as `run` prints it), or see _resolve;
+    'latest' is the newest readable one, with a warning for each newer file that cannot be read."""
+    from .storage import SessionLoadError, parse_session
 
+    path = Path(wanted).expanduser()
+    if wanted != "latest" and (os.sep in wanted or wanted.endswith(".json")) and path.is_file():
+        try:
+            return parse_session(path.read_bytes(), source=str(path))
+        except SessionLoadError as exc:
+            raise UserError(f"cannot read session {exc}") from None
+    if wanted == "latest":
+        ids = store.session_ids()
+        if not ids:
+            raise UserError(f"no sessions in {store.directory}")
+        for session_id in reversed(ids):
+            try:
+                return store.load(session_id)
+            except KeyError:
+                continue
+            except SessionLoadError as exc:
+                _warn(f"skipped {exc}")
+        raise UserError(f"no readable session in {store.directory}")
     session_id = _resolve(store, wanted)
     try:
         return store.load(session_id)
@@ -322,13 +387,18 @@ def _load(store: Any, wanted: str) -> Any:
         raise UserError(f"cannot read session {exc}") from None
 
 
-def _sessions(args: argparse.Namespace, store: Any) -> Any:
-    """The matching sessions, one file at a time; call `_check_filters` first."""
+def _sessions(args: argparse.Namespace, store: Any, skipped: Optional[List[str]] = None) -> Any:
+    """The matching sessions, one file at a time; call `_check_filters` first. Unreadable files are warned about
+    and skipped (their ids appended to `skipped`)."""
     from .analysis import load_sessions
 
+    def on_error(session_id: str, message: str) -> None:
+        _warn(f"skipped {message}")
+        if skipped is not None:
+            skipped.append(session_id)
+
     return load_sessions(since=args.since, until=args.until, agent=args.agent, model=args.model, tool=args.tool,
-                         status=args.status, directory=store.directory,
-                         on_error=lambda _sid, message: _warn(f"skipped {message}"))
+                         status=args.status, directory=store.directory, on_error=on_error)
 
 
 def _check_filters(args: argparse.Namespace) -> None:
@@ -388,10 +458,11 @@ def _cmd_list(args: argparse.Namespace, out: _Output) -> int:
         return 0
     from .analysis import Table
 
+    start_format = "%m-%d %H:%M" if out.narrow else "%Y-%m-%d %H:%M:%S"
     out.tables([Table(f"Sessions in {store.directory}",
                       [("session", "<"), ("start", "<"), ("duration", ">"), ("tasks", ">"), ("failed", ">"),
                        ("tokens", ">"), ("cost", ">")],
-                      [[r["session_id"], r["start_time"].astimezone().strftime("%Y-%m-%d %H:%M:%S"),
+                      [[r["session_id"], r["start_time"].astimezone().strftime(start_format),
                         format_duration(r["duration"]), str(r["tasks"]), str(r["failed_tasks"]),
                         f"{r['total_tokens']:,}", format_cost(r["cost_estimate"], r["unpriced_calls"])]
                        for r in rows])])
@@ -399,7 +470,7 @@ def _cmd_list(args: argparse.Namespace, out: _Output) -> int:
 
 
 def _cmd_show(args: argparse.Namespace, out: _Output) -> int:
-    from .analysis import Table, analyze_performance, analyze_token_usage, format_cost, format_duration
+    from .analysis import Table, analyze_performance, analyze_token_usage, format_cost
     from .exports import to_text_tree
 
     session = _load(_store(args), args.session)
@@ -420,7 +491,6 @@ def _cmd_show(args: argparse.Namespace, out: _Output) -> int:
     env = session.environment
     header = Table(f"Session {session.session_id}", None, [
         ["started", session.start_time.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")],
-        ["duration", format_duration(session.total_duration)],
         ["tasks", str(len(session.tasks))],
         ["total tokens", f"{tokens.total.total_tokens:,}"],
         ["estimated cost", format_cost(tokens.total.cost, tokens.total.unpriced_calls)],
@@ -428,7 +498,7 @@ def _cmd_show(args: argparse.Namespace, out: _Output) -> int:
         ["frameworks", ", ".join(f"{name} {version}" for name, version in env.frameworks.items()) or "-"],
         ["directory", env.working_directory or "-"],
     ])
-    out.tables([header, *tokens.tables()[1:], *performance.tables()[1:]])
+    out.tables([header, *tokens.tables()[1:], *performance.tables()])  # (the first: durations and time split)
     out.line()
     out.line(to_text_tree(session).rstrip("\n"))
     return 0
@@ -440,6 +510,9 @@ def _cmd_export(args: argparse.Namespace, out: _Output) -> int:
     if args.format == "otlp":
         return _export_otlp(args, out)
     if args.session is None:
+        if args.since is not None or args.until is not None:
+            raise UserError(f"--since/--until select sessions for --format otlp only; --format {args.format} "
+                            "exports one session: give its ID (or 'latest')")
         raise UserError("give a session ID (or 'latest')")
     session = _load(_store(args), args.session)
     target = None if args.output in (None, "-") else Path(args.output).expanduser()
@@ -491,7 +564,7 @@ def _cmd_view(args: argparse.Namespace, out: _Output) -> int:
         raise UserError("--task picks the tasks to compare: give two sessions (the same one twice for two of its "
                         "tasks) and --task once or twice")
     store = _store(args)
-    sessions = [_load_any(store, ref) for ref in wanted]
+    sessions = [_load(store, ref) for ref in wanted]
     try:
         if len(sessions) == 1:
             text = session_html(sessions[0])
@@ -518,19 +591,6 @@ def _cmd_view(args: argparse.Namespace, out: _Output) -> int:
         if not webbrowser.open(target.resolve().as_uri()):
             _warn(f"no web browser could be started; open {target} yourself")
     return 0
-
-
-def _load_any(store: Any, ref: str) -> Any:
-    """A session from an id, a prefix, 'latest', or the path of a session file (anywhere)."""
-    path = Path(ref).expanduser()
-    if ref != "latest" and (os.sep in ref or ref.endswith(".json")) and path.is_file():
-        from .storage import SessionLoadError, parse_session
-
-        try:
-            return parse_session(path.read_bytes(), source=str(path))
-        except SessionLoadError as exc:
-            raise UserError(f"cannot read session {exc}") from None
-    return _load(store, ref)
 
 
 def _view_file(name: str) -> Path:
@@ -595,13 +655,14 @@ def _export_otlp(args: argparse.Namespace, out: _Output) -> int:
     except ImportError as exc:  # the message names the extra to install
         raise UserError(str(exc)) from None
     store = _store(args)
+    skipped: List[str] = []
     if args.session is not None:
         sessions: Any = [_load(store, args.session)]
     elif args.since is None and args.until is None:
         raise UserError("give a session ID or --since/--until")
     else:
         _check_filters(args)
-        sessions = _sessions(args, store)
+        sessions = _sessions(args, store, skipped)
     headers = {}
     for item in args.header or []:
         key, sep, value = item.partition("=")
@@ -609,13 +670,14 @@ def _export_otlp(args: argparse.Namespace, out: _Output) -> int:
             raise UserError(f"--header takes KEY=VALUE, not {item!r}")
         headers[key.strip()] = value
     result = export_sessions_otlp(sessions, endpoint=args.endpoint, headers=headers or None, timeout=args.timeout)
+    ok = result.ok and not skipped
     if out.json:
         out.data({"endpoint": result.endpoint, "sessions": result.sessions, "tasks": result.tasks,
                   "spans": result.spans, "failed_spans": result.failed_spans, "errors": list(result.errors),
-                  "ok": result.ok})
+                  "unreadable_sessions": skipped, "ok": ok})
     else:
-        out.line(result.summary())
-    return 0 if result.ok else 1
+        out.line(result.summary() + (f"; {len(skipped)} unreadable session file(s) not sent" if skipped else ""))
+    return 0 if ok else 1  # (a cron job must see that something was not sent)
 
 
 def _cmd_report(args: argparse.Namespace, out: _Output) -> int:
@@ -638,16 +700,30 @@ def _cmd_report(args: argparse.Namespace, out: _Output) -> int:
 def _cmd_stats(args: argparse.Namespace, out: _Output) -> int:
     from . import registry
     from .analysis import Table
+    from .storage import SessionLoadError
 
     store = _store(args)
     files = store.session_files()
+    readable, unreadable = [], []
+    for session_id, *_rest in files:  # (a file that only looks like a session is not one)
+        try:
+            store.load(session_id)
+        except KeyError:
+            continue
+        except SessionLoadError as exc:
+            _warn(f"skipped {exc}")
+            unreadable.append(session_id)
+        else:
+            readable.append(session_id)
     data: Dict[str, Any] = {
         "storage_path": str(store.directory),
         "exists": store.directory.is_dir(),
+        "sessions": len(readable),
+        "unreadable_files": unreadable,
         "total_files": len(files),
         "total_bytes": sum(size for _sid, _path, size, _mtime in files),
-        "oldest_session": files[0][0] if files else None,
-        "newest_session": files[-1][0] if files else None,
+        "oldest_session": readable[0] if readable else None,
+        "newest_session": readable[-1] if readable else None,
         "last_write": max((mtime for *_rest, mtime in files), default=None),
         "integrations": registry.describe(),
     }
@@ -658,7 +734,8 @@ def _cmd_stats(args: argparse.Namespace, out: _Output) -> int:
                                                                 time.localtime(data["last_write"]))
     out.tables([Table("Storage", None, [
         ["directory", data["storage_path"] + ("" if data["exists"] else " (does not exist yet)")],
-        ["session files", str(data["total_files"])],
+        ["sessions", str(data["sessions"])],
+        ["session files", f"{data['total_files']}" + (f" ({len(unreadable)} unreadable)" if unreadable else "")],
         ["total size", _size(data["total_bytes"])],
         ["oldest session", data["oldest_session"] or "-"],
         ["newest session", data["newest_session"] or "-"],
@@ -713,15 +790,23 @@ import sys as _sys
 
 def _sop_telemetry_report(path):
     # Registered before sop_telemetry registers its own exit hook, so it runs after the session's final write.
+    # Says what this process wrote, or why it wrote nothing.
     try:
         import json
+        from sop_telemetry.error_handler import get_error_handler
         from sop_telemetry.manager import TelemetryManager
 
         manager = TelemetryManager._instance
+        collector = getattr(manager, "_collector", None)
+        entry = {"pid": _os.getpid(), "recorded": bool(collector is not None and collector.has_records())}
         written = getattr(manager, "last_flush_path", None)
         if written is not None:
-            with open(path, "a", encoding="utf-8") as report:
-                report.write(json.dumps({"pid": _os.getpid(), "path": str(written)}) + "\\n")
+            entry["path"] = str(written)
+        failed = get_error_handler().get_error_summary().get("storage.write")
+        if failed:
+            entry["error"] = failed["last_error"]
+        with open(path, "a", encoding="utf-8") as report:
+            report.write(json.dumps(entry) + "\\n")
     except Exception:
         pass
 
@@ -766,7 +851,7 @@ def _cmd_run(args: argparse.Namespace, out: _Output) -> int:
         program = program[1:]
     if not program:
         raise UserError(f"run needs a command, e.g. {PROG} run -- python my_agent.py")
-    store = _store(args)
+    store = _store(args, check=False)  # (a program given a file there falls back to another folder, and says so)
     before = {sid: mtime for sid, _path, _size, mtime in store.session_files()}
     with tempfile.TemporaryDirectory(prefix="sop_telemetry_run_") as scratch:
         hook = Path(scratch) / "hook"
@@ -791,34 +876,59 @@ def _cmd_run(args: argparse.Namespace, out: _Output) -> int:
             status = child.wait()
         finally:
             signal.signal(signal.SIGINT, previous)
-        written = _written_sessions(report, store, before, child.pid)
+        entries = _reports(report)
+        written = _written_sessions(entries, store, before, child.pid)
+    why = None if written else _why_nothing(entries, env)
     if out.json:
-        out.data({"exit_code": status, "sessions": [str(p) for p in written]})
+        out.data({"exit_code": status, "sessions": [str(p) for p in written], "no_session_reason": why})
     elif written:
         for path in written:
             print(f"{PROG}: session written to {path}", file=sys.stderr)
     else:
-        print(f"{PROG}: no session was written (the program ran no agent, or could not import sop_telemetry)",
-              file=sys.stderr)
+        print(f"{PROG}: no session was written: {why}", file=sys.stderr)
     return status if status >= 0 else 128 - status
 
 
-def _written_sessions(report: Path, store: Any, before: Dict[str, float], child_pid: int) -> List[Path]:
-    """Session files of the run: those its processes reported at exit, plus files new or changed in the storage
-    directory that a process of the run wrote (a process that ended with os._exit reports nothing)."""
-    found: List[Path] = []
-    pids = {child_pid}
+def _reports(report: Path) -> List[Dict[str, Any]]:
+    """What each Python process of the run said at its exit (see _SITECUSTOMIZE)."""
     try:
         lines = report.read_text(encoding="utf-8").splitlines()
     except OSError:
-        lines = []
+        return []
+    entries = []
     for line in lines:
         try:
             entry = json.loads(line)
         except ValueError:
             continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
+
+
+def _why_nothing(entries: List[Dict[str, Any]], env: Dict[str, str]) -> str:
+    from .collector import env_disabled
+
+    failed = [entry["error"] for entry in entries if entry.get("error")]
+    if failed:
+        return f"storing it failed ({failed[0]}); set SOP_TELEMETRY_DIR or --dir to a writable folder"
+    if env_disabled(env):
+        return "telemetry is disabled by SOP_TELEMETRY_DISABLED"
+    if entries:
+        return "the program ran no agent, so nothing was recorded"
+    return ("no Python process of the run loaded sop_telemetry (is the command a Python program of this "
+            "environment? an import error would be shown above)")
+
+
+def _written_sessions(entries: List[Dict[str, Any]], store: Any, before: Dict[str, float],
+                      child_pid: int) -> List[Path]:
+    """Session files of the run: those its processes reported at exit, plus files new or changed in the storage
+    directory that a process of the run wrote (a process that ended with os._exit reports nothing)."""
+    found: List[Path] = []
+    pids: set = {child_pid}
+    for entry in entries:
         pids.add(entry.get("pid"))
-        path = Path(entry.get("path", ""))
+        path = Path(entry.get("path") or "")
         if path.name and path not in found:
             found.append(path)
     from .storage import SessionLoadError

@@ -57,8 +57,10 @@ class TelemetryErrorHandler:
         self._ops: Dict[str, _OpState] = {}
         self._lock = threading.Lock()
 
-    def record_error(self, operation: str, exc: BaseException) -> None:
-        """Counts the error; logs a warning the first time `operation` fails, debug after that."""
+    def record_error(self, operation: str, exc: BaseException, hint: Optional[str] = None) -> None:
+        """Counts the error; logs a warning the first time `operation` fails (one line: `hint` says what it means
+        for the user, by default that the program is not affected), debug after that. Tracebacks go to the debug
+        log only."""
         try:
             now = time.time()
             with self._lock:
@@ -77,12 +79,12 @@ class TelemetryErrorHandler:
                     state.suspended_until = now + self.cooldown
             if first:
                 logger.warning(
-                    "sop_telemetry: %s failed (%s); telemetry goes on, the program is not affected. "
-                    "Further failures of this operation are logged at debug level.",
+                    "sop_telemetry: %s failed (%s); %s. Further failures of this operation are logged at debug level.",
                     operation,
                     state.last_error,
-                    exc_info=exc,
+                    hint or "telemetry goes on, the program is not affected",
                 )
+                logger.debug("sop_telemetry: %s failed:", operation, exc_info=exc)
             else:
                 logger.debug("sop_telemetry: %s failed again: %s", operation, state.last_error)
             if suspend:
@@ -133,7 +135,9 @@ def _describe(exc: BaseException) -> str:
         text = str(exc)
     except Exception:  # noqa: BLE001 - an exception whose __str__ raises
         text = "<unprintable>"
-    return f"{type(exc).__name__}: {text[:300]}"
+    from .collector import clip
+
+    return f"{type(exc).__name__}: {clip(text, 300)}"  # (clip masks credentials, even one it cuts through)
 
 
 _handler = TelemetryErrorHandler()

@@ -20,6 +20,7 @@ synced when the interval is over); an explicit flush and the exit's write are sy
 from __future__ import annotations
 
 import atexit
+import errno
 import json
 import logging
 import os
@@ -87,6 +88,9 @@ class TelemetryManager:
         self._given: Dict[str, Any] = {}
         self._use_env_dir = True
         self._store: Optional[TelemetryDataStore] = None
+        # The store `_writable_store` last found usable, and the folders it has said it falls back from.
+        self._checked_store: Optional[TelemetryDataStore] = None
+        self._fell_back_from: set = set()
         self._collector: Optional[TelemetryCollector] = None
         self._prices: Any = None
         self._environment: Any = None
@@ -567,6 +571,11 @@ class TelemetryManager:
         if get_error_handler().is_suspended("storage.write") and not (final or force):
             return None
         with self._write_lock:
+            try:
+                store = self._writable_store()
+            except OSError as exc:
+                get_error_handler().record_error("storage.write", exc, hint=_kept_in_memory(store))
+                return None
             self._write_pending()
             if not collector.has_records():
                 return None  # rolled over while we waited for the lock: the new session is still empty
@@ -577,7 +586,7 @@ class TelemetryManager:
                 session_id, text = self._session_text(final)
                 path = self._put(store, session_id, text, durable=final or force)
             except Exception as exc:  # noqa: BLE001 - disk full, read-only, deleted directory, a bug
-                get_error_handler().record_error("storage.write", exc)
+                get_error_handler().record_error("storage.write", exc, hint=_kept_in_memory(store))
                 return None
             get_error_handler().record_success("storage.write")
             self._written_generation = generation
@@ -587,6 +596,41 @@ class TelemetryManager:
             if not final:
                 self._roll_over_if_full(collector)
             return path
+
+    def _writable_store(self) -> "TelemetryDataStore":
+        """The configured store, checked before its first write: a folder that cannot be used then (a file in the
+        way, no permission, a read-only file system: a setting to fix, not a passing fault) is replaced by the
+        default folder, or else a private one in the temp folder, and the switch said once on stderr. A folder
+        that worked and fails later is kept: the session stays in memory and is written when it works again.
+        Raises OSError when no folder can be used. Under _write_lock."""
+        store = self._store
+        assert store is not None
+        if store is self._checked_store:
+            return store
+        problem = store.unusable()
+        if problem is not None:
+            import tempfile
+
+            from .config import default_storage_dir
+            from .storage import TelemetryDataStore
+
+            user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+            for directory, private in ((default_storage_dir(), False),
+                                       (Path(tempfile.gettempdir()) / f"sop_telemetry-{user}", True)):
+                fallback = TelemetryDataStore(directory, fsync=store.fsync)
+                if directory != store.directory and fallback.unusable(private) is None:
+                    break
+            else:
+                raise NotADirectoryError(errno.ENOTDIR, f"cannot write sessions there: {problem}",
+                                         str(store.directory))
+            if store.directory not in self._fell_back_from:
+                self._fell_back_from.add(store.directory)
+                logger.warning("sop_telemetry: cannot use the storage folder %s (%s); sessions are written to %s "
+                               "instead. Set SOP_TELEMETRY_DIR (or storage_dir) to a writable folder.",
+                               store.directory, problem, directory)
+            self._store = store = fallback
+        self._checked_store = store
+        return store
 
     def _put(self, store: "TelemetryDataStore", session_id: str, text: str, durable: bool) -> Path:
         """`store.write` with its fsync, unless the last fsync was less than `fsync_interval` ago and this write is
@@ -679,6 +723,7 @@ class TelemetryManager:
             collector = self._collector
             if collector is None or not collector.has_records() or self.read_only:
                 return
+            self._ensure()  # before the last tasks end: the live exporter, if configured, must exist to get them
             collector.materialize()
             for task in list(collector._open.values()):
                 if task.get("implicit"):
@@ -748,6 +793,11 @@ def _finished_task_state(task: dict) -> tuple:
         len(task["steps"]), tuple(sorted(task["dropped_records"].items())), tuple(task["code_changes"].values()),
         tuple((a.get("end_time"), a.get("status"), a.get("steps")) for a in task["agents"]),
     )
+
+
+def _kept_in_memory(store: "TelemetryDataStore") -> str:
+    return (f"the session stays in memory and is written when {store.directory} works again; to write elsewhere, "
+            "set SOP_TELEMETRY_DIR to a writable folder")
 
 
 def _file_text(session: "TelemetrySession") -> str:

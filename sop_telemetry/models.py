@@ -291,7 +291,7 @@ def _sum_calls(calls: List[LLMCall], dropped: Optional[TokenUsage]) -> TokenUsag
     # Summed in plain lists, then made into TokenUsage once per model: `usage.x += n` on a pydantic model is a
     # validated __setattr__, and this runs for every task at every write and read. Same order of float
     # additions as adding call by call, so the costs are bit for bit the same.
-    sums = [0, 0, 0, 0, None]  # prompt, completion, total, unreported calls, cost
+    sums: list = [0, 0, 0, 0, None]  # prompt, completion, total, unreported calls, cost
     per_model: Dict[str, list] = {}
     for call in calls:
         mine = per_model.get(call.model)

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from contextvars import Token
 from typing import Any, Callable, Iterator, Optional, Tuple, Union
 
-from .collector import Frame, clip, current, next_id, switch
+from .collector import Clock, Frame, clip, current, next_id, switch
 from .error_handler import report
 from .manager import TelemetryManager  # (at import, not at a first call: an integration imports this at install)
 from .status import CallStatus, TaskStatus
@@ -46,7 +46,12 @@ __all__ = [
 ]
 
 Run = Frame  # the handle of an agent run
-clock = time.perf_counter  # the clock of the `start` / `end` arguments (unless `wall=True`)
+
+
+def clock() -> float:
+    """The clock of the `start` / `end` arguments (unless `wall=True`): `time.perf_counter`, read through the
+    collector's `Clock` so that freezegun's patching of module globals leaves it one clock with the runs' epochs."""
+    return Clock.perf()
 
 ErrorArg = Union[BaseException, Tuple[str, Optional[str]], str, None]
 Error = Optional[Tuple[str, Optional[str]]]
@@ -125,11 +130,11 @@ def int_or_none(value: Any) -> Optional[int]:
         return None
 
 
-def _field(usage: Any, *names: str) -> Any:
-    """The first of `names` present on `usage` (an object or a mapping); a dotted name reads a nested one."""
-    for name in names:
+def _field(usage: Any, *paths: Tuple[str, ...]) -> Any:
+    """The first of `paths` present on `usage` (an object or a mapping); a path of two reads a nested value."""
+    for path in paths:
         value = usage
-        for part in name.split("."):
+        for part in path:
             value = value.get(part) if isinstance(value, dict) else attr(value, part)
             if value is None:
                 break
@@ -138,24 +143,34 @@ def _field(usage: Any, *names: str) -> Any:
     return None
 
 
+_INPUT = (("input_tokens",), ("prompt_tokens",))
+_OUTPUT = (("output_tokens",), ("completion_tokens",))
+_TOTAL = (("total_tokens",),)
+_CACHED = (("cache_read_tokens",), ("cached_tokens",), ("input_token_details", "cache_read"),
+           ("prompt_tokens_details", "cached_tokens"))
+_REASONING = (("reasoning_tokens",), ("output_token_details", "reasoning"),
+              ("completion_tokens_details", "reasoning_tokens"), ("details", "reasoning_tokens"))
+
+
 def usage_of(usage: Any) -> Tuple[Optional[int], Optional[int], Optional[int], bool, Optional[int], Optional[int]]:
     """(prompt, completion, total, reported, cached, reasoning) from a usage as a framework reports it: `Usage`,
     smolagents' TokenUsage, pydantic-ai's RequestUsage, LangChain's usage_metadata dict, OpenAI's usage. Not
-    reported (None, None, None, False, None, None) when it has neither input nor output tokens."""
+    reported (None, None, None, False, None, None) when it has neither input nor output tokens, or zero of both."""
     if usage is None:
         return None, None, None, False, None, None
     if usage.__class__ is Usage:
         prompt, completion = int_or_none(usage.input_tokens), int_or_none(usage.output_tokens)
         total, cached, reasoning = usage.total_tokens, usage.cached_tokens, usage.reasoning_tokens
     else:
-        prompt = int_or_none(_field(usage, "input_tokens", "prompt_tokens"))
-        completion = int_or_none(_field(usage, "output_tokens", "completion_tokens"))
-        total = _field(usage, "total_tokens")
-        cached = _field(usage, "cache_read_tokens", "cached_tokens", "input_token_details.cache_read",
-                        "prompt_tokens_details.cached_tokens")
-        reasoning = _field(usage, "reasoning_tokens", "output_token_details.reasoning",
-                           "completion_tokens_details.reasoning_tokens", "details.reasoning_tokens")
-    if prompt is None and completion is None:
+        prompt = int_or_none(_field(usage, *_INPUT))
+        completion = int_or_none(_field(usage, *_OUTPUT))
+        if not prompt and not completion:
+            return None, None, None, False, None, None
+        total = _field(usage, *_TOTAL)
+        cached = _field(usage, *_CACHED)
+        reasoning = _field(usage, *_REASONING)
+    if not prompt and not completion:
+        # None or zero on both sides: a client's way of saying "no usage" (LiteLLM answers Usage(0, 0, 0)).
         return None, None, None, False, None, None
     total = int_or_none(total)
     if total is None:
@@ -289,7 +304,7 @@ def _epoch(run: Optional[Run], wall: bool) -> float:
     """What turns a `clock()` reading into epoch seconds: the run's (taken when it began), or now's."""
     if wall:
         return 0.0
-    return run.epoch if run is not None else time.time() - time.perf_counter()
+    return run.epoch if run is not None else time.time() - Clock.perf()
 
 
 def capturing() -> bool:
@@ -408,7 +423,7 @@ def begin_step(step_type: str = "action", number: Optional[int] = None, *, run: 
         if number is None:
             number = (run.last_step or 0) + 1
         run.last_step = number
-        step = Step(run, number, step_type, time.perf_counter(), run.step)
+        step = Step(run, number, step_type, Clock.perf(), run.step)
         run.step = number
         return step
     except Exception as exc:  # noqa: BLE001 - the guard
@@ -425,7 +440,7 @@ def end_step(step: Step, *, error: ErrorArg = None, is_final_answer: bool = Fals
         return
     try:
         run.step = step.previous
-        record_step(step.number, step_type or step.step_type, step.start, time.perf_counter(), run=run, error=error,
+        record_step(step.number, step_type or step.step_type, step.start, Clock.perf(), run=run, error=error,
                     is_final_answer=is_final_answer, code=code)
     except Exception as exc:  # noqa: BLE001 - the guard
         report("recorder.step", exc)

@@ -27,9 +27,12 @@ import logging
 import os
 import sys
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from .error_handler import report
+if TYPE_CHECKING:
+    from importlib.abc import Loader
+else:
+    Loader = object  # (importlib.abc would cost `import sop_telemetry` a third of its import budget)
 
 logger = logging.getLogger("sop_telemetry")
 
@@ -40,6 +43,14 @@ BUILTIN: Tuple[Tuple[str, str, str], ...] = (
 )
 
 ENV_VAR = "SOP_TELEMETRY_INTEGRATIONS"
+
+
+def report(operation: str, exc: BaseException) -> None:
+    """The guard's inline shape (error_handler.report), imported when first needed: `import sop_telemetry` loads
+    this module and nothing else of ours."""
+    from .error_handler import report as guard_report
+
+    guard_report(operation, exc)
 
 
 class DidNotEnable(Exception):
@@ -274,7 +285,7 @@ def arm(selection: Any = None) -> None:
             sys.meta_path.insert(0, _finder)
 
 
-class _HookedLoader:
+class _HookedLoader(Loader):
     """Delegates to the real loader and runs the callback after the module body has executed."""
 
     def __init__(self, loader: Any, callback: Callable[[], None]) -> None:
@@ -330,7 +341,7 @@ class _PostImportFinder:
             for name in names:
                 self.install(name)
 
-        spec.loader = _HookedLoader(spec.loader, installed)  # type: ignore[assignment]
+        spec.loader = _HookedLoader(spec.loader, installed)
         return spec
 
     def remove(self) -> None:

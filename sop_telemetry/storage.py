@@ -84,6 +84,23 @@ class TelemetryDataStore:
         if not self.directory.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "storage path is not a directory", str(self.directory))
 
+    def unusable(self, private: bool = False) -> Optional[str]:
+        """Why session files cannot be written here (the folder is created if missing), or None if they can.
+        `private`: the folder must also be ours, not a link (a shared place such as the temp folder)."""
+        try:
+            self.ensure_directory()
+        except OSError as exc:
+            if self.directory.exists() and not self.directory.is_dir():
+                return "it is a file, not a folder"
+            return exc.strerror or str(exc)
+        if private:
+            st = os.lstat(self.directory)
+            if not stat.S_ISDIR(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+                return "it is not a private folder of this user"
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            return "it is not writable"
+        return None
+
     # -- writing -----------------------------------------------------------------------------------------------
     def write(self, session_id: str, payload: str | bytes, sync: bool = True) -> Path:
         """Writes the session atomically: a temp file in the same directory, fsync (when the store syncs and `sync`

@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List
 import pytest
 from fakes import ScriptedModel, add, call, code_reply, explode
 from smolagents import CodeAgent, ToolCallingAgent
+from smolagents.utils import AgentGenerationError
 
 from sop_telemetry.manager import TelemetryManager
 from sop_telemetry.models import TelemetrySession
@@ -75,7 +76,7 @@ def failing_run() -> Any:
     model = ScriptedModel([call("add", a=1, b=1), RuntimeError("model is down")], usage=(100, 10),
                           model_id="local/qwen2:7b;#q4")
     agent = ToolCallingAgent(tools=[add], model=model, verbosity_level=0)
-    with pytest.raises(Exception):
+    with pytest.raises(AgentGenerationError, match="model is down"):
         agent.run("fail in the second step")
 
 

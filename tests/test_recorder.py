@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 from fakes import written_session
+
 from sop_telemetry import recorder
 from sop_telemetry.collector import switch
 from sop_telemetry.error_handler import get_error_handler
@@ -75,6 +76,7 @@ def test_usage_shapes_of_other_frameworks():
     assert recorder.usage_of(langchain) == (5, 1, 6, True, 3, 1)
     assert recorder.usage_of(recorder.Usage(output_tokens=9)) == (None, 9, 9, True, None, None)
     assert recorder.usage_of(None) == (None, None, None, False, None, None)
+    assert recorder.usage_of({"input_tokens": 0, "output_tokens": 0, "total_tokens": 0})[3] is False  # LiteLLM's "none"
 
 
 def test_nested_run_by_explicit_parent_from_another_thread(manager):

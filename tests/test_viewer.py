@@ -11,14 +11,23 @@ import time
 from pathlib import Path
 
 import pytest
-from recorded_sessions import (failing_run, managed_run, new_manager, planned_managed_run, record, synthetic_session,
-                               tool_calling_run)
-from test_cli import main  # noqa: F401 - the in-process `sop-telemetry` fixture
+import test_cli
+from recorded_sessions import (
+    failing_run,
+    managed_run,
+    new_manager,
+    planned_managed_run,
+    record,
+    synthetic_session,
+    tool_calling_run,
+)
 
 from sop_telemetry.models import TelemetrySession
 from sop_telemetry.storage import parse_session
 from sop_telemetry.viewer import comparison_html, session_data, session_html
 from sop_telemetry.viewer._findings import findings
+
+main = test_cli.main  # the in-process `sop-telemetry` fixture, for the commands' tests below
 
 
 def embedded(html: str) -> dict:

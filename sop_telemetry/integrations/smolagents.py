@@ -42,13 +42,12 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-import time
 from contextvars import copy_context
 from types import GeneratorType
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from .. import recorder
-from ..collector import Frame, clip, current, switch
+from ..collector import Clock, Frame, clip, current, switch
 from ..error_handler import guard as _safe
 from ..error_handler import report as _failed
 from ..registry import Integration
@@ -85,8 +84,6 @@ _installed = False
 _patches = Patcher("smolagents")
 _lock = _patches.lock
 _seen_model_classes: set = set()
-_perf = time.perf_counter
-_now = time.time
 _model_returned, _tool_returned = recorder.model_returned, recorder.tool_returned
 
 
@@ -135,7 +132,7 @@ def _llm_previews(content: Any) -> Tuple[Any, Any]:
 
 
 def _generate_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
-    enabled, per_thread, perf, frame_var, returned = switch, _per_thread, _perf, current, _model_returned
+    enabled, per_thread, perf, frame_var, returned = switch, _per_thread, Clock.perf, current, _model_returned
 
     def generate(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not enabled.enabled:
@@ -173,7 +170,7 @@ def _llm_returned(model: Any, t0: float, t1: float, result: Any, args: tuple, kw
 
 
 def _llm_failed(model: Any, t0: float, exc: BaseException) -> None:
-    _record_llm(model, current.get(), t0, _perf(), None, exc, False)
+    _record_llm(model, current.get(), t0, Clock.perf(), None, exc, False)
 
 
 def _usage_of(result: Any) -> Any:
@@ -235,7 +232,7 @@ def _traced_stream(iterator: Any, model: Any, frame: Optional[Frame], t0: float)
                 close()
         raise
     finally:
-        _record_llm(model, frame, t0, _perf(), usage.reported(), exc, True)
+        _record_llm(model, frame, t0, Clock.perf(), usage.reported(), exc, True)
 
 
 def _generate_stream_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -246,11 +243,11 @@ def _generate_stream_wrapper(original: Callable[..., Any]) -> Callable[..., Any]
         if model_call.busy:
             return original(self, *args, **kwargs)
         model_call.busy = True
-        t0 = _perf()
+        t0 = Clock.perf()
         try:
             stream = original(self, *args, **kwargs)
         except BaseException as exc:
-            _record_llm(self, current.get(), t0, _perf(), None, exc, True)
+            _record_llm(self, current.get(), t0, Clock.perf(), None, exc, True)
             raise
         finally:
             model_call.busy = False
@@ -260,7 +257,7 @@ def _generate_stream_wrapper(original: Callable[..., Any]) -> Callable[..., Any]
                 usage = _Usage()
                 for delta in stream:
                     usage.add_delta(delta)
-                _record_llm(self, current.get(), t0, _perf(), usage.reported(), None, True)
+                _record_llm(self, current.get(), t0, Clock.perf(), usage.reported(), None, True)
 
             _safe("smolagents.model_stream", count_now)
             return stream
@@ -292,7 +289,7 @@ def _record_tool(tool: Any, frame: Optional[Frame], t0: float, t1: float, exc: O
 
 
 def _tool_call_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
-    enabled, perf, frame_var, returned = switch, _perf, current, _tool_returned  # (closure cells: faster to read)
+    enabled, perf, frame_var, returned = switch, Clock.perf, current, _tool_returned  # (closure cells)
 
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not enabled.enabled:
@@ -422,8 +419,11 @@ def _begin_run(agent: Any, args: tuple, kwargs: dict, parent: Optional[Frame]) -
         frame.ext = records.RunState(_in_flight())
         if model is not None:
             # Masked from the run's start: a failed call's error message may quote the model's key. (Guarded
-            # apart: the run has begun, and must be ended whatever happens here.)
-            _safe("smolagents.run", recorder.defer, frame, "smolagents.run", records.remember_credentials, model)
+            # apart, inline: the run has begun, and must be ended whatever happens here.)
+            try:
+                recorder.defer(frame, "smolagents.run", records.remember_credentials, model)
+            except Exception as error:  # noqa: BLE001 - the guard
+                _failed("smolagents.run", error)
     return frame
 
 
@@ -472,7 +472,7 @@ def _step_died_of(frame: Frame, step: Any, error: Optional[Tuple[str, Optional[s
 def _traced_run_class() -> type:
     import wrapt
 
-    class _TracedRun(wrapt.ObjectProxy):  # type: ignore[misc]
+    class _TracedRun(wrapt.ObjectProxy):
         """Stands in for the generator `run(stream=True)` returns (isinstance and attributes pass through): the
         same items, send/throw/close passed on, each resumption run with the agent's frame as the current context,
         and the task ended when the generator is exhausted, raises, is closed or is dropped."""

@@ -14,7 +14,7 @@ forbids any request, so it opens the same from `file://`, an e-mail attachment o
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any, Dict, Optional
 
@@ -29,7 +29,7 @@ _CSP_FILE = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-i
 _CSP_SERVED = _CSP_FILE + "; connect-src 'self'"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _asset(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 

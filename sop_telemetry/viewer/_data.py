@@ -93,7 +93,7 @@ def tree_records(task: TaskExecution) -> List[Tuple[str, Any, Optional[int]]]:
     """The task's records as (kind, record, parent position) in tree order: each agent run, then its steps and the
     agent runs they started, each step's model and tool calls; children by start time. Every record appears once;
     a call whose step is not recorded hangs from its agent run, one without an agent run from the task."""
-    runs = {a.agent_id: a for a in task.agents if a.agent_id}
+    runs: Dict[Optional[str], Any] = {a.agent_id: a for a in task.agents if a.agent_id}
     steps_of: Dict[Any, list] = defaultdict(list)
     numbered: Dict[Tuple[Any, Any], list] = defaultdict(list)
     for step in task.steps:

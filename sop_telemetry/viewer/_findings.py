@@ -150,7 +150,7 @@ def _context_growth(session: TelemetrySession) -> List[Finding]:
             if last.prompt_tokens < first.prompt_tokens * GROWTH_RATIO or \
                     last.prompt_tokens - first.prompt_tokens < GROWTH_TOKENS:
                 continue
-            jump = max(zip(steps, steps[1:]), key=lambda pair: pair[1].prompt_tokens - pair[0].prompt_tokens)
+            jump = max(zip(steps, steps[1:], strict=False), key=lambda pair: pair[1].prompt_tokens - pair[0].prompt_tokens)
             out.append(Finding(
                 "warning", "context_growth",
                 f"Input tokens grew {last.prompt_tokens / first.prompt_tokens:.1f}x in {first.agent_name}",
@@ -191,11 +191,11 @@ def _dominant_step(session: TelemetrySession) -> List[Finding]:
             continue
         # Only the steps of top-level runs: a managed agent's steps run inside its parent's step.
         top = {a.agent_id for a in task.agents if a.parent_agent_id is None}
-        steps = [s for s in task.steps if s.duration is not None and s.agent_id in top]
-        if not steps:
+        timed = [(s.duration, s) for s in task.steps if s.duration is not None and s.agent_id in top]
+        if not timed:
             continue
-        step = max(steps, key=lambda s: s.duration)
-        share = step.duration / task.duration
+        duration, step = max(timed, key=lambda pair: pair[0])
+        share = duration / task.duration
         if share >= DOMINANT_STEP_SHARE:
             out.append(Finding("info", "dominant_step",
                                f"One step takes {share:.0%} of task {task.task_id}",
@@ -206,7 +206,7 @@ def _dominant_step(session: TelemetrySession) -> List[Finding]:
 
 def _dropped(session: TelemetrySession) -> List[Finding]:
     out = []
-    for index, task in enumerate(session.tasks):
+    for task in session.tasks:
         if task.dropped_records:
             counts = ", ".join(f"{n:,} {kind}" for kind, n in task.dropped_records.items())
             out.append(Finding("info", "dropped_records", f"Task {task.task_id} kept only part of its records",
