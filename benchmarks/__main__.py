@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 SECTIONS = ("agent", "ablation", "instructions", "per_call", "flush", "memory", "imports", "sessions", "otlp",
-            "pydantic_ai")
+            "pydantic_ai", "langgraph")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
 FULL = {
@@ -40,6 +40,8 @@ FULL = {
     "sessions": {"sessions": 1_000, "repeats": 3},
     "otlp": {"iterations": 100, "warmup": 10},
     "pydantic_ai": {"iterations": 100, "warmup": 5, "repeats": 3},
+    "langgraph": {"iterations": 100, "warmup": 5, "repeats": 3},
+    "langgraph_instructions": {"runs": 5, "warmup": 3},
 }
 QUICK = {
     "agent_tool_calling": {"iterations": 4, "warmup": 1, "repeats": 1, "openinference_every": 2},
@@ -54,6 +56,8 @@ QUICK = {
     "sessions": {"sessions": 20, "repeats": 1},
     "otlp": {"iterations": 3, "warmup": 1},
     "pydantic_ai": {"iterations": 2, "warmup": 1, "repeats": 1},
+    "langgraph": {"iterations": 3, "warmup": 1, "repeats": 1},
+    "langgraph_instructions": {"quick": True},
 }
 
 
@@ -173,6 +177,15 @@ def main(argv: List[str] | None = None) -> int:
 
                     log("8. pydantic-ai run overhead")
                     results["pydantic_ai"] = run_pydantic_ai_overhead(log=log, **plan["pydantic_ai"])
+            if "langgraph" in wanted:
+                from .langgraph_run import run_langgraph_overhead
+
+                log("9. LangGraph agent run overhead")
+                results["langgraph"] = run_langgraph_overhead(log=log, **plan["langgraph"])
+                from .langgraph_run import run_langgraph_instructions
+
+                results["langgraph_instructions"] = run_langgraph_instructions(log=log,
+                                                                               **plan["langgraph_instructions"])
         finally:
             manager.shutdown(flush=False)
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
@@ -187,6 +200,10 @@ def main(argv: List[str] | None = None) -> int:
         from .otlp_dead_collector import _table as otlp_table
 
         print("\n7. " + otlp_table(results["otlp"]))
+    if "langgraph" in results:
+        from .langgraph_run import render as render_langgraph
+
+        print(render_langgraph(results))
     print(f"\n({results['meta']['seconds']} s)")
     out = args.json or DEFAULT_JSON
     out.parent.mkdir(parents=True, exist_ok=True)

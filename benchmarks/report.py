@@ -137,6 +137,9 @@ def targets(r: Dict[str, Any]) -> List[Tuple[str, str, str, Optional[bool]]]:
                     "sop adds nothing measurable" if ratio is None else f"{_f(ratio, 1)}x "
                     f"(+{_f(native['added_ms'], 3)} ms, {_f(native['added_pct'], 1)}%)", "well above 1x",
                     ratio is None or ratio >= 5.0))
+    from .langgraph_run import targets as langgraph_targets
+
+    out.extend(langgraph_targets(r))
     return out
 
 
