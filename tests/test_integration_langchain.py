@@ -11,6 +11,7 @@ import warnings
 from typing import List
 
 import pytest
+from fakes import written_session
 from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models.fake import FakeListLLM
@@ -18,10 +19,9 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.outputs import LLMResult
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.tools import tool
+from langchain_fakes import FakeChatModel, add, explode, multiply, refuse, reply
 from langgraph.graph import START, MessagesState, StateGraph
 
-from fakes import written_session
-from langchain_fakes import FakeChatModel, add, explode, multiply, refuse, reply
 from sop_telemetry import recorder
 from sop_telemetry.error_handler import get_error_handler
 from sop_telemetry.integrations import langchain as integration
@@ -428,9 +428,9 @@ def test_a_subgraph_as_a_node_is_an_agent_nested_under_the_graph(manager):
 
 
 def test_a_langgraph_agent_called_from_a_smolagents_tool_is_nested_under_that_agent(manager):
-    from smolagents import ToolCallingAgent, tool as smolagents_tool
-
     from fakes import ScriptedModel, call
+    from smolagents import ToolCallingAgent
+    from smolagents import tool as smolagents_tool
 
     helper = create_agent(FakeChatModel(script=[reply(tools=[("add", {"a": 1, "b": 2})], usage=(7, 1)),
                                                 reply("3", usage=(8, 2))]), tools=[add], name="helper")

@@ -41,9 +41,9 @@ import time
 from typing import Any, Dict, List, Optional
 
 from .. import recorder
-from ..recorder import attr, clock
 from ..collector import switch
 from ..error_handler import report
+from ..recorder import attr, clock
 from ..registry import DidNotEnable, Integration, version_in
 
 logger = logging.getLogger("sop_telemetry")
