@@ -175,6 +175,8 @@ class TelemetryCollector:
         self._on_change = on_change
         # Told (session id, task record) when a task ends; the manager sets it for live OTLP export.
         self.on_task_end: Optional[Callable[[str, dict], None]] = None
+        # Told when a part has ended (see open_task); the manager has it written at once.
+        self.on_part_end: Optional[Callable[[bool], None]] = None
         # Prompts, outputs and tool arguments are kept (truncated) only when the user opts in.
         self.capture_content = False
         self._lock = threading.RLock()
@@ -339,14 +341,20 @@ class TelemetryCollector:
             "dropped_token_usage": None,
         }
         task.update(extra)
+        ended = False
         with self._lock:
             if not extra.get("implicit") and self._part_full():
                 self.sealed.append(self._next_part(new_session_id(), time.time()))
+                ended = True
             if task_id in self._open:
                 # A reused id while the first is still open: keep both, tell them apart.
                 task["task_id"] = task_id = f"{task_id}#{next_id('')}"
             self._tasks.append(task)
             self._open[task_id] = task
+        if ended and self.on_part_end is not None:
+            # `behind`: an earlier part is still waiting for the writer, so tasks are ending faster than they can
+            # be written; the caller (outside any lock of ours, unless it is building queued events) helps.
+            guard("collector.on_part_end", self.on_part_end, notify and len(self.sealed) > 1)
         if notify:
             self.changed(False)
         else:

@@ -82,8 +82,10 @@ class TelemetryManager:
         self._disk: "tuple[Optional[str], int]" = (None, 0)
         self._unappended: List[dict] = []
         self._sealed: List[dict] = []
+        self._secrets: Optional[List[str]] = None
         self._wake = threading.Event()
-        self._halt = threading.Event()  # set by shutdown(): ends the writer's pause between writes at once
+        # Set by shutdown() and by a part's end: ends the writer's pause between writes at once.
+        self._halt = threading.Event()
         self._stopped = False
         # A task ended since the writer last looked (`_due`); the writer is in its pause after a write and will look
         # when it is over, so that a task's end need not wake it (`_pausing`). See _write_until_stopped.
@@ -204,6 +206,7 @@ class TelemetryManager:
 
         collector = TelemetryCollector(new_session_id(), on_change=self._on_change)
         collector.on_task_end = self._task_ended
+        collector.on_part_end = self._part_ended
         collector.max_tasks_per_part = DEFAULT_MAX_TASKS_PER_SESSION
         collector.max_part_bytes = DEFAULT_MAX_SESSION_BYTES
         self._apply_limits(collector)
@@ -382,6 +385,15 @@ class TelemetryManager:
             if not self._pausing:
                 self._wake.set()
 
+    def _part_ended(self, behind: bool) -> None:
+        """A part is full: the writer writes it now, even in its pause (once a part: the wake is rare). When
+        another part is still waiting (`behind`: tasks end faster than the writer, sharing the GIL, can write them)
+        the thread that starts the next task writes them itself, so that memory stays bounded whatever the pace."""
+        if behind:
+            self._write(final=False)
+        self._on_change(True)
+        self._halt.set()
+
     def _start_writer(self) -> None:
         with self._lock:
             self._stopped = False
@@ -425,6 +437,7 @@ class TelemetryManager:
                 self._pausing = False
             if self._stopped:
                 return
+            self._halt.clear()  # (set by a part's end; shutdown() sets _stopped first)
             if not self._due:
                 self._await_change(self._config.flush_interval if self._config is not None else 30.0)
             tick = not self._due  # (the flush interval went by: the open tasks are written too)
@@ -441,6 +454,11 @@ class TelemetryManager:
             except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
                 get_error_handler().record_error("manager.writer", exc)
             resume = now + min(_WRITE_BACKOFF * (now - began), _MAX_WRITE_PAUSE)
+            collector = self._collector
+            if collector is not None and collector.sealed:
+                # Parts ended while this pass wrote: no pause, or tasks that end faster than the pause allows for
+                # their writing would pile up in memory without bound (docs/long-running.md).
+                resume, self._due = now, True
 
     def _await_change(self, interval: float) -> None:
         """Waits until a task's end wakes the writer or `interval` (the flush interval) is over. Files whose deferred
@@ -511,7 +529,7 @@ class TelemetryManager:
             try:
                 execution = TaskExecution.model_validate(task)
                 self._apply_task_costs(execution)
-                entry = (key, _redacted(execution.model_dump_json()), execution.token_usage,
+                entry = (key, _redacted(execution.model_dump_json(), self._secrets), execution.token_usage,
                          execution.end_time or execution.start_time)
             except Exception as exc:  # noqa: BLE001 - a value the model refuses, or cannot serialize
                 get_error_handler().record_error("manager.task", exc)
@@ -541,8 +559,8 @@ class TelemetryManager:
         end = shell.end_time if shell.end_time is not None else max(ends, default=shell.start_time)
         duration = max(0.0, (end - shell.start_time).total_seconds())
         head = shell.model_dump_json(exclude={"tasks", "total_tokens", "total_duration"})
-        return "".join((_redacted(head)[:-1], ',"tasks":[', ",".join(parts), '],"total_tokens":',
-                        _redacted(total.model_dump_json()), ',"total_duration":', json.dumps(duration), "}"))
+        return "".join((_redacted(head, self._secrets)[:-1], ',"tasks":[', ",".join(parts), '],"total_tokens":',
+                        _redacted(total.model_dump_json(), self._secrets), ',"total_duration":', json.dumps(duration), "}"))
 
     def _write(self, final: bool, force: bool = False, tick: bool = False) -> Optional[Path]:
         """Writes what changed since the last write: parts that have ended (each whole, once), then the current
@@ -580,6 +598,9 @@ class TelemetryManager:
 
     def _write_locked(self, store: "TelemetryDataStore", collector: TelemetryCollector, final: bool, force: bool,
                       tick: bool) -> Any:
+        from .environment import secret_values
+
+        self._secrets = secret_values()  # (once a pass: _task_entry and _session_text mask with them)
         sealed, part_id, finished, still_open = collector.take_for_write(with_open=tick and not (final or force))
         self._sealed.extend(sealed)
         if self._disk[0] != part_id:
@@ -786,12 +807,13 @@ def _file_text(session: "TelemetrySession") -> str:
     return _redacted(session.to_json())
 
 
-def _redacted(text: str) -> str:
+def _redacted(text: str, secrets: Optional[List[str]] = None) -> str:
     """`text` (a session's JSON) with every known credential masked, since error messages and task descriptions are
-    the host's own text and may quote a key (an HTTP error naming the URL, say)."""
+    the host's own text and may quote a key (an HTTP error naming the URL, say). `secrets`: `secret_values()`, when
+    the caller masks many texts at once (finding them reads the whole environment)."""
     from .environment import redact_json, secret_values
 
-    return redact_json(text, secret_values())
+    return redact_json(text, secret_values() if secrets is None else secrets)
 
 
 def _after_fork() -> None:

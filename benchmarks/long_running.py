@@ -1,0 +1,177 @@
+"""Section 8: one long-running process, many short tasks: is everything it pays for bounded?
+
+Usage::
+
+    from benchmarks.long_running import run_long_running
+    result = run_long_running(sizes=((1_000, "agent"), (10_000, "agent"), (100_000, "collector")), repeats=2)
+    python -m benchmarks.long_running child 1000 agent on /tmp/dir      # one run, its figures as JSON
+
+Each run is a fresh interpreter running `tasks` short tasks back to back, telemetry on (`SOP_TELEMETRY_DIR`) or off
+(`SOP_TELEMETRY_DISABLED=1`, the operator's switch): "agent" is one ToolCallingAgent reused, with a scripted model
+(two tool calls, then the final answer), as a service answering requests would; "collector" is the recorder API
+(`start_task`, one model call, two tool calls, `end_task`), for the size where the agent would take too long.
+The child measures its process CPU time (all threads: the writer's work counts) over the second tenth of the tasks
+("start") and over the last tenth ("end"), its peak RSS, and the bytes it passed to write() (/proc/self/io, the
+final write at exit included). The parent then counts the files and bytes left on disk, checks that they hold
+every task exactly once, and times `sop-telemetry show` on the largest file and `sop-telemetry report` on them
+all (subprocesses, interpreter start included). On and off runs alternate; each figure is the median of `repeats`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+from .stats import median
+
+
+def run_long_running(sizes: Sequence[Tuple[int, str]], repeats: int = 2,
+                     log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
+    rows = []
+    for tasks, kind in sizes:
+        runs: Dict[str, List[Dict[str, Any]]] = {"off": [], "on": []}
+        disk: Dict[str, Any] = {}
+        for _ in range(repeats):
+            for mode in ("off", "on"):
+                with tempfile.TemporaryDirectory(prefix="sop_long_") as tmp:
+                    runs[mode].append(_run_child(tasks, kind, mode, tmp))
+                    if mode == "on" and not disk:
+                        disk = _on_disk(Path(tmp), tasks, kind)
+            log(f"  long-running: {tasks} {kind} tasks, on and off")
+        rows.append(_row(tasks, kind, runs, disk))
+    return {"rows": rows}
+
+
+def _run_child(tasks: int, kind: str, mode: str, directory: str) -> Dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOP_TELEMETRY_")}
+    if mode == "off":
+        env["SOP_TELEMETRY_DISABLED"] = "1"
+    env["SOP_TELEMETRY_DIR"] = directory
+    done = subprocess.run([sys.executable, "-m", "benchmarks.long_running", "child", str(tasks), kind, mode, directory],
+                          env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _on_disk(directory: Path, tasks: int, kind: str) -> Dict[str, Any]:
+    from sop_telemetry.storage import TelemetryDataStore
+
+    store = TelemetryDataStore(directory)
+    files = store.session_files()
+    keys, parts = [], set()
+    for session in store.iter_sessions():
+        parts.add((session.series_id, session.part))
+        keys.extend((t.task_id, t.start_time) for t in session.tasks if not t.implicit)
+    largest = max(files, key=lambda row: row[2])
+    return {
+        "files": len(files),
+        "parts": len(parts),
+        "bytes_on_disk": sum(p.stat().st_size for p in directory.iterdir() if p.is_file()),
+        "largest_file_bytes": largest[2],
+        "tasks_on_disk": len(keys),
+        "exactly_once": len(keys) == len(set(keys)) == tasks,
+        "show_s": _cli(directory, "show", largest[0]),
+        "report_s": _cli(directory, "report"),
+    }
+
+
+def _cli(directory: Path, *args: str) -> float:
+    began = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "sop_telemetry.cli", "--dir", str(directory), *args],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - began
+
+
+def _row(tasks: int, kind: str, runs: Dict[str, List[Dict[str, Any]]], disk: Dict[str, Any]) -> Dict[str, Any]:
+    def med(mode: str, key: str) -> float:
+        return median([r[key] for r in runs[mode]])
+
+    start = med("on", "cpu_start_us") - med("off", "cpu_start_us")
+    end = med("on", "cpu_end_us") - med("off", "cpu_end_us")
+    written = med("on", "bytes_written") - med("off", "bytes_written")
+    return {
+        "tasks": tasks, "kind": kind,
+        "cpu_per_task_off_us": [med("off", "cpu_start_us"), med("off", "cpu_end_us")],
+        "added_cpu_start_us": start, "added_cpu_end_us": end,
+        "end_over_start": end / start if start > 0 else None,
+        "peak_rss_off_mb": med("off", "peak_rss_mb"), "peak_rss_on_mb": med("on", "peak_rss_mb"),
+        "bytes_written": written,
+        "written_over_on_disk": written / disk["bytes_on_disk"] if disk.get("bytes_on_disk") else None,
+        **disk,
+    }
+
+
+def table(result: Dict[str, Any]) -> str:
+    from .report import _f, table as draw
+
+    rows = [[f"{r['tasks']:,} {r['kind']}", f"{_f(r['added_cpu_start_us'], 0)} → {_f(r['added_cpu_end_us'], 0)}",
+             _f(r["end_over_start"]), f"{_f(r['peak_rss_off_mb'], 0)} → {_f(r['peak_rss_on_mb'], 0)}",
+             f"{r['bytes_written'] / 1e6:.1f} / {r['bytes_on_disk'] / 1e6:.1f}", _f(r["written_over_on_disk"]),
+             f"{r['files']} ({r['largest_file_bytes'] / 1e6:.1f} MB)", "yes" if r["exactly_once"] else "NO",
+             f"{r['show_s']:.2f} / {r['report_s']:.2f}"]
+            for r in result["rows"]]
+    return draw("Long-running process (section 8): telemetry on vs off, one process",
+                ["tasks", "added CPU/task µs start → end", "end/start", "peak RSS MB off → on",
+                 "MB written / on disk", "ratio", "files (largest)", "each task once", "show / report s"], rows)
+
+
+def _child(tasks: int, kind: str, mode: str, directory: str) -> Dict[str, Any]:
+    import sop_telemetry  # noqa: F401 - as a user would, before the framework
+    from sop_telemetry import TelemetryManager
+
+    manager = TelemetryManager.get_instance()
+    manager.initialize({"storage_dir": directory, "auto_cleanup": False})
+    if kind == "agent":
+        from .fake import ScriptedToolModel, tool_calling_agent
+
+        agent = tool_calling_agent(ScriptedToolModel(tool_calls=2))
+
+        def one(n: int) -> None:
+            agent.run("Add the numbers.")
+    else:
+        collector = manager.get_collector()
+
+        def one(n: int) -> None:
+            collector.start_task(f"t{n}", "a short task")
+            collector.record_llm_call("scripted-model", prompt_tokens=120, completion_tokens=20, duration=0.01)
+            collector.record_tool_usage("add", 0.001)
+            collector.record_tool_usage("add", 0.001)
+            collector.end_task(f"t{n}")
+
+    tenth = max(1, tasks // 10)
+    marks = {}
+    for n in range(tasks):
+        if n in (tenth, 2 * tenth, tasks - tenth):
+            marks[n] = time.process_time()
+        one(n)
+    marks[tasks] = time.process_time()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # (KiB on Linux)
+    manager.shutdown()  # the exit's write, counted in the bytes
+    return {
+        "cpu_start_us": (marks[2 * tenth] - marks[tenth]) / tenth * 1e6,
+        "cpu_end_us": (marks[tasks] - marks[tasks - tenth]) / tenth * 1e6,
+        "peak_rss_mb": peak,
+        "bytes_written": _written_bytes(),
+    }
+
+
+def _written_bytes() -> int:
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["child"]:
+        figures = _child(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5])
+        print(json.dumps(figures))
