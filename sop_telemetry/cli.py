@@ -339,6 +339,8 @@ def _cmd_list(args: argparse.Namespace, out: _Output) -> int:
         usage = analyze_token_usage(session).total
         rows.append({
             "session_id": session.session_id,
+            "series_id": session.series_id or session.session_id,
+            "part": session.part or 1,
             "start_time": session.start_time,
             "duration": session.total_duration,
             "tasks": len(session.tasks),
@@ -356,13 +358,17 @@ def _cmd_list(args: argparse.Namespace, out: _Output) -> int:
         return 0
     from .analysis import Table
 
+    # The part column only when a long-lived process's series is among them: each of its files is one row.
+    series = {r["series_id"] for r in rows if r["part"] > 1 or r["series_id"] != r["session_id"]}
+    labels = [f"{r['part']} of {r['series_id']}" if r["series_id"] in series else "" for r in rows]
     out.tables([Table(f"Sessions in {store.directory}",
-                      [("session", "<"), ("start", "<"), ("duration", ">"), ("tasks", ">"), ("failed", ">"),
-                       ("tokens", ">"), ("cost", ">")],
-                      [[r["session_id"], r["start_time"].astimezone().strftime("%Y-%m-%d %H:%M:%S"),
+                      [("session", "<"), *([("part", "<")] if series else []), ("start", "<"), ("duration", ">"),
+                       ("tasks", ">"), ("failed", ">"), ("tokens", ">"), ("cost", ">")],
+                      [[r["session_id"], *([label] if series else []),
+                        r["start_time"].astimezone().strftime("%Y-%m-%d %H:%M:%S"),
                         format_duration(r["duration"]), str(r["tasks"]), str(r["failed_tasks"]),
                         f"{r['total_tokens']:,}", format_cost(r["cost_estimate"], r["unpriced_calls"])]
-                       for r in rows])])
+                       for r, label in zip(rows, labels)])])
     return 0
 
 
@@ -376,6 +382,8 @@ def _cmd_show(args: argparse.Namespace, out: _Output) -> int:
     if out.json:
         out.data({
             "session_id": session.session_id,
+            "series_id": session.series_id or session.session_id,
+            "part": session.part or 1,
             "start_time": session.start_time,
             "end_time": session.end_time,
             "duration": session.total_duration,
@@ -386,7 +394,9 @@ def _cmd_show(args: argparse.Namespace, out: _Output) -> int:
         })
         return 0
     env = session.environment
+    series_id, part = session.series_id or session.session_id, session.part or 1
     header = Table(f"Session {session.session_id}", None, [
+        *([["part", f"{part} of {series_id}"]] if part > 1 else []),
         ["started", session.start_time.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")],
         ["duration", format_duration(session.total_duration)],
         ["tasks", str(len(session.tasks))],

@@ -173,8 +173,8 @@ class TelemetryCollector:
         self.max_records_per_task = max_records_per_task
         self.max_string_length = max_string_length
         self._on_change = on_change
-        # Told (session id, task record) when a task ends; the manager sets it for live OTLP export.
-        self.on_task_end: Optional[Callable[[str, dict], None]] = None
+        # Told (session id, task record, (series id, part)) when a task ends; the manager sets it for live OTLP.
+        self.on_task_end: Optional[Callable[[str, dict, Tuple[str, int]], None]] = None
         # Told when a part has ended (see open_task); the manager has it written at once.
         self.on_part_end: Optional[Callable[[bool], None]] = None
         # Prompts, outputs and tool arguments are kept (truncated) only when the user opts in.
@@ -386,11 +386,11 @@ class TelemetryCollector:
         with self._lock:
             # Read while the task is still open: an open task always belongs to the current part (a roll-over
             # moves it on), so this is the id of the file it is written in.
-            session_id = self.session_id
+            session_id, series = self.session_id, (self.series_id, self.part)
             if self._open.pop(task["task_id"], None) is task:
                 self._finished.append(task)
         if self.on_task_end is not None:
-            guard("collector.on_task_end", self.on_task_end, session_id, task)
+            guard("collector.on_task_end", self.on_task_end, session_id, task, series)
         if notify:
             self.changed(True)
         else:

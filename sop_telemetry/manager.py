@@ -173,10 +173,10 @@ class TelemetryManager:
         if collector is not None:
             collector.materialize()
 
-    def _task_ended(self, session_id: str, task: dict) -> None:
+    def _task_ended(self, session_id: str, task: dict, series: "tuple[str, int]") -> None:
         otlp = self._otlp
         if otlp is not None and not self.read_only:
-            otlp.submit(session_id, task)
+            otlp.submit(session_id, task, series)
 
     def _ensure(self) -> "TelemetryConfig":
         cfg = self._config
