@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-SECTIONS = ("agent", "ablation", "instructions", "per_call", "flush", "memory", "imports", "sessions", "otlp")
+SECTIONS = ("agent", "ablation", "instructions", "per_call", "flush", "memory", "imports", "sessions", "otlp",
+            "long_running")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
 FULL = {
@@ -38,6 +39,9 @@ FULL = {
     "imports": {"runs": 15},
     "sessions": {"sessions": 1_000, "repeats": 3},
     "otlp": {"iterations": 100, "warmup": 10},
+    "long_running": {"sizes": ((1_000, "agent"), (10_000, "agent"), (10_000, "collector"), (100_000, "collector"),
+                               (3_000, "big")),
+                     "repeats": 1},
 }
 QUICK = {
     "agent_tool_calling": {"iterations": 4, "warmup": 1, "repeats": 1, "openinference_every": 2},
@@ -51,6 +55,7 @@ QUICK = {
     "imports": {"runs": 2},
     "sessions": {"sessions": 20, "repeats": 1},
     "otlp": {"iterations": 3, "warmup": 1},
+    "long_running": {"sizes": ((100, "agent"), (1_000, "collector")), "repeats": 1},
 }
 
 
@@ -158,6 +163,11 @@ def main(argv: List[str] | None = None) -> int:
 
                     log("7. live OTLP export to a healthy, dead and silent collector")
                     results["otlp"] = run_otlp_dead_collector(**plan["otlp"])
+            if "long_running" in wanted:
+                from .long_running import run_long_running
+
+                log("8. long-running process")
+                results["long_running"] = run_long_running(log=log, **plan["long_running"])
         finally:
             manager.shutdown(flush=False)
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
@@ -172,6 +182,10 @@ def main(argv: List[str] | None = None) -> int:
         from .otlp_dead_collector import _table as otlp_table
 
         print("\n7. " + otlp_table(results["otlp"]))
+    if "long_running" in results:
+        from .long_running import table as long_running_table
+
+        print("\n8. " + long_running_table(results["long_running"]))
     print(f"\n({results['meta']['seconds']} s)")
     out = args.json or DEFAULT_JSON
     out.parent.mkdir(parents=True, exist_ok=True)

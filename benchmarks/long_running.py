@@ -9,7 +9,9 @@ Usage::
 Each run is a fresh interpreter running `tasks` short tasks back to back, telemetry on (`SOP_TELEMETRY_DIR`) or off
 (`SOP_TELEMETRY_DISABLED=1`, the operator's switch): "agent" is one ToolCallingAgent reused, with a scripted model
 (two tool calls, then the final answer), as a service answering requests would; "collector" is the recorder API
-(`start_task`, one model call, two tool calls, `end_task`), for the size where the agent would take too long.
+(`start_task`, one model call, two tool calls, `end_task`), for the size where the agent would take too long;
+"big" is the same with 20 model calls and 40 tool calls a task, whose parts end at `max_session_bytes` rather
+than at `max_tasks_per_session`: the largest files a process writes with the default bounds.
 The child measures its process CPU time (all threads: the writer's work counts) over the second tenth of the tasks
 ("start") and over the last tenth ("end"), its peak RSS, and the bytes it passed to write() (/proc/self/io, the
 final write at exit included). The parent then counts the files and bytes left on disk, checks that they hold
@@ -46,7 +48,20 @@ def run_long_running(sizes: Sequence[Tuple[int, str]], repeats: int = 2,
                         disk = _on_disk(Path(tmp), tasks, kind)
             log(f"  long-running: {tasks} {kind} tasks, on and off")
         rows.append(_row(tasks, kind, runs, disk))
-    return {"rows": rows}
+    return {"rows": rows, "rss_growth": _rss_growth(rows)}
+
+
+def _rss_growth(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Per kind run at two sizes or more: the added peak RSS (on minus off) at the smallest and the largest size."""
+    out = {}
+    for kind in {r["kind"] for r in rows}:
+        mine = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["tasks"])
+        if len(mine) > 1:
+            first, last = mine[0], mine[-1]
+            out[kind] = {"tasks": [first["tasks"], last["tasks"]],
+                         "added_mb": [first["peak_rss_on_mb"] - first["peak_rss_off_mb"],
+                                      last["peak_rss_on_mb"] - last["peak_rss_off_mb"]]}
+    return out
 
 
 def _run_child(tasks: int, kind: str, mode: str, directory: str) -> Dict[str, Any]:
@@ -76,16 +91,32 @@ def _on_disk(directory: Path, tasks: int, kind: str) -> Dict[str, Any]:
         "largest_file_bytes": largest[2],
         "tasks_on_disk": len(keys),
         "exactly_once": len(keys) == len(set(keys)) == tasks,
+        "startup_s": _cli(directory.parent, "stats"),  # (the command with nothing to read)
         "show_s": _cli(directory, "show", largest[0]),
+        "report_largest_s": _report_one(largest[1]),
         "report_s": _cli(directory, "report"),
     }
 
 
-def _cli(directory: Path, *args: str) -> float:
+def _report_one(path: Path) -> Dict[str, float]:
+    """`sop-telemetry report` over a directory that holds only `path`."""
+    import shutil
+
+    with tempfile.TemporaryDirectory(prefix="sop_long_one_") as one:
+        shutil.copy(path, one)
+        return _cli(Path(one), "report")
+
+
+def _cli(directory: Path, *args: str) -> Dict[str, float]:
+    """Wall and CPU seconds (user + system) of one `sop-telemetry` command, interpreter start included. The CPU
+    time is what it takes on an idle machine; the wall time also counts waiting for a CPU on a busy one."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "sop_telemetry.cli", "--dir", str(directory), *args],
+    subprocess.run([sys.executable, "-m", "sop_telemetry", "--dir", str(directory), *args],
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-    return time.perf_counter() - began
+    wall = time.perf_counter() - began
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"wall": wall, "cpu": after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime}
 
 
 def _row(tasks: int, kind: str, runs: Dict[str, List[Dict[str, Any]]], disk: Dict[str, Any]) -> Dict[str, Any]:
@@ -114,11 +145,13 @@ def table(result: Dict[str, Any]) -> str:
              _f(r["end_over_start"]), f"{_f(r['peak_rss_off_mb'], 0)} → {_f(r['peak_rss_on_mb'], 0)}",
              f"{r['bytes_written'] / 1e6:.1f} / {r['bytes_on_disk'] / 1e6:.1f}", _f(r["written_over_on_disk"]),
              f"{r['files']} ({r['largest_file_bytes'] / 1e6:.1f} MB)", "yes" if r["exactly_once"] else "NO",
-             f"{r['show_s']:.2f} / {r['report_s']:.2f}"]
+             " / ".join(f"{r[k]['cpu']:.2f} ({r[k]['wall']:.2f})"
+                        for k in ("startup_s", "show_s", "report_largest_s", "report_s"))]
             for r in result["rows"]]
     return draw("Long-running process (section 8): telemetry on vs off, one process",
                 ["tasks", "added CPU/task µs start → end", "end/start", "peak RSS MB off → on",
-                 "MB written / on disk", "ratio", "files (largest)", "each task once", "show / report s"], rows)
+                 "MB written / on disk", "ratio", "files (largest)", "each task once",
+                 "CLI s, CPU (wall): start / show largest / report largest / report all"], rows)
 
 
 def _child(tasks: int, kind: str, mode: str, directory: str) -> Dict[str, Any]:
@@ -136,12 +169,14 @@ def _child(tasks: int, kind: str, mode: str, directory: str) -> Dict[str, Any]:
             agent.run("Add the numbers.")
     else:
         collector = manager.get_collector()
+        calls = 20 if kind == "big" else 1
 
         def one(n: int) -> None:
             collector.start_task(f"t{n}", "a short task")
-            collector.record_llm_call("scripted-model", prompt_tokens=120, completion_tokens=20, duration=0.01)
-            collector.record_tool_usage("add", 0.001)
-            collector.record_tool_usage("add", 0.001)
+            for _ in range(calls):
+                collector.record_llm_call("scripted-model", prompt_tokens=120, completion_tokens=20, duration=0.01)
+                collector.record_tool_usage("add", 0.001)
+                collector.record_tool_usage("add", 0.001)
             collector.end_task(f"t{n}")
 
     tenth = max(1, tasks // 10)

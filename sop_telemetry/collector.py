@@ -43,7 +43,7 @@ DEFAULT_MAX_STRING_LENGTH = 500
 # The bounds of one session file (a part): a task that starts when the part holds this many tasks, or this many
 # bytes on disk, starts the next part. See docs/long-running.md for how they were chosen.
 DEFAULT_MAX_TASKS_PER_SESSION = 1_000
-DEFAULT_MAX_SESSION_BYTES = 8_000_000
+DEFAULT_MAX_SESSION_BYTES = 4_000_000
 # Queued events are turned into records on the queuing thread once this many wait, so that memory stays bounded when
 # nothing reads (one task with 100,000 calls); below it they wait for the writer, which runs when a task ends.
 PENDING_LIMIT = 4096
