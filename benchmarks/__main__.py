@@ -55,7 +55,7 @@ QUICK = {
     "imports": {"runs": 2},
     "sessions": {"sessions": 20, "repeats": 1},
     "otlp": {"iterations": 3, "warmup": 1},
-    "long_running": {"sizes": ((100, "agent"), (1_000, "collector")), "repeats": 1},
+    "long_running": {"sizes": ((50, "agent"), (500, "collector")), "repeats": 1},
 }
 
 

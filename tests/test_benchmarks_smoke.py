@@ -52,3 +52,5 @@ def test_quick_benchmark_runs_every_section(tmp_path: Path) -> None:
     # storage layer's `sync` argument once made this write fail, half the time, and the section wait 10 s).
     assert figures["flush"]["write_thread"]["thread"] == "sop_telemetry-writer"
     assert not figures["imports"]["imports_smolagents"]
+    # Section 8: each run's tasks are on disk, each once.
+    assert [(r["tasks"], r["exactly_once"]) for r in figures["long_running"]["rows"]] == [(50, True), (500, True)]
