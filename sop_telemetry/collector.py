@@ -199,7 +199,7 @@ class TelemetryCollector:
         self.max_part_bytes = 0
         self.part_bytes = 0
         self.sealed: List[dict] = []
-        # Tasks closed since the writer last took them (`take_finished`): what its next append writes.
+        # Tasks closed since the writer last took them (`take_for_write`): what its next append writes.
         self._finished: List[dict] = []
 
     # -- the spec's API ----------------------------------------------------------------------------------------
@@ -569,7 +569,7 @@ class TelemetryCollector:
         for task in self._tasks:
             (moved if self._open.get(task["task_id"]) is task else finished).append(task)
         # The records themselves, not copies: events queued before the roll-over and built after it still reach
-        # their task. The writer copies them when it writes the part (`take_sealed`).
+        # their task. The writer copies them when it writes the part (`take_for_write`).
         old = {"session_id": self.session_id, "series_id": self.series_id, "part": self.part,
                "start_time": self.start_time, "end_time": now, "tasks": finished}
         self._tasks = moved

@@ -138,8 +138,9 @@ def build_config(config: Optional[Mapping[str, Any] | TelemetryConfig] = None,
     env_otlp = os.environ.get("SOP_TELEMETRY_OTLP", "").strip().lower()
     if env_otlp:
         data["otlp_enabled"] = env_otlp in {"1", "true", "yes", "on"}
-    for key in ("max_tasks_per_session", "max_session_bytes"):
-        value = os.environ.get(f"SOP_TELEMETRY_{key.upper()}", "").strip()
+    for variable, key in (("SOP_TELEMETRY_MAX_TASKS_PER_SESSION", "max_tasks_per_session"),
+                          ("SOP_TELEMETRY_MAX_SESSION_BYTES", "max_session_bytes")):
+        value = os.environ.get(variable, "").strip()
         if value:
             data[key] = value  # (validated below: a bad value is a ConfigError naming the key)
     try:

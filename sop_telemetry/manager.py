@@ -558,9 +558,10 @@ class TelemetryManager:
         # arithmetic as TelemetrySession.total_tokens / total_duration).
         end = shell.end_time if shell.end_time is not None else max(ends, default=shell.start_time)
         duration = max(0.0, (end - shell.start_time).total_seconds())
-        head = shell.model_dump_json(exclude={"tasks", "total_tokens", "total_duration"})
-        return "".join((_redacted(head, self._secrets)[:-1], ',"tasks":[', ",".join(parts), '],"total_tokens":',
-                        _redacted(total.model_dump_json(), self._secrets), ',"total_duration":', json.dumps(duration), "}"))
+        head = _redacted(shell.model_dump_json(exclude={"tasks", "total_tokens", "total_duration"}), self._secrets)
+        totals = _redacted(total.model_dump_json(), self._secrets)
+        return "".join((head[:-1], ',"tasks":[', ",".join(parts), '],"total_tokens":', totals,
+                        ',"total_duration":', json.dumps(duration), "}"))
 
     def _write(self, final: bool, force: bool = False, tick: bool = False) -> Optional[Path]:
         """Writes what changed since the last write: parts that have ended (each whole, once), then the current
