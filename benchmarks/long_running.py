@@ -12,11 +12,14 @@ Each run is a fresh interpreter running `tasks` short tasks back to back, teleme
 (`start_task`, one model call, two tool calls, `end_task`), for the size where the agent would take too long;
 "big" is the same with 20 model calls and 40 tool calls a task, whose parts end at `max_session_bytes` rather
 than at `max_tasks_per_session`: the largest files a process writes with the default bounds.
-After 20 warm-up tasks and one write, the child measures its process CPU time (all threads: the writer's work
-counts) over the second tenth of the tasks ("start") and over the last tenth ("end"), its peak RSS, and the bytes it passed to write() (/proc/self/io, the
-final write at exit included). The parent then counts the files and bytes left on disk, checks that they hold
-every task exactly once, and times `sop-telemetry show` on the largest file and `sop-telemetry report` on them
-all (subprocesses, interpreter start included). On and off runs alternate; each figure is the median of `repeats`.
+After 20 warm-up tasks and one write, the "on" child runs the second tenth of its tasks ("start") and the last
+tenth ("end") in blocks of 25 alternating with as many tasks with telemetry switched off, and takes the CPU time
+telemetry adds per task from thread CPU clocks: the main thread's, on minus off, plus the writer thread's (see
+`_window`); thread clocks and interleaving keep the load of other processes out of the difference. Each child
+measures its peak RSS and the bytes it passed to write() (/proc/self/io, the final write at exit included). The
+parent then counts the files and bytes left on disk, checks that they hold every task exactly once, and times
+`sop-telemetry show` on the largest file and `report` on a directory holding only it, and on them all
+(subprocesses, interpreter start included). Each figure is the median of `repeats`.
 """
 
 from __future__ import annotations
@@ -125,13 +128,16 @@ def _row(tasks: int, kind: str, runs: Dict[str, List[Dict[str, Any]]], disk: Dic
     def med(mode: str, key: str) -> float:
         return median([r[key] for r in runs[mode]])
 
-    start = med("on", "cpu_start_us") - med("off", "cpu_start_us")
-    end = med("on", "cpu_end_us") - med("off", "cpu_end_us")
+    def window(name: str, key: str) -> float:
+        return median([r[name][key] for r in runs["on"]])
+
+    start, end = window("start", "added_us"), window("end", "added_us")
     written = med("on", "bytes_written") - med("off", "bytes_written")
     return {
         "tasks": tasks, "kind": kind,
-        "cpu_per_task_off_us": [med("off", "cpu_start_us"), med("off", "cpu_end_us")],
+        "cpu_per_task_off_us": [window("start", "off_us"), window("end", "off_us")],
         "added_cpu_start_us": start, "added_cpu_end_us": end,
+        "writer_cpu_us": [window("start", "writer_us"), window("end", "writer_us")],
         "end_over_start": end / start if start > 0 else None,
         "peak_rss_off_mb": med("off", "peak_rss_mb"), "peak_rss_on_mb": med("on", "peak_rss_mb"),
         "bytes_written": written,
@@ -144,6 +150,7 @@ def table(result: Dict[str, Any]) -> str:
     from .report import _f, table as draw
 
     rows = [[f"{r['tasks']:,} {r['kind']}", f"{_f(r['added_cpu_start_us'], 0)} → {_f(r['added_cpu_end_us'], 0)}",
+             f"{_f(r['writer_cpu_us'][0], 0)} → {_f(r['writer_cpu_us'][1], 0)}",
              _f(r["end_over_start"]), f"{_f(r['peak_rss_off_mb'], 0)} → {_f(r['peak_rss_on_mb'], 0)}",
              f"{r['bytes_written'] / 1e6:.1f} / {r['bytes_on_disk'] / 1e6:.1f}", _f(r["written_over_on_disk"]),
              f"{r['files']} ({r['largest_file_bytes'] / 1e6:.1f} MB)", "yes" if r["exactly_once"] else "NO",
@@ -151,7 +158,7 @@ def table(result: Dict[str, Any]) -> str:
                         for k in ("startup_s", "show_s", "report_largest_s", "report_s"))]
             for r in result["rows"]]
     return draw("Long-running process (section 8): telemetry on vs off, one process",
-                ["tasks", "added CPU/task µs start → end", "end/start", "peak RSS MB off → on",
+                ["tasks", "added CPU/task µs start → end", "of it the writer's", "end/start", "peak RSS MB off → on",
                  "MB written / on disk", "ratio", "files (largest)", "each task once",
                  "CLI s, CPU (wall): start / show largest / report largest / report all"], rows)
 
@@ -187,20 +194,44 @@ def _child(tasks: int, kind: str, mode: str, directory: str) -> Dict[str, Any]:
         one(-1 - n)
     manager.flush_data()
     tenth = max(1, tasks // 10)
-    marks = {}
-    for n in range(tasks):
-        if n in (tenth, 2 * tenth, tasks - tenth):
-            marks[n] = time.process_time()
-        one(n)
-    marks[tasks] = time.process_time()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # (KiB on Linux)
+    figures: Dict[str, Any] = {}
+    n = 0
+    while n < tasks:
+        if mode == "on" and n in (tenth, tasks - tenth):
+            figures["start" if n == tenth else "end"] = _window(manager, one, n, tenth)
+            n += tenth
+        else:
+            one(n)
+            n += 1
+    figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # (KiB on Linux)
     manager.shutdown()  # the exit's write, counted in the bytes
-    return {
-        "cpu_start_us": (marks[2 * tenth] - marks[tenth]) / tenth * 1e6,
-        "cpu_end_us": (marks[tasks] - marks[tasks - tenth]) / tenth * 1e6,
-        "peak_rss_mb": peak,
-        "bytes_written": _written_bytes(),
-    }
+    figures["bytes_written"] = _written_bytes()
+    return figures
+
+
+def _window(manager: Any, one: Callable[[int], None], first: int, count: int, block: int = 25) -> Dict[str, float]:
+    """Runs tasks `first` .. `first + count` recorded, in blocks of `block` alternating with as many unrecorded
+    (telemetry switched off), and returns the CPU time telemetry adds per recorded task: the main thread's, on minus
+    off (thread CPU clocks, so the load of other processes cancels out), plus the writer thread's over the window."""
+    writer = manager._writer
+    clock = time.pthread_getcpuclockid(writer.ident) if writer is not None and writer.ident else None
+    writer_before = time.clock_gettime(clock) if clock is not None else 0.0
+    spent = {True: 0.0, False: 0.0}
+    done = {True: 0, False: 0}
+    while done[True] < count:
+        for on in (True, False):
+            (manager.enable_telemetry if on else manager.disable_telemetry)()
+            size = min(block, count - done[True]) if on else block
+            began = time.thread_time()
+            for i in range(size):
+                one(first + done[True] + i if on else -1)
+            spent[on] += time.thread_time() - began
+            done[on] += size
+    manager.enable_telemetry()
+    writer_cpu = (time.clock_gettime(clock) - writer_before) if clock is not None else 0.0
+    main = spent[True] / done[True] - spent[False] / done[False]
+    return {"added_us": (main + writer_cpu / done[True]) * 1e6, "main_added_us": main * 1e6,
+            "writer_us": writer_cpu / done[True] * 1e6, "off_us": spent[False] / done[False] * 1e6}
 
 
 def _written_bytes() -> int:

@@ -191,13 +191,16 @@ class TelemetryCollector:
         self.pending_limit = PENDING_LIMIT
         # A long-lived process writes its session as a series of parts (see docs/long-running.md): every part has
         # the series id (the first part's id) and its number. A task that starts when the current part holds
-        # `max_tasks_per_part` tasks, or `part_bytes` (set by the writer) reached `max_part_bytes`, opens the next
-        # part; the ended one waits in `sealed` for the writer. 0 switches the bounds off (a standalone collector).
+        # `max_tasks_per_part` tasks, or about `max_part_bytes` bytes, opens the next part; the ended one waits in
+        # `sealed` for the writer. 0 switches the bounds off (a standalone collector). The size is estimated here,
+        # from the records of the part's ended tasks (`size_units`) and the bytes a unit took in the writer's last
+        # write (`note_written`): the writer's own count arrives too late when it pauses while tasks end quickly.
         self.series_id = self.session_id
         self.part = 1
         self.max_tasks_per_part = 0
         self.max_part_bytes = 0
-        self.part_bytes = 0
+        self.part_units = 0
+        self.bytes_per_unit = 400.0
         self.sealed: List[dict] = []
         # Tasks closed since the writer last took them (`take_for_write`): what its next append writes.
         self._finished: List[dict] = []
@@ -389,6 +392,7 @@ class TelemetryCollector:
             session_id, series = self.session_id, (self.series_id, self.part)
             if self._open.pop(task["task_id"], None) is task:
                 self._finished.append(task)
+                self.part_units += size_units(task)
         if self.on_task_end is not None:
             guard("collector.on_task_end", self.on_task_end, session_id, task, series)
         if notify:
@@ -547,16 +551,17 @@ class TelemetryCollector:
             still_open = _copies(list(self._open.values())) if with_open else []
             return sealed, self.session_id, finished, still_open
 
-    def note_part_bytes(self, session_id: str, size: int) -> None:
-        """The writer tells how many bytes part `session_id` holds on disk; ignored once that part has ended."""
-        with self._lock:
-            if session_id == self.session_id:
-                self.part_bytes = size
+    def note_written(self, size: int, units: int) -> None:
+        """The writer wrote `size` bytes for `units` size units (see `size_units`): the estimate of a part's size
+        follows what the tasks of this process take."""
+        if units > 0:
+            self.bytes_per_unit = size / units
 
     def _part_full(self) -> bool:
         if not self.max_tasks_per_part or len(self._tasks) <= len(self._open):
             return False  # (a part with no finished task is never ended: its open tasks would only move on)
-        return len(self._tasks) >= self.max_tasks_per_part or 0 < self.max_part_bytes <= self.part_bytes
+        return (len(self._tasks) >= self.max_tasks_per_part
+                or 0 < self.max_part_bytes <= self.part_units * self.bytes_per_unit)
 
     def _next_part(self, new_session_id: str, now: float) -> dict:
         """Ends the current part at `now` and starts part n+1 as `new_session_id`; returns the ended part's data
@@ -577,7 +582,7 @@ class TelemetryCollector:
         self._finished = []
         self.session_id = new_session_id
         self.part += 1
-        self.part_bytes = 0
+        self.part_units = 0
         self.start_time = now
         self.generation += 1
         return old
@@ -589,6 +594,11 @@ class TelemetryCollector:
         if environment is not None:
             data["environment"] = environment
         return TelemetrySession.model_validate(data)
+
+
+def size_units(task: dict) -> int:
+    """What a task's size on disk goes with: the task itself and each of its records."""
+    return 1 + sum(len(task[key]) for key in _RECORD_KEYS)
 
 
 def _copies(tasks: List[dict]) -> List[dict]:

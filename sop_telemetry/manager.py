@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
 from .collector import (DEFAULT_MAX_SESSION_BYTES, DEFAULT_MAX_TASKS_PER_SESSION, TelemetryCollector, current,
                         env_disabled, switch)
-from .collector import _copies
+from .collector import _copies, size_units
 from .error_handler import get_error_handler, guard, safe_telemetry_operation
 from .status import TaskStatus
 
@@ -77,9 +77,9 @@ class TelemetryManager:
         # (session id, task id) -> (the task's state, its JSON, token usage, end) of the current part's (and of
         # ended parts not yet written) finished tasks: each is validated, priced, serialized and masked once.
         self._task_json: Dict[tuple, tuple] = {}
-        # The part whose file this manager wrote last, and the bytes it holds on disk (file and tail); tasks
-        # ended in it not yet appended (a failed append is tried again); ended parts not yet written.
-        self._disk: "tuple[Optional[str], int]" = (None, 0)
+        # The part whose file this manager wrote last (later tasks of it go to its tail); tasks ended in it not yet
+        # appended (a failed append is tried again); ended parts not yet written.
+        self._disk_part: Optional[str] = None
         self._unappended: List[dict] = []
         self._sealed: List[dict] = []
         self._secrets: Optional[List[str]] = None
@@ -131,7 +131,7 @@ class TelemetryManager:
             old_store = self._store
             self._store = TelemetryDataStore(cfg.resolved_storage_dir(), fsync=cfg.fsync)
             if old_store is None or old_store.directory != self._store.directory:
-                self._disk = (None, 0)  # the part is written whole in its new directory first
+                self._disk_part = None  # the part is written whole in its new directory first
             self._prices = PriceBook(cfg.prices)
             self._loaded.clear()
             # Set only now: _ensure() on another thread returns as soon as it sees a config, without the lock, and
@@ -604,7 +604,7 @@ class TelemetryManager:
         self._secrets = secret_values()  # (once a pass: _task_entry and _session_text mask with them)
         sealed, part_id, finished, still_open = collector.take_for_write(with_open=tick and not (final or force))
         self._sealed.extend(sealed)
-        if self._disk[0] != part_id:
+        if self._disk_part != part_id:
             self._unappended = []  # (tasks of a part that has ended: in its file, written whole)
         self._unappended.extend(finished)
         written = self._write_sealed(store)
@@ -614,18 +614,19 @@ class TelemetryManager:
         if generation == self._written_generation and not (final or force):
             return written
         durable = final or force
-        if durable or self._disk[0] != part_id:
+        if durable or self._disk_part != part_id:
             data, open_ids = collector.snapshot_with_open_ids(end_time=time.time() if final else None)
             if data["session_id"] != part_id:
                 return _AGAIN  # a part ended meanwhile: it is written first
             text = self._session_text(data, open_ids)
             self._unsynced.pop(store.tail_path(part_id), None)  # (removed below: its fsync would be for nothing)
-            path = self._put(store, part_id, text, durable=durable or self._disk[0] == part_id)
+            path = self._put(store, part_id, text, durable=durable or self._disk_part == part_id)
             store.drop_tail(part_id)
             self._task_json = {k: v for k, v in self._task_json.items() if k[0] == part_id}
-            self._disk = (part_id, len(text.encode("utf-8")))
+            self._disk_part = part_id
+            collector.note_written(len(text.encode("utf-8")), sum(size_units(task) for task in data["tasks"]))
         elif not os.path.exists(store.path_for(part_id)):  # type: ignore[arg-type]
-            self._disk = (None, 0)  # removed (by hand, or its directory): the next pass writes the part whole
+            self._disk_part = None  # removed (by hand, or its directory): the next pass writes the part whole
             return _AGAIN
         else:
             lines = []
@@ -639,10 +640,9 @@ class TelemetryManager:
                 return written
             payload = ("\n".join(lines) + "\n").encode("utf-8")
             path = self._put(store, part_id, payload, durable=False, tail=True)
-            self._disk = (part_id, self._disk[1] + len(payload))
+            collector.note_written(len(payload), sum(size_units(task) for task in (*self._unappended, *still_open)))
         self._unappended = []
         self._written_generation = generation
-        collector.note_part_bytes(part_id, self._disk[1])
         return path
 
     def _write_sealed(self, store: "TelemetryDataStore") -> Optional[Path]:
@@ -658,8 +658,8 @@ class TelemetryManager:
                 logger.debug("sop_telemetry: part %s is full; continuing in the next", part["session_id"])
             store.drop_tail(part["session_id"])
             self._task_json = {k: v for k, v in self._task_json.items() if k[0] != part["session_id"]}
-            if self._disk[0] == part["session_id"]:
-                self._disk = (None, 0)
+            if self._disk_part == part["session_id"]:
+                self._disk_part = None
             self._sealed.pop(0)
         return path
 
@@ -716,7 +716,7 @@ class TelemetryManager:
                 if collector is not None and path in (store.path_for(collector.session_id),
                                                       store.tail_path(collector.session_id)):
                     self._written_generation = -1
-                    self._disk = (None, 0)
+                    self._disk_part = None
                     self._due = True  # rewritten when the writer looks next, and synced as it is written
         if not failed:
             self._last_sync = time.monotonic()
@@ -779,7 +779,7 @@ class TelemetryManager:
         self._written_generation = -1
         self._unsynced = {}  # the parent's files: the parent syncs them
         self._last_sync = float("-inf")
-        self._disk = (None, 0)
+        self._disk_part = None
         self._unappended = []
         self._sealed = []
         self._task_json = {}

@@ -103,7 +103,7 @@ def test_a_part_also_ends_at_its_size_in_bytes(manager, storage_dir):
     assert all(size <= 3000 + 2 * one_task for size in sizes)
 
 
-def test_an_ended_part_is_readable_before_it_is_written_and_a_forked_child_starts_its_own_series(manager):
+def test_an_ended_part_is_readable_at_once_by_its_id(manager):
     manager.initialize({"max_tasks_per_session": 2})
     collector = manager.get_collector()
     first = collector.session_id
