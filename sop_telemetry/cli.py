@@ -368,7 +368,7 @@ def _cmd_list(args: argparse.Namespace, out: _Output) -> int:
                         r["start_time"].astimezone().strftime("%Y-%m-%d %H:%M:%S"),
                         format_duration(r["duration"]), str(r["tasks"]), str(r["failed_tasks"]),
                         f"{r['total_tokens']:,}", format_cost(r["cost_estimate"], r["unpriced_calls"])]
-                       for r, label in zip(rows, labels)])])
+                       for r, label in zip(rows, labels, strict=True)])])
     return 0
 
 

@@ -570,7 +570,8 @@ class TelemetryCollector:
         implicit = self._implicit
         if implicit is not None and self._open.get(implicit["task_id"]) is implicit:
             self.close_task(implicit, TaskStatus.COMPLETED, end=now, notify=False)
-        moved, finished = [], []
+        moved: List[dict] = []
+        finished: List[dict] = []
         for task in self._tasks:
             (moved if self._open.get(task["task_id"]) is task else finished).append(task)
         # The records themselves, not copies: events queued before the roll-over and built after it still reach

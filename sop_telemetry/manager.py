@@ -619,7 +619,7 @@ class TelemetryManager:
             if data["session_id"] != part_id:
                 return _AGAIN  # a part ended meanwhile: it is written first
             text = self._session_text(data, open_ids)
-            self._unsynced.pop(store.tail_path(part_id), None)  # (removed below: its fsync would be for nothing)
+            self._unsynced.pop(store.tail_path(part_id), None)  # type: ignore[arg-type]  # (removed below: no fsync)
             path = self._put(store, part_id, text, durable=durable or self._disk_part == part_id)
             store.drop_tail(part_id)
             self._task_json = {k: v for k, v in self._task_json.items() if k[0] == part_id}
@@ -630,9 +630,9 @@ class TelemetryManager:
             return _AGAIN
         else:
             lines = []
-            for tasks, finished in ((self._unappended, True), (still_open, False)):
+            for tasks, ended in ((self._unappended, True), (still_open, False)):
                 for task in tasks:
-                    entry = self._task_entry(part_id, task, finished)
+                    entry = self._task_entry(part_id, task, ended)
                     if entry is not None:
                         lines.append(entry[1])
             if not lines:
@@ -652,7 +652,7 @@ class TelemetryManager:
         path = None
         while self._sealed:
             part = self._sealed[0]
-            self._unsynced.pop(store.tail_path(part["session_id"]), None)
+            self._unsynced.pop(store.tail_path(part["session_id"]), None)  # type: ignore[arg-type]
             if part["tasks"]:
                 path = self._put(store, part["session_id"], self._session_text(part, set()), durable=True)
                 logger.debug("sop_telemetry: part %s is full; continuing in the next", part["session_id"])

@@ -484,7 +484,7 @@ class LiveOtlpExporter:
 
     def _init_state(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._queue: Deque[Tuple[str, dict]] = deque()
+        self._queue: Deque[Tuple[str, dict, Optional[Tuple[str, int]]]] = deque()
         self._busy = False
         self._closed = False
         self._exporter_closed = False
