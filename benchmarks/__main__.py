@@ -90,6 +90,8 @@ def main(argv: List[str] | None = None) -> int:
 
     import sop_telemetry  # noqa: F401 - before smolagents, as a user would
     from sop_telemetry import TelemetryManager
+
+    # isort: split
     import smolagents
 
     started = time.perf_counter()

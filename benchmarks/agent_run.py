@@ -63,8 +63,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .fake import section_one_agent
-from .stats import (bootstrap_ci, cpu_time, freeze_heap, median, minimal_hook_factory, perf, quiet_gc,
-                    trimmed_mean)
+from .stats import bootstrap_ci, cpu_time, freeze_heap, median, minimal_hook_factory, perf, quiet_gc, trimmed_mean
 
 _ORDER = ("none", "minimal_hooks", "sop", "sop_idle", "sop_unwritten", "sop_with_write", "sop_disabled",
           "openinference", "openinference_batch")

@@ -147,7 +147,8 @@ def _row(tasks: int, kind: str, runs: Dict[str, List[Dict[str, Any]]], disk: Dic
 
 
 def table(result: Dict[str, Any]) -> str:
-    from .report import _f, table as draw
+    from .report import _f
+    from .report import table as draw
 
     rows = [[f"{r['tasks']:,} {r['kind']}", f"{_f(r['added_cpu_start_us'], 0)} → {_f(r['added_cpu_end_us'], 0)}",
              f"{_f(r['writer_cpu_us'][0], 0)} → {_f(r['writer_cpu_us'][1], 0)}",

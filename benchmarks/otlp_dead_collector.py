@@ -145,7 +145,7 @@ def run_otlp_dead_collector(iterations: int = 300, warmup: int = 10, seed: int =
                                   "submit_us": _submit_cost(silent.getsockname()[1])}
         for name in SETUPS:
             row = _summary(times[name])
-            deltas = [t - o for t, o in zip(times[name], off)]
+            deltas = [t - o for t, o in zip(times[name], off, strict=True)]
             row["median_paired_delta_ms"] = statistics.median(deltas) * 1e3
             exporter = exporters[name]
             if exporter is not None:

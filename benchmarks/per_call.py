@@ -249,7 +249,7 @@ def run_cold_calls(rounds: int, samples: int = 5, log: Callable[[str], None] = l
         bare = per_variant["bare"]
         out[name] = {"bare_us": median(bare) * 1e6, "rounds": rounds, "samples": samples}
         for variant in COLD_VARIANTS[1:]:
-            out[name][f"{variant}_added_us"] = median([v - b for v, b in zip(per_variant[variant], bare)]) * 1e6
+            out[name][f"{variant}_added_us"] = median([v - b for v, b in zip(per_variant[variant], bare, strict=True)]) * 1e6
     return out
 
 

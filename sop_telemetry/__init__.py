@@ -9,15 +9,37 @@ Usage::
     print(session.total_tokens.total_tokens, session.total_duration)
 
 Importing this package only registers a hook: smolagents is patched when it is imported (or at once if it already
-is). Public names are loaded on first use, so `import sop_telemetry` stays cheap.
+is). Public names are loaded on first use, so `import sop_telemetry` stays cheap. `dir(sop_telemetry)` lists only the
+names already loaded: tools that walk every module's attributes (freezegun, `inspect.getmembers`, `help()`) then never
+import our models behind the user's back, possibly while `datetime` is replaced.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` below loads each name on first use
+    from .analysis import analyze_performance, analyze_token_usage, load_sessions, summarize_sessions
+    from .collector import TelemetryCollector
+    from .config import ConfigError, TelemetryConfig
+    from .error_handler import get_error_handler, safe_telemetry_operation
+    from .manager import TelemetryManager
+    from .models import (
+        AgentExecution,
+        CodeMetrics,
+        EnvironmentInfo,
+        LLMCall,
+        StepExecution,
+        TaskExecution,
+        TelemetrySession,
+        TokenUsage,
+        ToolExecution,
+    )
+    from .status import CallStatus, TaskStatus
+    from .storage import TelemetryDataStore
 
 _EXPORTS = {
     "TelemetryManager": "manager",
@@ -54,10 +76,6 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
-
-
-def __dir__() -> list[str]:
-    return __all__
 
 
 def _activate() -> None:

@@ -27,7 +27,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from pydantic import BaseModel, Field, computed_field
+from pydantic import AwareDatetime, BaseModel, Field, computed_field
 
 from .models import LLMCall, TaskExecution, TelemetrySession, TokenUsage
 from .status import CallStatus, TaskStatus
@@ -187,9 +187,11 @@ class Table:
 
 class _Result(BaseModel):
     def tables(self) -> List[Table]:
+        """The figures as titled rows of text cells (what the CLI draws)."""
         raise NotImplementedError
 
     def render(self) -> str:
+        """The figures as plain-text tables; `str(result)` gives the same."""
         return render_tables(self.tables())
 
     def __str__(self) -> str:
@@ -211,9 +213,10 @@ class TokenFigures(_Result):
     unpriced_calls: int = 0
 
     # add_call runs once per model call per grouping (hundreds of thousands of times over many sessions), and a
-    # pydantic __setattr__ costs ~1 µs: the sums go straight into the instance dict (all fields have defaults, so
-    # nothing reads model_fields_set here).
+    # pydantic __setattr__ validates each time: the sums go straight into the instance dict (all fields have
+    # defaults, so nothing reads model_fields_set here).
     def add_call(self, call: LLMCall) -> None:
+        """Adds one model call's tokens and cost."""
         d = self.__dict__
         d["calls"] += 1
         if not call.tokens_reported:
@@ -240,6 +243,7 @@ class TokenFigures(_Result):
             d["cost"] = (d["cost"] or 0.0) + usage.cost_estimate
 
     def merge(self, other: "TokenFigures") -> None:
+        """Adds `other`'s figures into these."""
         self.calls += other.calls
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
@@ -250,6 +254,7 @@ class TokenFigures(_Result):
             self.cost = (self.cost or 0.0) + other.cost
 
     def cells(self) -> List[str]:
+        """The figures as table cells: calls, prompt, completion, total, cost."""
         return [str(self.calls), _int(self.prompt_tokens), _int(self.completion_tokens), _int(self.total_tokens),
                 format_cost(self.cost, self.unpriced_calls)]
 
@@ -275,10 +280,12 @@ class DurationStats(_Result):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def error_rate(self) -> Optional[float]:
+        """Failed records / all records; None when there are none."""
         return self.errors / self.count if self.count else None
 
     @classmethod
     def of(cls, durations: Iterable[float], errors: int = 0) -> "DurationStats":
+        """The statistics of `durations` (seconds), with `errors` failures among them."""
         values = sorted(d for d in durations)
         if not values:
             return cls(errors=errors)
@@ -287,6 +294,7 @@ class DurationStats(_Result):
                    p95=_percentile(values, 0.95), max=values[-1], errors=errors)
 
     def cells(self) -> List[str]:
+        """The figures as table cells: count, total, mean, p50, p95, max, errors."""
         return [str(self.count), format_duration(self.total), format_duration(self.mean), format_duration(self.p50),
                 format_duration(self.p95), format_duration(self.max), str(self.errors)]
 
@@ -307,6 +315,9 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 # -- token usage ---------------------------------------------------------------------------------------------------
 class TokenReport(_Result):
+    """What `analyze_token_usage(session)` returns: `total`, and `by_model`, `by_agent`, `by_task` (each a dict of
+    `TokenFigures`: calls, prompt/completion/total tokens, cost, unreported and unpriced calls)."""
+
     session_id: str
     total: TokenFigures
     by_model: Dict[str, TokenFigures]
@@ -367,12 +378,14 @@ class TimeSplit(_Result):
     overhead: float = 0.0
 
     def add(self, other: "TimeSplit") -> None:
+        """Adds `other`'s times into these."""
         self.wall += other.wall
         self.model += other.model
         self.tools += other.tools
         self.overhead += other.overhead
 
     def cells(self) -> List[str]:
+        """The split as table cells: wall time, then each part with its share of it."""
         return [format_duration(self.wall), _share(self.model, self.wall), _share(self.tools, self.wall),
                 _share(self.overhead, self.wall)]
 
@@ -380,10 +393,13 @@ class TimeSplit(_Result):
         return [Table("Time split", _SPLIT_COLUMNS, [self.cells()])]
 
 
-_SPLIT_COLUMNS = [("wall", ">"), ("in model calls", ">"), ("in tools", ">"), ("overhead", ">")]
+# "agent's own work", never "overhead": users read that as the telemetry's cost.
+_SPLIT_COLUMNS = [("wall", ">"), ("in model calls", ">"), ("in tools", ">"), ("agent's own work", ">")]
 
 
 class TaskTiming(_Result):
+    """One task in a `PerformanceReport`: status, duration, its `TimeSplit`, and counts of steps and calls."""
+
     task_id: str
     status: str
     duration: Optional[float]
@@ -398,6 +414,8 @@ class TaskTiming(_Result):
 
 
 class StepTiming(_Result):
+    """One step in a `PerformanceReport`'s `slowest_steps`: where it ran, its type, duration and error type."""
+
     task_id: str
     agent_name: Optional[str]
     step_number: Optional[int]
@@ -411,6 +429,9 @@ class StepTiming(_Result):
 
 
 class PerformanceReport(_Result):
+    """What `analyze_performance(session)` returns: `DurationStats` per agent, tool and model, a `TaskTiming` per
+    task, the session's `TimeSplit`, and the slowest steps."""
+
     session_id: str
     total_duration: float
     split: TimeSplit
@@ -423,11 +444,12 @@ class PerformanceReport(_Result):
 
     def tables(self) -> List[Table]:
         tables = [Table(f"Performance of session {self.session_id}", None, [
-            ["session duration", format_duration(self.total_duration)],
+            ["session duration", f"{format_duration(self.total_duration)} (from telemetry's start in the process to "
+                                 "the end of its last task)"],
             ["in tasks", format_duration(self.split.wall)],
-            ["model calls", _share(self.split.model, self.split.wall)],
-            ["tools", _share(self.split.tools, self.split.wall)],
-            ["agent overhead", _share(self.split.overhead, self.split.wall)],
+            ["  model calls", _share(self.split.model, self.split.wall)],
+            ["  tools", _share(self.split.tools, self.split.wall)],
+            ["  agent's own work", _share(self.split.overhead, self.split.wall)],
         ])]
         tables.append(Table("Tasks", [("task", "<"), ("status", "<"), *_SPLIT_COLUMNS, ("steps", ">"),
                                       ("model calls", ">"), ("tool calls", ">")],
@@ -496,7 +518,7 @@ def analyze_performance(session: TelemetrySession, slowest: int = 5) -> Performa
 
 
 def task_time_split(task: TaskExecution) -> TimeSplit:
-    """The task's wall time split into model calls, tools and overhead (overlaps counted once)."""
+    """The task's wall time split into model calls, tools and the agent's own work (overlaps counted once)."""
     if task.duration is None:
         return TimeSplit()
     origin = task.start_time
@@ -544,6 +566,9 @@ class DayFigures(TokenFigures):
 
 
 class AgentFigures(_Result):
+    """One agent (by name) across sessions in a `SessionsSummary`: runs, failures, success rate, mean duration,
+    tokens per run and cost."""
+
     runs: int = 0
     completed: int = 0
     failed: int = 0
@@ -553,19 +578,25 @@ class AgentFigures(_Result):
     total_tokens: int = 0
     tokens_per_run: Optional[float] = None
     cost: Optional[float] = None
+    # Calls with tokens but no known price: when > 0, `cost` is a lower bound.
+    unpriced_calls: int = 0
 
     def tables(self) -> List[Table]:
         return [Table("Agent", None, [["runs", str(self.runs)], ["success rate", _rate(self.success_rate)]])]
 
 
 class SessionsSummary(_Result):
+    """What `summarize_sessions(...)` returns: counts of sessions and tasks, the period, token and cost totals, and
+    figures `by_day`, `by_model`, per tool (`tools`: durations and failures) and per agent (`agents`)."""
+
     # Session files read; `series`: the processes they came from (a long-lived process writes a series of parts).
     sessions: int = 0
     series: int = 0
     tasks: int = 0
     failed_tasks: int = 0
-    first_start: Optional[datetime] = None
-    last_end: Optional[datetime] = None
+    # pydantic's AwareDatetime, not `datetime`: a name freezegun may have swapped for its FakeDatetime by import time.
+    first_start: Optional[AwareDatetime] = None
+    last_end: Optional[AwareDatetime] = None
     total: TokenFigures = Field(default_factory=TokenFigures)
     # Keyed "YYYY-MM-DD" (local time), oldest first.
     by_day: Dict[str, DayFigures] = Field(default_factory=dict)
@@ -601,7 +632,7 @@ class SessionsSummary(_Result):
                             [[name, str(a.runs), str(a.failed), _rate(a.success_rate),
                               format_duration(a.mean_duration),
                               "-" if a.tokens_per_run is None else _int(round(a.tokens_per_run)),
-                              format_cost(a.cost)] for name, a in self.agents.items()]))
+                              format_cost(a.cost, a.unpriced_calls)] for name, a in self.agents.items()]))
         return tables
 
 
@@ -638,10 +669,12 @@ def summarize_sessions(sessions: Iterable[TelemetrySession]) -> SessionsSummary:
                     figures.add_call(call)
                 name = names.get(call.agent_id or "") or call.agent_name
                 if name is not None and call.tokens_reported:
-                    figures = agents[name]
-                    figures.total_tokens += call.total_tokens or 0
+                    of_agent = agents[name]
+                    of_agent.total_tokens += call.total_tokens or 0
                     if call.cost_estimate is not None:
-                        figures.cost = (figures.cost or 0.0) + call.cost_estimate
+                        of_agent.cost = (of_agent.cost or 0.0) + call.cost_estimate
+                    else:
+                        of_agent.unpriced_calls += 1
             if task.dropped_token_usage is not None:
                 summary.total.add_usage(task.dropped_token_usage)
                 by_day[_day(task.start_time)].add_usage(task.dropped_token_usage)
@@ -652,19 +685,19 @@ def summarize_sessions(sessions: Iterable[TelemetrySession]) -> SessionsSummary:
                     tool_times[tool.tool_name].append(tool.duration)
                 tool_errors[tool.tool_name] += CallStatus(tool.status) is CallStatus.ERROR
             for agent in task.agents:
-                figures = agents[agent.agent_name]
-                figures.runs += 1
+                of_agent = agents[agent.agent_name]
+                of_agent.runs += 1
                 agent_status = TaskStatus(agent.status)
-                figures.completed += agent_status is TaskStatus.COMPLETED
-                figures.failed += agent_status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
+                of_agent.completed += agent_status is TaskStatus.COMPLETED
+                of_agent.failed += agent_status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
                 if agent.duration is not None:
                     agent_times[agent.agent_name].append(agent.duration)
-    for name, figures in agents.items():
-        finished = figures.completed + figures.failed
-        figures.success_rate = figures.completed / finished if finished else None
+    for name, of_agent in agents.items():
+        finished = of_agent.completed + of_agent.failed
+        of_agent.success_rate = of_agent.completed / finished if finished else None
         times = agent_times.get(name)
-        figures.mean_duration = math.fsum(times) / len(times) if times else None
-        figures.tokens_per_run = figures.total_tokens / figures.runs if figures.runs else None
+        of_agent.mean_duration = math.fsum(times) / len(times) if times else None
+        of_agent.tokens_per_run = of_agent.total_tokens / of_agent.runs if of_agent.runs else None
     summary.by_day = dict(sorted(by_day.items()))
     summary.by_model = dict(by_model)
     summary.tools = {name: DurationStats.of(tool_times.get(name, ()), tool_errors[name]) for name in tool_errors}
@@ -689,16 +722,17 @@ def render_tables(tables: Iterable[Table]) -> str:
             lines.append("  (none)")
         else:
             names = [name for name, _ in table.columns]
-            widths = [max(len(str(c)) for c in column) for column in zip(names, *table.rows)]
+            widths = [max(len(str(c)) for c in column) for column in zip(names, *table.rows, strict=True)]
             for row in [names, *table.rows]:
                 cells = [cell.rjust(w) if align == ">" else cell.ljust(w)
-                         for cell, w, (_, align) in zip(row, widths, table.columns)]
+                         for cell, w, (_, align) in zip(row, widths, table.columns, strict=True)]
                 lines.append("  " + "  ".join(cells).rstrip())
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
 
 def format_duration(seconds: Optional[float]) -> str:
+    """Seconds as the CLI shows them: "15 us", "2.4 ms", "3.10 s", "2m05.0s", "1h03m"; "-" when unknown."""
     if seconds is None:
         return "-"
     if seconds < 1e-3:

@@ -4,7 +4,9 @@ Usage::
 
     sop-telemetry list                                   # sessions: id, start, duration, tasks, failed, tokens, cost
     sop-telemetry show latest                            # summary, token and time tables, and the task trees
-    sop-telemetry export latest --format csv -o out/     # also json, mermaid, text; -o FILE or stdout
+    sop-telemetry export latest --format csv -o out/     # also json, mermaid, text, html; -o FILE or stdout
+    sop-telemetry view latest --open                     # one self-contained HTML page; view A B compares two
+    sop-telemetry ui                                     # local read-only dashboard on 127.0.0.1 (Ctrl-C stops)
     sop-telemetry report --since 7d                      # across sessions: per day, model, tool, agent
     sop-telemetry stats
     sop-telemetry cleanup --max-age-days 30 --dry-run
@@ -31,7 +33,8 @@ from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional, Sequence
 
 PROG = "sop-telemetry"
-_FORMATS = ("json", "csv", "mermaid", "text", "otlp")
+_FORMATS = ("json", "csv", "mermaid", "text", "html", "otlp")
+_ID_HELP = "a session id, a unique prefix of one, 'latest' (the newest readable session), or a session file's path"
 _REPORT_ENV = "_SOP_TELEMETRY_RUN_REPORT"
 
 
@@ -50,6 +53,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The `sop-telemetry` command: runs it with `argv` (default: the process's arguments) and returns its exit
+    status, e.g. `main(["--json", "list", "--since", "7d"])`. See the module docstring for the commands."""
     _read_only()
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
@@ -62,7 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.dir = getattr(args, "dir", None)
         args.json = getattr(args, "json", False)
         if args.command is None:
-            raise UserError(f"a command is needed: list, show, export, report, stats, cleanup or run "
+            raise UserError(f"a command is needed: list, show, view, export, report, stats, cleanup, ui or run "
                             f"(see {PROG} --help)")
         return int(args.handler(args, _Output(args.json)) or 0)
     except UserError as exc:
@@ -108,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, parents=[common],
                      description="Read, analyse, export and clean up sop_telemetry sessions, or run a program "
                                  "with telemetry on.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.set_defaults(command=None)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -121,12 +129,24 @@ def _parser() -> argparse.ArgumentParser:
     _filters(listing)
 
     show = command("show", _cmd_show, "a session's summary, token and time tables, and task trees")
-    show.add_argument("session", metavar="ID", help="a session id, a unique prefix of one, or 'latest'")
+    show.add_argument("session", metavar="ID", help=_ID_HELP)
+
+    view = command("view", _cmd_view, "write a session as one self-contained HTML page (two: a comparison)")
+    view.add_argument("sessions", metavar="ID", nargs="*",
+                      help=f"{_ID_HELP} (default latest); give two to compare them")
+    view.add_argument("-o", "--output", metavar="FILE",
+                      help="where to write the page, - for stdout (default: a private file in the temporary "
+                           "directory)")
+    view.add_argument("--open", action="store_true", help="open the page in the web browser")
+    view.add_argument("--task", metavar="TASK_ID", action="append",
+                      help="compare this task (once: the same id in both; twice: the first session's, then the "
+                           "second's)")
 
     export = command("export", _cmd_export,
-                     "export a session as JSON, CSV tables, a Mermaid gantt or a text tree, or send it over OTLP")
+                     "export a session as JSON, CSV tables, a Mermaid gantt, a text tree or an HTML page, or send "
+                     "it over OTLP")
     export.add_argument("session", metavar="ID", nargs="?",
-                        help="a session id, a unique prefix of one, or 'latest' (otlp: or --since/--until)")
+                        help=f"{_ID_HELP} (otlp: or --since/--until instead)")
     export.add_argument("--format", "-f", choices=_FORMATS, default="json")
     export.add_argument("-o", "--output", metavar="PATH",
                         help="file to write (for csv: a directory, which gets one file per table); default stdout")
@@ -136,14 +156,19 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--endpoint", metavar="URL",
                         help="otlp: collector URL (default: OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT)")
     export.add_argument("--header", metavar="KEY=VALUE", action="append", help="otlp: a request header (repeatable)")
-    export.add_argument("--timeout", type=_non_negative_float, metavar="SECONDS", default=10.0,
+    export.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", default=10.0,
                         help="otlp: seconds per request (default 10)")
-    _filters(export)
+    _filters(export, "sessions to send, --format otlp only: ")
 
     report = command("report", _cmd_report, "figures across sessions: per day, model, tool and agent")
     _filters(report)
 
     command("stats", _cmd_stats, "storage directory statistics")
+
+    ui = command("ui", _cmd_ui, "a local read-only dashboard of the sessions (127.0.0.1, token in the URL)")
+    ui.add_argument("--port", type=_port, default=0, help="port on 127.0.0.1 (default: a free one)")
+    ui.add_argument("--no-browser", action="store_true", help="do not open the web browser")
+    _filters(ui)
 
     cleanup = command("cleanup", _cmd_cleanup, "remove session files older than N days")
     cleanup.add_argument("--max-age-days", type=_non_negative_float, metavar="N", default=None,
@@ -155,9 +180,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _filters(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--since", metavar="WHEN", help="ISO date/time (2026-01-31, 2026-01-31T12:00) or 7d, 24h, 30m")
-    sub.add_argument("--until", metavar="WHEN", help="same forms as --since; exclusive")
+def _filters(sub: argparse.ArgumentParser, scope: str = "") -> None:
+    sub.add_argument("--since", metavar="WHEN",
+                     help=f"{scope}from this time: an ISO date or time (2026-01-31, 2026-01-31T12:00, with an "
+                          "optional Z or +02:00), 'today', or a time ago as a number and a unit: s (seconds), "
+                          "m (minutes), h (hours), d (days), w (weeks), e.g. 30m, 24h, 7d, 1.5w")
+    sub.add_argument("--until", metavar="WHEN", help=f"{scope}before this time (same forms as --since)")
     sub.add_argument("--agent", metavar="NAME", help="tasks that ran an agent of this name or type")
     sub.add_argument("--model", metavar="MODEL", help="tasks that called this model")
     sub.add_argument("--tool", metavar="TOOL", help="tasks that called this tool")
@@ -172,6 +200,26 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0: {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
     return value
 
 
@@ -190,6 +238,8 @@ class _Output:
     def __init__(self, as_json: bool) -> None:
         self.json = as_json
         self.rich = not as_json and sys.stdout.isatty() and _has_rich()
+        # An 80-column terminal: tables drop their borders and `list` its seconds, so that ids stay whole.
+        self.narrow = self.rich and _terminal_width() < 100
 
     def data(self, value: Any) -> None:
         print(json.dumps(value, indent=2, default=_json_default, ensure_ascii=False))
@@ -214,9 +264,19 @@ class _Output:
                 shown.add_column(style="bold")
                 shown.add_column()
             else:
-                shown = Table(title=table.title, title_justify="left")
-                for name, align in table.columns:
-                    shown.add_column(name, justify="right" if align == ">" else "left")
+                from rich import box
+
+                if self.narrow:
+                    shown = Table(title=table.title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                                  collapse_padding=True)
+                else:
+                    shown = Table(title=table.title, title_justify="left")
+                for index, (name, align) in enumerate(table.columns):
+                    # The first column names the row (a session id, a task, a model): what a user copies. It is
+                    # kept whole on a narrow terminal, and the other columns' values wrap first.
+                    whole = max([len(name), *(len(row[0]) for row in table.rows)]) if index == 0 else len(name)
+                    shown.add_column(name, justify="right" if align == ">" else "left", no_wrap=index == 0,
+                                     min_width=whole, overflow="ellipsis" if index == 0 else "fold")
             for row in table.rows:
                 # Text, not markup: a model or agent name like "[x]" must be shown as it is.
                 shown.add_row(*(Text(cell) for cell in row))
@@ -226,6 +286,12 @@ class _Output:
 def _json_default(value: Any) -> Any:
     isoformat = getattr(value, "isoformat", None)
     return isoformat() if isoformat is not None else str(value)
+
+
+def _terminal_width() -> int:
+    from rich.console import Console
+
+    return Console().width
 
 
 def _has_rich() -> bool:
@@ -253,20 +319,31 @@ def _directory(args: argparse.Namespace) -> Path:
         raise UserError(str(exc)) from None
 
 
-def _store(args: argparse.Namespace) -> Any:
+def _store(args: argparse.Namespace, check: bool = True) -> Any:
+    """The storage directory's store; `check`: a file where the folder should be is a user error."""
     from .storage import TelemetryDataStore
 
-    return TelemetryDataStore(_directory(args))
+    directory = _directory(args)
+    if check and directory.exists() and not directory.is_dir():
+        from .config import default_storage_dir
+
+        where = "--dir" if args.dir else "SOP_TELEMETRY_DIR"
+        message = f"{directory} ({where}) is a file, not a folder"
+        default = default_storage_dir()
+        if default != directory:
+            message += f"; programs given it write their sessions to {default} instead (--dir {default})"
+        raise UserError(message)
+    return TelemetryDataStore(directory)
 
 
 def _resolve(store: Any, wanted: str) -> str:
-    """A session id from an id, a unique prefix of one, or 'latest'; UserError otherwise. Only regular session
-    files directly in the directory count: links and other names are never followed."""
+    """A session id from an id, a unique prefix of one, or a session file's name; UserError otherwise. Only regular
+    session files directly in the directory count: links and other names are never followed."""
+    if wanted.endswith(".json") and os.sep not in wanted and not (os.altsep and os.altsep in wanted):
+        wanted = wanted[: -len(".json")]
     ids = [sid for sid, _path, _size, _mtime in store.session_files()]
     if not ids:
         raise UserError(f"no sessions in {store.directory}")
-    if wanted == "latest":
-        return ids[-1]
     if wanted in ids:
         return wanted
     if wanted and all(c.isalnum() or c in "_T" for c in wanted):
@@ -279,8 +356,32 @@ def _resolve(store: Any, wanted: str) -> str:
 
 
 def _load(store: Any, wanted: str) -> Any:
-    from .storage import SessionLoadError
+    """The session `wanted` names: the path of a session file (anywhere, as `run` prints it), or see _resolve;
+    'latest' is the newest readable one, with a warning for each newer file that cannot be read."""
+    from .storage import SessionLoadError, TelemetryDataStore, is_session_id, parse_session
 
+    path = Path(wanted).expanduser()
+    if wanted != "latest" and (os.sep in wanted or wanted.endswith(".json")) and path.is_file():
+        try:
+            if path.suffix == ".json" and is_session_id(path.stem):  # with its tail, if it has one
+                return TelemetryDataStore(path.parent).load(path.stem)
+            return parse_session(path.read_bytes(), source=str(path))
+        except KeyError:
+            raise UserError(f"no session file {path}") from None
+        except SessionLoadError as exc:
+            raise UserError(f"cannot read session {exc}") from None
+    if wanted == "latest":
+        ids = store.session_ids()
+        if not ids:
+            raise UserError(f"no sessions in {store.directory}")
+        for session_id in reversed(ids):
+            try:
+                return store.load(session_id)
+            except KeyError:
+                continue
+            except SessionLoadError as exc:
+                _warn(f"skipped {exc}")
+        raise UserError(f"no readable session in {store.directory}")
     session_id = _resolve(store, wanted)
     try:
         return store.load(session_id)
@@ -290,13 +391,18 @@ def _load(store: Any, wanted: str) -> Any:
         raise UserError(f"cannot read session {exc}") from None
 
 
-def _sessions(args: argparse.Namespace, store: Any) -> Any:
-    """The matching sessions, one file at a time; call `_check_filters` first."""
+def _sessions(args: argparse.Namespace, store: Any, skipped: Optional[List[str]] = None) -> Any:
+    """The matching sessions, one file at a time; call `_check_filters` first. Unreadable files are warned about
+    and skipped (their ids appended to `skipped`)."""
     from .analysis import load_sessions
 
+    def on_error(session_id: str, message: str) -> None:
+        _warn(f"skipped {message}")
+        if skipped is not None:
+            skipped.append(session_id)
+
     return load_sessions(since=args.since, until=args.until, agent=args.agent, model=args.model, tool=args.tool,
-                         status=args.status, directory=store.directory,
-                         on_error=lambda _sid, message: _warn(f"skipped {message}"))
+                         status=args.status, directory=store.directory, on_error=on_error)
 
 
 def _check_filters(args: argparse.Namespace) -> None:
@@ -358,6 +464,7 @@ def _cmd_list(args: argparse.Namespace, out: _Output) -> int:
         return 0
     from .analysis import Table
 
+    start_format = "%m-%d %H:%M" if out.narrow else "%Y-%m-%d %H:%M:%S"
     # The part column only when a long-lived process's series is among them: each of its files is one row.
     series = {r["series_id"] for r in rows if r["part"] > 1 or r["series_id"] != r["session_id"]}
     labels = [f"{r['part']} of {r['series_id']}" if r["series_id"] in series else "" for r in rows]
@@ -365,7 +472,7 @@ def _cmd_list(args: argparse.Namespace, out: _Output) -> int:
                       [("session", "<"), *([("part", "<")] if series else []), ("start", "<"), ("duration", ">"),
                        ("tasks", ">"), ("failed", ">"), ("tokens", ">"), ("cost", ">")],
                       [[r["session_id"], *([label] if series else []),
-                        r["start_time"].astimezone().strftime("%Y-%m-%d %H:%M:%S"),
+                        r["start_time"].astimezone().strftime(start_format),
                         format_duration(r["duration"]), str(r["tasks"]), str(r["failed_tasks"]),
                         f"{r['total_tokens']:,}", format_cost(r["cost_estimate"], r["unpriced_calls"])]
                        for r, label in zip(rows, labels, strict=True)])])
@@ -373,7 +480,7 @@ def _cmd_list(args: argparse.Namespace, out: _Output) -> int:
 
 
 def _cmd_show(args: argparse.Namespace, out: _Output) -> int:
-    from .analysis import Table, analyze_performance, analyze_token_usage, format_cost, format_duration
+    from .analysis import Table, analyze_performance, analyze_token_usage, format_cost
     from .exports import to_text_tree
 
     session = _load(_store(args), args.session)
@@ -398,7 +505,6 @@ def _cmd_show(args: argparse.Namespace, out: _Output) -> int:
     header = Table(f"Session {session.session_id}", None, [
         *([["part", f"{part} of {series_id}"]] if part > 1 else []),
         ["started", session.start_time.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")],
-        ["duration", format_duration(session.total_duration)],
         ["tasks", str(len(session.tasks))],
         ["total tokens", f"{tokens.total.total_tokens:,}"],
         ["estimated cost", format_cost(tokens.total.cost, tokens.total.unpriced_calls)],
@@ -406,7 +512,7 @@ def _cmd_show(args: argparse.Namespace, out: _Output) -> int:
         ["smolagents", env.smolagents_version or "-"],
         ["directory", env.working_directory or "-"],
     ])
-    out.tables([header, *tokens.tables()[1:], *performance.tables()[1:]])
+    out.tables([header, *tokens.tables()[1:], *performance.tables()])  # (the first: durations and time split)
     out.line()
     out.line(to_text_tree(session).rstrip("\n"))
     return 0
@@ -418,6 +524,9 @@ def _cmd_export(args: argparse.Namespace, out: _Output) -> int:
     if args.format == "otlp":
         return _export_otlp(args, out)
     if args.session is None:
+        if args.since is not None or args.until is not None:
+            raise UserError(f"--since/--until select sessions for --format otlp only; --format {args.format} "
+                            "exports one session: give its ID (or 'latest')")
         raise UserError("give a session ID (or 'latest')")
     session = _load(_store(args), args.session)
     target = None if args.output in (None, "-") else Path(args.output).expanduser()
@@ -435,6 +544,10 @@ def _cmd_export(args: argparse.Namespace, out: _Output) -> int:
                 text = exports.to_csv(session, args.table or "tasks")
             elif args.format == "mermaid":
                 text = exports.to_mermaid(session, args.task)
+            elif args.format == "html":
+                from .viewer import session_html
+
+                text = session_html(session)
             else:
                 text = exports.to_text_tree(session, args.task)
             if target is None:
@@ -454,6 +567,100 @@ def _cmd_export(args: argparse.Namespace, out: _Output) -> int:
     return 0
 
 
+def _cmd_view(args: argparse.Namespace, out: _Output) -> int:
+    from .viewer import comparison_html, session_html
+
+    wanted = args.sessions or ["latest"]
+    if len(wanted) > 2:
+        raise UserError("view takes one session, or two to compare")
+    tasks = args.task or []
+    if len(tasks) > 2 or (tasks and len(wanted) == 1):
+        raise UserError("--task picks the tasks to compare: give two sessions (the same one twice for two of its "
+                        "tasks) and --task once or twice")
+    store = _store(args)
+    sessions = [_load(store, ref) for ref in wanted]
+    try:
+        if len(sessions) == 1:
+            text = session_html(sessions[0])
+        else:
+            text = comparison_html(sessions[0], sessions[1], *(tasks + [None] * (2 - len(tasks))))
+    except KeyError as exc:
+        raise UserError(str(exc.args[0])) from None
+    if args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    target = Path(args.output).expanduser() if args.output else _view_file("-vs-".join(s.session_id
+                                                                                      for s in sessions))
+    try:
+        _write_private(target, text)
+    except OSError as exc:
+        raise UserError(f"cannot write {exc.filename or target}: {exc.strerror or exc}") from None
+    if out.json:
+        out.data({"written": [str(target)]})
+    else:
+        out.line(f"Wrote {target}")
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(target.resolve().as_uri()):
+            _warn(f"no web browser could be started; open {target} yourself")
+    return 0
+
+
+def _view_file(name: str) -> Path:
+    """A private place for pages written without -o: the pages hold the session's figures."""
+    folder = Path(tempfile.gettempdir()) / f"sop-telemetry-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    if folder.is_symlink() or (hasattr(os, "getuid") and folder.stat().st_uid != os.getuid()):
+        raise UserError(f"{folder} is not this user's own folder; give -o FILE")
+    return folder / f"{name}.html"
+
+
+def _write_private(target: Path, text: str) -> None:
+    """Written whole (temp file, then rename) and readable by this user only."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _cmd_ui(args: argparse.Namespace, out: _Output) -> int:
+    from .viewer.server import FILTERS, DashboardServer
+
+    _check_filters(args)
+    try:
+        server = DashboardServer(_directory(args), port=args.port,
+                                 filters={k: getattr(args, k) for k in FILTERS})
+    except OSError as exc:
+        raise UserError(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}") from None
+    if out.json:
+        out.data({"url": server.url, "directory": str(server.store.directory)})
+    else:
+        out.line(f"Serving the sessions in {server.store.directory} (read-only); Ctrl-C stops.")
+        out.line(f"Open: {server.url}")
+    sys.stdout.flush()
+    if not args.no_browser:
+        import webbrowser
+
+        webbrowser.open(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        if not out.json:
+            out.line("Stopped.")
+    finally:
+        server.server_close()
+    return 0
+
+
 def _export_otlp(args: argparse.Namespace, out: _Output) -> int:
     """Backfill: sends stored sessions to an OTLP/HTTP collector. Ids are derived from the records, so sending a
     session twice gives the same trace, which backends recognise."""
@@ -462,13 +669,14 @@ def _export_otlp(args: argparse.Namespace, out: _Output) -> int:
     except ImportError as exc:  # the message names the extra to install
         raise UserError(str(exc)) from None
     store = _store(args)
+    skipped: List[str] = []
     if args.session is not None:
         sessions: Any = [_load(store, args.session)]
     elif args.since is None and args.until is None:
         raise UserError("give a session ID or --since/--until")
     else:
         _check_filters(args)
-        sessions = _sessions(args, store)
+        sessions = _sessions(args, store, skipped)
     headers = {}
     for item in args.header or []:
         key, sep, value = item.partition("=")
@@ -476,13 +684,14 @@ def _export_otlp(args: argparse.Namespace, out: _Output) -> int:
             raise UserError(f"--header takes KEY=VALUE, not {item!r}")
         headers[key.strip()] = value
     result = export_sessions_otlp(sessions, endpoint=args.endpoint, headers=headers or None, timeout=args.timeout)
+    ok = result.ok and not skipped
     if out.json:
         out.data({"endpoint": result.endpoint, "sessions": result.sessions, "tasks": result.tasks,
                   "spans": result.spans, "failed_spans": result.failed_spans, "errors": list(result.errors),
-                  "ok": result.ok})
+                  "unreadable_sessions": skipped, "ok": ok})
     else:
-        out.line(result.summary())
-    return 0 if result.ok else 1
+        out.line(result.summary() + (f"; {len(skipped)} unreadable session file(s) not sent" if skipped else ""))
+    return 0 if ok else 1  # (a cron job must see that something was not sent)
 
 
 def _cmd_report(args: argparse.Namespace, out: _Output) -> int:
@@ -504,16 +713,30 @@ def _cmd_report(args: argparse.Namespace, out: _Output) -> int:
 
 def _cmd_stats(args: argparse.Namespace, out: _Output) -> int:
     from .analysis import Table
+    from .storage import SessionLoadError
 
     store = _store(args)
     files = store.session_files()
+    readable, unreadable = [], []
+    for session_id, *_rest in files:  # (a file that only looks like a session is not one)
+        try:
+            store.load(session_id)
+        except KeyError:
+            continue
+        except SessionLoadError as exc:
+            _warn(f"skipped {exc}")
+            unreadable.append(session_id)
+        else:
+            readable.append(session_id)
     data: Dict[str, Any] = {
         "storage_path": str(store.directory),
         "exists": store.directory.is_dir(),
+        "sessions": len(readable),
+        "unreadable_files": unreadable,
         "total_files": len(files),
         "total_bytes": sum(size for _sid, _path, size, _mtime in files),
-        "oldest_session": files[0][0] if files else None,
-        "newest_session": files[-1][0] if files else None,
+        "oldest_session": readable[0] if readable else None,
+        "newest_session": readable[-1] if readable else None,
         "last_write": max((mtime for *_rest, mtime in files), default=None),
     }
     if out.json:
@@ -523,7 +746,8 @@ def _cmd_stats(args: argparse.Namespace, out: _Output) -> int:
                                                                 time.localtime(data["last_write"]))
     out.tables([Table("Storage", None, [
         ["directory", data["storage_path"] + ("" if data["exists"] else " (does not exist yet)")],
-        ["session files", str(data["total_files"])],
+        ["sessions", str(data["sessions"])],
+        ["session files", f"{data['total_files']}" + (f" ({len(unreadable)} unreadable)" if unreadable else "")],
         ["total size", _size(data["total_bytes"])],
         ["oldest session", data["oldest_session"] or "-"],
         ["newest session", data["newest_session"] or "-"],
@@ -575,15 +799,23 @@ import sys as _sys
 
 def _sop_telemetry_report(path):
     # Registered before sop_telemetry registers its own exit hook, so it runs after the session's final write.
+    # Says what this process wrote, or why it wrote nothing.
     try:
         import json
+        from sop_telemetry.error_handler import get_error_handler
         from sop_telemetry.manager import TelemetryManager
 
         manager = TelemetryManager._instance
+        collector = getattr(manager, "_collector", None)
+        entry = {"pid": _os.getpid(), "recorded": bool(collector is not None and collector.has_records())}
         written = getattr(manager, "last_flush_path", None)
         if written is not None:
-            with open(path, "a", encoding="utf-8") as report:
-                report.write(json.dumps({"pid": _os.getpid(), "path": str(written)}) + "\\n")
+            entry["path"] = str(written)
+        failed = get_error_handler().get_error_summary().get("storage.write")
+        if failed:
+            entry["error"] = failed["last_error"]
+        with open(path, "a", encoding="utf-8") as report:
+            report.write(json.dumps(entry) + "\\n")
     except Exception:
         pass
 
@@ -628,7 +860,7 @@ def _cmd_run(args: argparse.Namespace, out: _Output) -> int:
         program = program[1:]
     if not program:
         raise UserError(f"run needs a command, e.g. {PROG} run -- python my_agent.py")
-    store = _store(args)
+    store = _store(args, check=False)  # (a program given a file there falls back to another folder, and says so)
     before = {sid: mtime for sid, _path, _size, mtime in store.session_files()}
     with tempfile.TemporaryDirectory(prefix="sop_telemetry_run_") as scratch:
         hook = Path(scratch) / "hook"
@@ -653,34 +885,59 @@ def _cmd_run(args: argparse.Namespace, out: _Output) -> int:
             status = child.wait()
         finally:
             signal.signal(signal.SIGINT, previous)
-        written = _written_sessions(report, store, before, child.pid)
+        entries = _reports(report)
+        written = _written_sessions(entries, store, before, child.pid)
+    why = None if written else _why_nothing(entries, env)
     if out.json:
-        out.data({"exit_code": status, "sessions": [str(p) for p in written]})
+        out.data({"exit_code": status, "sessions": [str(p) for p in written], "no_session_reason": why})
     elif written:
         for path in written:
             print(f"{PROG}: session written to {path}", file=sys.stderr)
     else:
-        print(f"{PROG}: no session was written (the program ran no agent, or could not import sop_telemetry)",
-              file=sys.stderr)
+        print(f"{PROG}: no session was written: {why}", file=sys.stderr)
     return status if status >= 0 else 128 - status
 
 
-def _written_sessions(report: Path, store: Any, before: Dict[str, float], child_pid: int) -> List[Path]:
-    """Session files of the run: those its processes reported at exit, plus files new or changed in the storage
-    directory that a process of the run wrote (a process that ended with os._exit reports nothing)."""
-    found: List[Path] = []
-    pids = {child_pid}
+def _reports(report: Path) -> List[Dict[str, Any]]:
+    """What each Python process of the run said at its exit (see _SITECUSTOMIZE)."""
     try:
         lines = report.read_text(encoding="utf-8").splitlines()
     except OSError:
-        lines = []
+        return []
+    entries = []
     for line in lines:
         try:
             entry = json.loads(line)
         except ValueError:
             continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
+
+
+def _why_nothing(entries: List[Dict[str, Any]], env: Dict[str, str]) -> str:
+    from .collector import env_disabled
+
+    failed = [entry["error"] for entry in entries if entry.get("error")]
+    if failed:
+        return f"storing it failed ({failed[0]}); set SOP_TELEMETRY_DIR or --dir to a writable folder"
+    if env_disabled(env):
+        return "telemetry is disabled by SOP_TELEMETRY_DISABLED"
+    if entries:
+        return "the program ran no agent, so nothing was recorded"
+    return ("no Python process of the run loaded sop_telemetry (is the command a Python program of this "
+            "environment? an import error would be shown above)")
+
+
+def _written_sessions(entries: List[Dict[str, Any]], store: Any, before: Dict[str, float],
+                      child_pid: int) -> List[Path]:
+    """Session files of the run: those its processes reported at exit, plus files new or changed in the storage
+    directory that a process of the run wrote (a process that ended with os._exit reports nothing)."""
+    found: List[Path] = []
+    pids: set = {child_pid}
+    for entry in entries:
         pids.add(entry.get("pid"))
-        path = Path(entry.get("path", ""))
+        path = Path(entry.get("path") or "")
         if path.name and path not in found:
             found.append(path)
     from .storage import SessionLoadError

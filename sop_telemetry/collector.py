@@ -20,13 +20,13 @@ comes from a context variable (`current`), so threads and asyncio tasks each see
 from __future__ import annotations
 
 import itertools
-from copy import deepcopy
 import logging
 import os
 import threading
 import time
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
+from copy import deepcopy
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from .error_handler import get_error_handler, guard, safe_telemetry_operation
 from .status import TaskStatus
@@ -49,9 +49,10 @@ DEFAULT_MAX_SESSION_BYTES = 4_000_000
 PENDING_LIMIT = 4096
 
 
-def env_disabled() -> bool:
+def env_disabled(environ: Optional[Mapping[str, str]] = None) -> bool:
     """`SOP_TELEMETRY_DISABLED=1` (or true/yes/on): an operator's off switch that wins over code."""
-    return os.environ.get("SOP_TELEMETRY_DISABLED", "").strip().lower() in {"1", "true", "yes", "on"}
+    value = (os.environ if environ is None else environ).get("SOP_TELEMETRY_DISABLED", "")
+    return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
 class _Switch:
@@ -61,6 +62,16 @@ class _Switch:
 
 
 switch = _Switch
+
+
+class Clock:
+    """The clock of every call's start (its run's `Frame.epoch` plus a reading) and duration.
+
+    A class attribute, not a module global: freezegun swaps each module global that is `time.perf_counter` for its
+    frozen clock, while the wrappers keep the clock they were made with; an epoch taken with one and readings taken
+    with the other put the calls of an agent run in a frozen-time test in 1970."""
+
+    perf = staticmethod(time.perf_counter)
 
 
 class Frame:
@@ -86,7 +97,7 @@ class Frame:
         self.limit = 0
         # Wall-clock time minus perf_counter: the usual call's event holds its two perf_counter readings (one clock
         # read fewer than a start time and a duration), and its record's times are these plus `epoch`.
-        self.epoch = time.time() - time.perf_counter()
+        self.epoch = time.time() - Clock.perf()
         if collector is not None and not collector.capture_content:
             self.pending, self.limit = collector.pending, collector.pending_limit
         # The step records of a run are built when it ends, from the agent's memory (see _smolagents_records), and
@@ -124,6 +135,7 @@ _TASK_FIELDS = ("sop_category", "error_type", "error_message", "stop_reason")
 
 
 def next_id(prefix: str) -> str:
+    """A record id unique in this process: `prefix` and a counter (`c12` for a call, `a3` for an agent run)."""
     return f"{prefix}{next(_ids)}"
 
 
@@ -139,12 +151,27 @@ def clip(value: Any, limit: int) -> Optional[str]:
         except Exception:  # noqa: BLE001
             return None
     if len(text) > limit:
-        text = text[: max(0, limit - 1)] + "…"
+        text = _cut(text, limit)
     if not text.isascii():
         text = encodable(text)
         if len(text) > limit:
-            text = text[: max(0, limit - 1)] + "…"
+            text = _cut(text, limit)
     return text
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters with "…", credentials masked first: the mask at write replaces whole values,
+    so a key cut in two would be kept; the beginning of one the cut goes through is masked too."""
+    from .redaction import mask_cut_secret, mask_secrets, recent_secret_values
+
+    secrets = recent_secret_values()
+    if secrets:
+        head = text[: limit + len(secrets[0])]  # the rest is cut away, and holds no secret that begins in the head
+        masked = mask_secrets(head, secrets)
+        if len(masked) <= limit and len(head) == len(text):
+            return masked
+        text = masked
+    return mask_cut_secret(text[: max(0, limit - 1)], secrets) + "…"
 
 
 def encodable(text: str) -> str:
@@ -159,7 +186,30 @@ def encodable(text: str) -> str:
     return text
 
 
+def _as_completed(task: dict) -> None:
+    """The implicit task (or its copy) as a completed task spanning its records: it is a bucket, not a run, so it
+    ends with its last record (and a manual record may start before it)."""
+    records = [rec for key in _RECORD_KEYS for rec in task[key]]
+    start = min([task["start_time"], *(rec["start_time"] for rec in records)])
+    end = max([start, *(rec.get("end_time") or rec["start_time"] for rec in records)])
+    task.update(start_time=start, end_time=end, duration=end - start, status=TaskStatus.COMPLETED.value)
+
+
 class TelemetryCollector:
+    """Holds the records of one session and takes manual ones. Get the process's own from the manager:
+
+        collector = TelemetryManager.get_instance().get_collector()
+        collector.start_task("nightly-report", "Summarize yesterday's tickets")
+        collector.record_llm_call(model="gpt-4o", prompt_tokens=1200, completion_tokens=80, duration=2.5)
+        collector.record_tool_usage("search", 0.4, status="error", error_type="TimeoutError")
+        collector.end_task("nightly-report", TaskStatus.COMPLETED)
+
+    Records made outside any task go into an implicit task. Keywords beyond the named parameters set the record's
+    other fields (see `LLMCall`, `ToolExecution`, `AgentExecution`); a bad value is logged and that one record
+    refused. Every call here is guarded: it never raises into the program. A collector made directly
+    (`TelemetryCollector()`) is a scratch one; only the manager's is written to disk.
+    """
+
     def __init__(
         self,
         session_id: Optional[str] = None,
@@ -204,6 +254,7 @@ class TelemetryCollector:
         self.sealed: List[dict] = []
         # Tasks closed since the writer last took them (`take_for_write`): what its next append writes.
         self._finished: List[dict] = []
+        self._said: Set[str] = set()  # see _said_once
 
     # -- the spec's API ----------------------------------------------------------------------------------------
     @safe_telemetry_operation("collector.start_task")
@@ -216,6 +267,8 @@ class TelemetryCollector:
 
     @safe_telemetry_operation("collector.end_task")
     def end_task(self, task_id: str, status: TaskStatus | str = TaskStatus.COMPLETED, **extra: Any) -> None:
+        """Closes the task opened as `task_id` with `status` (a `TaskStatus` or its value); `error_type` and
+        `error_message` keywords describe a failure."""
         if not switch.enabled:
             return
         status = TaskStatus(status)
@@ -225,11 +278,18 @@ class TelemetryCollector:
         frame = current.get()
         task = self._innermost_open(frame, task_id) or self._open.get(task_id)
         if task is None:
-            logger.debug("sop_telemetry: end_task(%r) for a task that is not open", task_id)
+            self._said_once("end_task", f"end_task({task_id!r}): no open task has this id (never started, or "
+                                        "already ended); nothing was changed")
             return
         if frame is not None and frame.task is task and frame.agent is None:
             current.set(frame.parent)
         self.close_task(task, status, **extra)
+
+    def _said_once(self, kind: str, message: str, level: int = logging.WARNING) -> None:
+        """One log line for the first time each kind of surprising call happens, debug level after that."""
+        first = kind not in self._said
+        self._said.add(kind)
+        logger.log(level if first else logging.DEBUG, "sop_telemetry: %s", message)
 
     def _innermost_open(self, frame: Optional[Frame], task_id: str) -> Optional[dict]:
         """The innermost task this context started as `task_id`: a reused id was opened as `task_id#n`, so the
@@ -265,7 +325,10 @@ class TelemetryCollector:
         """Records one finished model call. Pass `None` tokens when the model did not report usage."""
         if not switch.enabled:
             return
-        reported = extra.pop("tokens_reported", prompt_tokens is not None or completion_tokens is not None)
+        # Zero on both sides reported nothing, as in the instrumentation (LiteLLM's "no usage" is Usage(0, 0, 0)).
+        reported = extra.pop("tokens_reported", bool(prompt_tokens or completion_tokens))
+        if not reported and not prompt_tokens and not completion_tokens:
+            prompt_tokens = completion_tokens = None
         rec = self._manual_record(duration, extra)
         rec.update(model=clip(model, self.max_string_length), prompt_tokens=prompt_tokens,
                    completion_tokens=completion_tokens, tokens_reported=bool(reported))
@@ -277,6 +340,7 @@ class TelemetryCollector:
 
     @safe_telemetry_operation("collector.record_agent_execution")
     def record_agent_execution(self, agent_type: str, agent_name: str, duration: float = 0.0, **extra: Any) -> None:
+        """Records one finished agent run of `duration` seconds (ending now) in the current task."""
         if not switch.enabled:
             return
         rec = self._manual_record(duration, extra)
@@ -288,6 +352,7 @@ class TelemetryCollector:
 
     @safe_telemetry_operation("collector.record_tool_usage")
     def record_tool_usage(self, tool_name: str, duration: float = 0.0, **extra: Any) -> None:
+        """Records one finished tool call of `duration` seconds (ending now) in the current task."""
         if not switch.enabled:
             return
         rec = self._manual_record(duration, extra)
@@ -351,7 +416,11 @@ class TelemetryCollector:
                 ended = True
             if task_id in self._open:
                 # A reused id while the first is still open: keep both, tell them apart.
-                task["task_id"] = task_id = f"{task_id}#{next_id('')}"
+                task["task_id"] = renamed = f"{task_id}#{next_id('')}"
+                self._said_once("start_task", f"start_task({task_id!r}): a task with this id is still open; this one "
+                                              f"is recorded as {renamed!r} and ended by end_task({task_id!r}) in its "
+                                              "context")
+                task_id = renamed
             self._tasks.append(task)
             self._open[task_id] = task
         if ended and self.on_part_end is not None:
@@ -375,10 +444,13 @@ class TelemetryCollector:
     ) -> None:
         """Ends a task. `notify=False` as for `open_task`: a task ended while building queued events must not
         wake the writer that is building them (it would write the file a second time for nothing)."""
-        end = time.time() if end is None else end
-        task["end_time"] = end
-        task["duration"] = max(0.0, end - task["start_time"])
-        task["status"] = status.value
+        if task.get("implicit") and end is None and status is TaskStatus.COMPLETED:
+            _as_completed(task)
+        else:
+            end = time.time() if end is None else end
+            task["end_time"] = end
+            task["duration"] = max(0.0, end - task["start_time"])
+            task["status"] = status.value
         if error is not None:
             task["error_type"] = type(error).__name__
             task["error_message"] = clip(error, self.max_string_length)
@@ -471,9 +543,12 @@ class TelemetryCollector:
         with self._lock:
             if self._implicit is None:
                 self._implicit = self.open_task("untracked", "Records made outside any task", implicit=True)
+                self._said_once("untracked", "a record was made outside any task (no start_task or agent run "
+                                             "around it): such records go to the task 'untracked'", logging.INFO)
             return self._implicit
 
     def changed(self, urgent: bool) -> None:
+        """Marks the session changed and tells the manager (which starts its writer); `urgent` asks for a write now."""
         self.generation += 1
         if self._on_change is not None:
             # Guarded here (inline: this runs at every agent run's start and end): a failure to start the writer
@@ -485,6 +560,7 @@ class TelemetryCollector:
 
     # -- reading -----------------------------------------------------------------------------------------------
     def has_records(self) -> bool:
+        """Whether the session has anything to write (tasks, or events waiting to be built)."""
         # Under the lock: while another thread builds queued events, they are in neither list (taken from `pending`,
         # their task not yet in `_tasks`). The writer, woken by a task's end, looked in that window, found nothing
         # to write and left the finished task unwritten until the next change.
@@ -499,9 +575,11 @@ class TelemetryCollector:
             return self.generation
 
     def open_task_count(self) -> int:
+        """How many tasks are open (started, not yet ended)."""
         return len(self._open)
 
     def task_count(self) -> int:
+        """How many tasks the session holds, open or ended."""
         return len(self._tasks)
 
     def snapshot(self, end_time: Optional[float] = None) -> dict:
@@ -569,7 +647,7 @@ class TelemetryCollector:
         lock."""
         implicit = self._implicit
         if implicit is not None and self._open.get(implicit["task_id"]) is implicit:
-            self.close_task(implicit, TaskStatus.COMPLETED, end=now, notify=False)
+            self.close_task(implicit, TaskStatus.COMPLETED, notify=False)
         moved: List[dict] = []
         finished: List[dict] = []
         for task in self._tasks:
@@ -589,6 +667,8 @@ class TelemetryCollector:
         return old
 
     def build_session(self, environment: Any = None, end_time: Optional[float] = None) -> "TelemetrySession":
+        """The records so far as a `TelemetrySession` (queued events built first); `environment` is an
+        `EnvironmentInfo` to put in it."""
         from .models import TelemetrySession
 
         data = self.snapshot(end_time)
@@ -610,6 +690,9 @@ def _copies(tasks: List[dict]) -> List[dict]:
         copy = dict(task)
         for key in _RECORD_KEYS:
             copy[key] = list(task[key])
+        if task.get("implicit") and task["end_time"] is None:
+            # Not a run that is still going: a bucket, complete up to its last record.
+            _as_completed(copy)
         copy["dropped_records"] = dict(task["dropped_records"])
         if task["dropped_token_usage"] is not None:
             copy["dropped_token_usage"] = deepcopy(task["dropped_token_usage"])

@@ -19,8 +19,13 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .collector import (DEFAULT_MAX_RECORDS_PER_TASK, DEFAULT_MAX_SESSION_BYTES, DEFAULT_MAX_STRING_LENGTH,
-                        DEFAULT_MAX_TASKS_PER_SESSION, env_disabled)
+from .collector import (
+    DEFAULT_MAX_RECORDS_PER_TASK,
+    DEFAULT_MAX_SESSION_BYTES,
+    DEFAULT_MAX_STRING_LENGTH,
+    DEFAULT_MAX_TASKS_PER_SESSION,
+    env_disabled,
+)
 
 
 class ModelPrice(BaseModel):
@@ -32,6 +37,13 @@ class ModelPrice(BaseModel):
 
 
 class TelemetryConfig(BaseModel):
+    """Every configuration key, its type and default; what `TelemetryManager.initialize(dict)` validates.
+
+    `TelemetryManager.get_instance().config` is the one in effect. Each key is described in the README's
+    "Configuration reference"; environment variables (SOP_TELEMETRY_DISABLED, SOP_TELEMETRY_DIR, SOP_TELEMETRY_OTLP)
+    win over the values given here.
+    """
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     enabled: bool = True
@@ -63,8 +75,8 @@ class TelemetryConfig(BaseModel):
     # With fsync on, at most one fsync (or one batch of them) every this many seconds. A task's end is still written
     # at once (a whole file renamed into place: nothing is lost if the process dies); a write that comes sooner
     # after the last fsync is synced when the interval is over, or at exit, or by flush_data(). An fsync on every
-    # write made the kernel's follow-up work (journal commit, block I/O, deferred frees) land in the agent's next
-    # run: 0.10-0.17 ms a write on a 2-vCPU VM, 2-4% of a short ToolCallingAgent run. 0 syncs every write.
+    # write made the kernel's follow-up work land in the agent's next run (docs/design.md, "fsync policy").
+    # 0 syncs every write.
     fsync_interval: float = Field(default=1.0, ge=0, le=3_600)
     # Live OpenTelemetry export of each task as it ends (needs the `otel` extra); off unless switched on here or by
     # SOP_TELEMETRY_OTLP=1. The endpoint is a base URL or a full /v1/traces URL; None follows the standard
@@ -98,6 +110,7 @@ class TelemetryConfig(BaseModel):
         return value.strip() if value is not None else None
 
     def resolved_storage_dir(self) -> Path:
+        """`storage_dir`, or the platform's default cache folder when it is not set."""
         if self.storage_dir is not None:
             return Path(self.storage_dir)
         return default_storage_dir()

@@ -42,14 +42,20 @@ class _OpState:
 
 
 class TelemetryErrorHandler:
+    """Counts telemetry's own errors per operation, logs each operation's first failure as a warning (later ones at
+    debug level), and suspends an operation for `cooldown` seconds after `failure_threshold` failures in a row.
+    The process has one: `get_error_handler()`; read it with `get_error_summary()`."""
+
     def __init__(self, failure_threshold: int = 5, cooldown: float = 60.0) -> None:
         self.failure_threshold = failure_threshold
         self.cooldown = cooldown
         self._ops: Dict[str, _OpState] = {}
         self._lock = threading.Lock()
 
-    def record_error(self, operation: str, exc: BaseException) -> None:
-        """Counts the error; logs a warning the first time `operation` fails, debug after that."""
+    def record_error(self, operation: str, exc: BaseException, hint: Optional[str] = None) -> None:
+        """Counts the error; logs a warning the first time `operation` fails (one line: `hint` says what it means
+        for the user, by default that the program is not affected), debug after that. Tracebacks go to the debug
+        log only."""
         try:
             now = time.time()
             with self._lock:
@@ -68,12 +74,12 @@ class TelemetryErrorHandler:
                     state.suspended_until = now + self.cooldown
             if first:
                 logger.warning(
-                    "sop_telemetry: %s failed (%s); telemetry goes on, the program is not affected. "
-                    "Further failures of this operation are logged at debug level.",
+                    "sop_telemetry: %s failed (%s); %s. Further failures of this operation are logged at debug level.",
                     operation,
                     state.last_error,
-                    exc_info=exc,
+                    hint or "telemetry goes on, the program is not affected",
                 )
+                logger.debug("sop_telemetry: %s failed:", operation, exc_info=exc)
             else:
                 logger.debug("sop_telemetry: %s failed again: %s", operation, state.last_error)
             if suspend:
@@ -82,12 +88,14 @@ class TelemetryErrorHandler:
             pass
 
     def record_success(self, operation: str) -> None:
+        """Ends `operation`'s run of consecutive failures (and its suspension)."""
         state = self._ops.get(operation)
         if state is not None and state.consecutive:
             state.consecutive = 0
             state.suspended_until = 0.0
 
     def is_suspended(self, operation: str) -> bool:
+        """Whether `operation` is skipped for now after repeated failures."""
         state = self._ops.get(operation)
         return state is not None and state.suspended_until > time.time()
 
@@ -107,10 +115,12 @@ class TelemetryErrorHandler:
             }
 
     def total_errors(self) -> int:
+        """How many errors telemetry has had in this process, all operations together."""
         with self._lock:
             return sum(s.count for s in self._ops.values())
 
     def reset_error_state(self) -> None:
+        """Forgets every count and suspension."""
         with self._lock:
             self._ops.clear()
 
@@ -120,7 +130,9 @@ def _describe(exc: BaseException) -> str:
         text = str(exc)
     except Exception:  # noqa: BLE001 - an exception whose __str__ raises
         text = "<unprintable>"
-    return f"{type(exc).__name__}: {text[:300]}"
+    from .collector import clip
+
+    return f"{type(exc).__name__}: {clip(text, 300)}"  # (clip masks credentials, even one it cuts through)
 
 
 _handler = TelemetryErrorHandler()
@@ -136,6 +148,9 @@ if hasattr(os, "register_at_fork"):
 
 
 def get_error_handler() -> TelemetryErrorHandler:
+    """The process's error handler: `get_error_handler().get_error_summary()` lists telemetry's own errors, e.g.
+    `{"storage.write": {"count": 2, "last_error": "...", "last_error_type": "OSError", ...}}`; empty when all is
+    well."""
     return _handler
 
 

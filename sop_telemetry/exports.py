@@ -22,7 +22,9 @@ import re
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
+
+from pydantic import BaseModel
 
 from .analysis import format_cost, format_duration
 from .models import AgentExecution, LLMCall, StepExecution, TaskExecution, TelemetrySession, ToolExecution
@@ -30,7 +32,8 @@ from .status import CallStatus, TaskStatus
 
 CSV_TABLES = ("tasks", "agents", "tools", "llm_calls", "steps")
 
-_RECORD_MODELS = {"agents": AgentExecution, "tools": ToolExecution, "llm_calls": LLMCall, "steps": StepExecution}
+_RECORD_MODELS: Dict[str, Type[BaseModel]] = {"agents": AgentExecution, "tools": ToolExecution, "llm_calls": LLMCall,
+                                              "steps": StepExecution}
 # A task's own fields, then counts and sums over its records (the records are tables of their own).
 _TASK_FIELDS = ("start_time", "end_time", "duration", "description", "status", "sop_category", "error_type",
                 "error_message", "stop_reason", "implicit")
@@ -205,7 +208,8 @@ def _mermaid_records(records: List[Union[LLMCall, ToolExecution]], bar: Any) -> 
 def _records_by_agent(task: TaskExecution) -> Dict[Optional[str], List[Union[LLMCall, ToolExecution]]]:
     known = {a.agent_id for a in task.agents}
     groups: Dict[Optional[str], List[Union[LLMCall, ToolExecution]]] = {}
-    for record in [*task.llm_calls, *task.tools]:
+    records: List[Union[LLMCall, ToolExecution]] = [*task.llm_calls, *task.tools]
+    for record in records:
         key = record.agent_id if record.agent_id in known else None
         groups.setdefault(key, []).append(record)
     return groups
@@ -259,8 +263,9 @@ def to_text_tree(session: TelemetrySession, task_id: Optional[str] = None) -> st
 
 def _task_node(task: TaskExecution) -> _Node:
     usage = task.token_usage
+    unpriced = sum(1 for call in task.llm_calls if call.tokens_reported and call.cost_estimate is None)
     parts = [f"task {task.task_id}", TaskStatus(task.status).value, format_duration(task.duration),
-             f"{usage.total_tokens:,} tokens", f"cost {format_cost(usage.cost_estimate)}"]
+             f"{usage.total_tokens:,} tokens", f"cost {format_cost(usage.cost_estimate, unpriced)}"]
     if task.stop_reason:
         parts.append(f"stopped: {task.stop_reason}")
     if task.error_type:
@@ -280,7 +285,8 @@ def _task_node(task: TaskExecution) -> _Node:
         owner = agents.get(step.agent_id or "")
         (owner or root).children.append(node)
 
-    for record in [*task.llm_calls, *task.tools]:
+    records: List[Union[LLMCall, ToolExecution]] = [*task.llm_calls, *task.tools]
+    for record in records:
         if isinstance(record, LLMCall):
             node = _Node(_call_text(record), record.start_time)
             kind = record.purpose or ""

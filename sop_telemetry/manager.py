@@ -20,6 +20,7 @@ synced when the interval is over); an explicit flush and the exit's write are sy
 from __future__ import annotations
 
 import atexit
+import errno
 import json
 import logging
 import os
@@ -29,9 +30,16 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
-from .collector import (DEFAULT_MAX_SESSION_BYTES, DEFAULT_MAX_TASKS_PER_SESSION, TelemetryCollector, current,
-                        env_disabled, switch)
-from .collector import _copies, size_units
+from .collector import (
+    DEFAULT_MAX_SESSION_BYTES,
+    DEFAULT_MAX_TASKS_PER_SESSION,
+    TelemetryCollector,
+    _copies,
+    current,
+    env_disabled,
+    size_units,
+    switch,
+)
 from .error_handler import get_error_handler, guard, safe_telemetry_operation
 from .status import TaskStatus
 
@@ -45,16 +53,34 @@ logger = logging.getLogger("sop_telemetry")
 _WRITE_BACKOFF = 20.0  # the writer spends at most about 1/21 of the time writing
 _MAX_WRITE_PAUSE = 2.0
 
-# Recording must start without pydantic (≈40 ms to import): the collector is made at once, and the configuration,
-# storage and models are imported on first use by the API below or by the writer thread.
+# Recording must start without pydantic (slow to import; docs/design.md): the collector is made at once, and the
+# configuration, storage and models are imported on first use by the API below or by the writer thread.
 
 
 class TelemetryManager:
+    """The process's telemetry: its configuration, its session (the collector) and the thread that writes it.
+
+    One per process; get it with `TelemetryManager.get_instance()`. Nothing needs setting up: the first record
+    starts it with the defaults. Usage::
+
+        manager = TelemetryManager.get_instance()
+        manager.initialize({"storage_dir": "/tmp/telemetry", "capture_content": True})   # optional, once, early
+        ...                                                  # agents run: their records go to the session
+        session = manager.get_session_data()                 # this process's session so far (a TelemetrySession)
+        path = manager.flush_data()                          # write it now (it is written at task ends and exit)
+        manager.get_all_session_ids()                        # stored sessions, oldest first
+        manager.disable_telemetry()                          # stop recording, until enable_telemetry()
+
+    No method raises into the program except `initialize` (ConfigError for a bad configuration); the others log
+    and count their own errors (`sop_telemetry.get_error_handler()`) and return a default.
+    """
+
     _instance: Optional["TelemetryManager"] = None
     _instance_lock = threading.Lock()
 
     @classmethod
     def get_instance(cls) -> "TelemetryManager":
+        """The process's one manager (made on first call; thread-safe)."""
         instance = cls._instance
         if instance is None:
             with cls._instance_lock:
@@ -71,6 +97,9 @@ class TelemetryManager:
         self._given: Dict[str, Any] = {}
         self._use_env_dir = True
         self._store: Optional[TelemetryDataStore] = None
+        # The store `_writable_store` last found usable, and the folders it has said it falls back from.
+        self._checked_store: Optional[TelemetryDataStore] = None
+        self._fell_back_from: set = set()
         self._collector: Optional[TelemetryCollector] = None
         self._prices: Any = None
         self._environment: Any = None
@@ -111,7 +140,8 @@ class TelemetryManager:
 
     # -- configuration -----------------------------------------------------------------------------------------
     def initialize(self, config: Optional[Mapping[str, Any] | "TelemetryConfig"] = None) -> None:
-        """Applies `config` (the spec's keys); raises ConfigError for unknown keys or bad values.
+        """Applies `config`, a dict of `TelemetryConfig` keys (or a TelemetryConfig); raises ConfigError for unknown
+        keys or bad values. Example: `initialize({"storage_dir": "/tmp/telemetry", "max_file_age_days": 7})`.
 
         Calling it again changes only the keys it names (so the spec's bare `initialize()` keeps an earlier
         storage_dir): later records and writes follow the new settings; the current session goes on (its file
@@ -199,6 +229,7 @@ class TelemetryManager:
 
     @property
     def config(self) -> "TelemetryConfig":
+        """The configuration in effect (a validated `TelemetryConfig`, environment overrides applied)."""
         return self._ensure()
 
     def _new_collector(self) -> TelemetryCollector:
@@ -223,6 +254,7 @@ class TelemetryManager:
 
     # -- the spec's API ----------------------------------------------------------------------------------------
     def get_collector(self) -> TelemetryCollector:
+        """The collector of the current session: records tasks and calls by hand (see `TelemetryCollector`)."""
         collector = self._collector
         if collector is None:
             with self._lock:
@@ -301,6 +333,9 @@ class TelemetryManager:
 
     @safe_telemetry_operation("manager.get_storage_stats", default={})
     def get_storage_stats(self) -> Dict[str, Any]:
+        """A dict describing storage and recording: `storage_path`, `total_files`, `total_bytes`,
+        `current_session_id`, `current_session_tasks`, `enabled`, `last_flush_time`, `unwritten_changes`,
+        `dropped_records` (per kind), `telemetry_errors`, and `otlp` (the live exporter's counters)."""
         cfg = self._ensure()
         store = self._store
         assert store is not None
@@ -367,6 +402,7 @@ class TelemetryManager:
         switch.enabled = True
 
     def is_enabled(self) -> bool:
+        """Whether records are being made (False after `disable_telemetry()` or with SOP_TELEMETRY_DISABLED)."""
         return switch.enabled
 
     # -- writing -----------------------------------------------------------------------------------------------
@@ -418,14 +454,14 @@ class TelemetryManager:
         resume = 0.0  # (perf_counter) when the pause after the last write ends
         while not self._stopped:
             # Rewriting the file costs time in proportion to the session, and it holds the GIL the agents need.
-            # After a write that took d seconds the writer pauses _WRITE_BACKOFF * d: a small session (≈1 ms a
-            # write) is still written within ≈20 ms of each task's end, while a large one with short tasks ending
-            # back to back is written every few hundred ms instead of after every task.
+            # After a write that took d seconds the writer pauses _WRITE_BACKOFF * d: a small session is still
+            # written moments after each task's end, while a large one with short tasks ending back to back is
+            # written a few times a second instead of after every task.
             # The pause is taken right after the write, on the writer's own timer, so that a task that ends during
             # it does not wake the writer: `_on_change` only sets `_due`, which the writer reads when the pause is
             # over. Waking a sleeping thread costs the thread that does it a system call and, on a VM, an interrupt
-            # to another CPU: 15-30 µs on the agent's thread at the end of its run (benchmarks/, section 1: 0.3-0.8%
-            # of a short ToolCallingAgent run). So only a task that ends while the writer is idle (a pause went by
+            # to another CPU, on the agent's thread at the end of its run (measured: docs/design.md, "The writer
+            # and its pause"). So only a task that ends while the writer is idle (a pause went by
             # with nothing to write) pays for a wake; short tasks run back to back pay none. The price: after each
             # pause the writer looks once, even when nothing is due (one GIL acquisition per write, off the agent's
             # thread). `_pausing` is cleared before `_due` is read, and `_on_change` sets `_due` before it reads
@@ -463,7 +499,7 @@ class TelemetryManager:
     def _await_change(self, interval: float) -> None:
         """Waits until a task's end wakes the writer or `interval` (the flush interval) is over. Files whose deferred
         fsync comes due meanwhile are synced on the way, without a write: a write pass there would rewrite the
-        session of a task still running, in the middle of its run (the GIL it holds for about 1 ms, then a pause)."""
+        session of a task still running, in the middle of its run (holding the GIL, then pausing)."""
         deadline = time.perf_counter() + interval
         while not self._stopped:
             left = deadline - time.perf_counter()
@@ -580,11 +616,16 @@ class TelemetryManager:
         if get_error_handler().is_suspended("storage.write") and not (final or force):
             return None
         with self._write_lock:
+            try:
+                store = self._writable_store()
+            except OSError as exc:
+                get_error_handler().record_error("storage.write", exc, hint=_kept_in_memory(store))
+                return None
             for _ in range(10):  # (another pass only when a part ends while this one is being written)
                 try:
                     path = self._write_locked(store, collector, final, force, tick)
                 except Exception as exc:  # noqa: BLE001 - disk full, read-only, deleted directory, a bug
-                    get_error_handler().record_error("storage.write", exc)
+                    get_error_handler().record_error("storage.write", exc, hint=_kept_in_memory(store))
                     return None
                 if path is not _AGAIN:
                     break
@@ -663,6 +704,41 @@ class TelemetryManager:
             self._sealed.pop(0)
         return path
 
+    def _writable_store(self) -> "TelemetryDataStore":
+        """The configured store, checked before its first write: a folder that cannot be used then (a file in the
+        way, no permission, a read-only file system: a setting to fix, not a passing fault) is replaced by the
+        default folder, or else a private one in the temp folder, and the switch said once on stderr. A folder
+        that worked and fails later is kept: the session stays in memory and is written when it works again.
+        Raises OSError when no folder can be used. Under _write_lock."""
+        store = self._store
+        assert store is not None
+        if store is self._checked_store:
+            return store
+        problem = store.unusable()
+        if problem is not None:
+            import tempfile
+
+            from .config import default_storage_dir
+            from .storage import TelemetryDataStore
+
+            user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+            for directory, private in ((default_storage_dir(), False),
+                                       (Path(tempfile.gettempdir()) / f"sop_telemetry-{user}", True)):
+                fallback = TelemetryDataStore(directory, fsync=store.fsync)
+                if directory != store.directory and fallback.unusable(private) is None:
+                    break
+            else:
+                raise NotADirectoryError(errno.ENOTDIR, f"cannot write sessions there: {problem}",
+                                         str(store.directory))
+            if store.directory not in self._fell_back_from:
+                self._fell_back_from.add(store.directory)
+                logger.warning("sop_telemetry: cannot use the storage folder %s (%s); sessions are written to %s "
+                               "instead. Set SOP_TELEMETRY_DIR (or storage_dir) to a writable folder.",
+                               store.directory, problem, directory)
+            self._store = store = fallback
+        self._checked_store = store
+        return store
+
     def _put(self, store: "TelemetryDataStore", session_id: str, text: "str | bytes", durable: bool,
              tail: bool = False) -> Path:
         """`store.write` (or `store.append_tail` with `tail`) with its fsync, unless the last fsync was less than
@@ -726,6 +802,7 @@ class TelemetryManager:
             collector = self._collector
             if collector is None or not collector.has_records() or self.read_only:
                 return
+            self._ensure()  # before the last tasks end: the live exporter, if configured, must exist to get them
             collector.materialize()
             for task in list(collector._open.values()):
                 if task.get("implicit"):
@@ -801,6 +878,11 @@ def _finished_task_state(task: dict) -> tuple:
         len(task["steps"]), tuple(sorted(task["dropped_records"].items())), tuple(task["code_changes"].values()),
         tuple((a.get("end_time"), a.get("status"), a.get("steps")) for a in task["agents"]),
     )
+
+
+def _kept_in_memory(store: "TelemetryDataStore") -> str:
+    return (f"the session stays in memory and is written when {store.directory} works again; to write elsewhere, "
+            "set SOP_TELEMETRY_DIR to a writable folder")
 
 
 def _file_text(session: "TelemetrySession") -> str:

@@ -30,6 +30,12 @@ class _Model(BaseModel):
 
 
 class TokenUsage(_Model):
+    """Tokens and estimated cost, summed over model calls: a task's `token_usage`, a session's `total_tokens`.
+
+    `model_breakdown` holds the same figures per model id. `cost_estimate` is in dollars, None when no call had a
+    known price. Calls whose reply carried no usage are counted in `unreported_calls`, not as zero tokens.
+    """
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
@@ -68,6 +74,12 @@ class _Attributed(_Timed):
 
 
 class LLMCall(_Attributed):
+    """One model call (`generate` or `generate_stream`): tokens as the model reported them, duration, outcome.
+
+    `tokens_reported` is False when the reply carried no usage; the token fields are then None (unknown, not zero).
+    `agent_name`, `agent_id` and `step_number` place it in its agent run; `cost_estimate` is in dollars.
+    """
+
     call_id: str = ""
     model: str
     prompt_tokens: Optional[int] = None
@@ -87,6 +99,8 @@ class LLMCall(_Attributed):
 
 
 class ToolExecution(_Attributed):
+    """One tool call: which tool, in which agent run and step, how long it took, and how it ended."""
+
     call_id: str = ""
     tool_name: str
     status: CallStatus = CallStatus.SUCCESS
@@ -98,6 +112,11 @@ class ToolExecution(_Attributed):
 
 
 class AgentExecution(_Timed):
+    """One agent run, top-level or managed: `parent_agent_id` is the `agent_id` of the run that called it.
+
+    `steps` counts its steps; `max_steps_reached` is True when it stopped at `max_steps`.
+    """
+
     agent_id: str = ""
     agent_type: str
     agent_name: str
@@ -111,6 +130,9 @@ class AgentExecution(_Timed):
 
 
 class StepExecution(_Attributed):
+    """One step of an agent run (`step_type` "action", "planning" or "final_answer"), with the tokens and counts of
+    the calls made in it."""
+
     step_type: str = "action"  # "action", "planning", "final_answer"
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -132,6 +154,12 @@ class CodeMetrics(_Model):
 
 
 class TaskExecution(_Timed):
+    """One task: a top-level agent run (or a `collector.start_task` ... `end_task` pair) and every record made in it.
+
+    `agents`, `llm_calls`, `tools` and `steps` hold the records; `token_usage` sums the model calls (and the tokens of
+    records dropped over the caps, counted in `dropped_records`). `status` is a `TaskStatus`.
+    """
+
     task_id: str
     description: str = ""
     status: TaskStatus = TaskStatus.RUNNING
@@ -155,10 +183,14 @@ class TaskExecution(_Timed):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def token_usage(self) -> TokenUsage:
+        """Tokens and cost of this task's model calls, computed from them (and from the dropped records' tokens)."""
         return _sum_calls(self.llm_calls, self.dropped_token_usage)
 
 
 class EnvironmentInfo(_Model):
+    """The process a session was recorded in: OS, Python and smolagents versions, directory, host, pid, and the
+    allowlisted environment variables (credential-like names masked)."""
+
     os_type: str = ""
     os_version: str = ""
     python_version: str = ""
@@ -174,6 +206,16 @@ class EnvironmentInfo(_Model):
 
 
 class TelemetrySession(_Model):
+    """Everything one process recorded: what one session file holds.
+
+    Usage::
+
+        session = TelemetryManager.get_instance().get_session_data()      # this process's, live
+        session = TelemetrySession.from_json(Path(path).read_text())       # a stored one
+        for task in session.tasks:
+            print(task.task_id, task.status.value, task.token_usage.total_tokens)
+    """
+
     schema_version: int = SCHEMA_VERSION
     session_id: str
     # A long-lived process writes a series of parts (one file each, every task in exactly one): the series id is
@@ -197,6 +239,7 @@ class TelemetrySession(_Model):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def total_tokens(self) -> TokenUsage:
+        """Tokens and cost summed over every task of the session."""
         total = TokenUsage()
         for task in self.tasks:
             total.add(task.token_usage)
@@ -213,18 +256,21 @@ class TelemetrySession(_Model):
         return max(0.0, (end - self.start_time).total_seconds())
 
     def to_json(self, indent: Optional[int] = None) -> str:
+        """The session as the JSON text of a session file."""
         return self.model_dump_json(indent=indent)
 
     @classmethod
     def from_json(cls, data: str | bytes) -> "TelemetrySession":
+        """A session from JSON text; raises pydantic's ValidationError when it is not one (see
+        `TelemetryDataStore.load` for files)."""
         return cls.model_validate_json(data)
 
 
 def _sum_calls(calls: List[LLMCall], dropped: Optional[TokenUsage]) -> TokenUsage:
     # Summed in plain lists, then made into TokenUsage once per model: `usage.x += n` on a pydantic model is a
-    # validated __setattr__ (~1 µs), and this runs for every task at every write and read. Same order of float
+    # validated __setattr__, and this runs for every task at every write and read. Same order of float
     # additions as adding call by call, so the costs are bit for bit the same.
-    sums = [0, 0, 0, 0, None]  # prompt, completion, total, unreported calls, cost
+    sums: list = [0, 0, 0, 0, None]  # prompt, completion, total, unreported calls, cost
     per_model: Dict[str, list] = {}
     for call in calls:
         mine = per_model.get(call.model)

@@ -17,9 +17,10 @@ Usage::
 One task is one trace: the task is the root span; agent runs are `invoke_agent {name}` spans nested by
 `parent_agent_id`; steps are spans under their agent run; model calls (`chat {model}`) and tool calls
 (`execute_tool {name}`) sit under the step that made them (under the agent run when no step matches). Attributes
-follow the OpenTelemetry GenAI semantic conventions, plus our ids and cost as `sop_telemetry.*`. Timestamps are the
-records' own. Trace and span ids are hashes of the session, task and record ids, so a session sent twice (live, then
-backfilled) is the same trace with the same spans.
+follow the OpenTelemetry GenAI semantic conventions, plus our ids and cost as `sop_telemetry.*`, and each span names
+its OpenInference kind (`openinference.span.kind`: CHAIN for tasks and steps, AGENT, LLM, TOOL) for Phoenix.
+Timestamps are the records' own. Trace and span ids are hashes of the session, task and record ids, so a session
+sent twice (live, then backfilled) is the same trace with the same spans.
 
 The spans are the SDK's own `ReadableSpan` objects, sent by the official OTLP/HTTP exporter. No TracerProvider is
 created and the global one is never read or set: an application's own OpenTelemetry setup, or OpenInference, is left
@@ -45,7 +46,13 @@ from urllib.parse import urlsplit
 
 try:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.resources import (
+        TELEMETRY_SDK_LANGUAGE,
+        TELEMETRY_SDK_NAME,
+        TELEMETRY_SDK_VERSION,
+        OTELResourceDetector,
+        Resource,
+    )
     from opentelemetry.sdk.trace import Event, ReadableSpan
     from opentelemetry.sdk.trace.export import SpanExportResult
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -56,7 +63,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the "without the e
     ) from exc
 
 from . import __version__
-from .error_handler import get_error_handler
+from .error_handler import get_error_handler, guard
 from .models import AgentExecution, EnvironmentInfo, TaskExecution, TelemetrySession
 from .status import CallStatus, TaskStatus
 
@@ -150,7 +157,8 @@ class _TraceBuilder:
             error: Optional[Tuple[Optional[str], Optional[str]]] = None) -> None:
         attrs = _clean(attributes)
         attrs["sop_telemetry.session_id"] = self.session_id
-        status, events = Status(StatusCode.UNSET), []
+        status = Status(StatusCode.UNSET)
+        events: List[Event] = []
         if error is not None:
             status, events, extra = _error(error[0], error[1], times[1])
             attrs.update(extra)
@@ -180,6 +188,7 @@ def task_spans(session_id: str, task: TaskExecution, resource: Optional[Resource
     usage = task.token_usage
     dropped = {f"sop_telemetry.dropped.{kind}": count for kind, count in sorted(task.dropped_records.items())}
     b.add(root, None, "task", task_times, {
+        "openinference.span.kind": "CHAIN",
         "sop_telemetry.task_id": task.task_id,
         "sop_telemetry.task.description": task.description or None,
         "sop_telemetry.status": _value(task.status),
@@ -204,7 +213,7 @@ def task_spans(session_id: str, task: TaskExecution, resource: Optional[Resource
         agent_contexts.append(ctx)
         if agent.agent_id:
             agents.setdefault(agent.agent_id, ctx)
-    for agent, ctx in zip(task.agents, agent_contexts):
+    for agent, ctx in zip(task.agents, agent_contexts, strict=True):
         parent = agents.get(agent.parent_agent_id or "", root)
         if parent is ctx:
             parent = root
@@ -216,6 +225,7 @@ def task_spans(session_id: str, task: TaskExecution, resource: Optional[Resource
         steps.setdefault((step.agent_id, step.step_number, step.step_type), ctx)
         number = "" if step.step_number is None else f" {step.step_number}"
         b.add(ctx, agents.get(step.agent_id or "", root), f"{step.step_type} step{number}", _span_times(step, last), {
+            "openinference.span.kind": "CHAIN",
             "sop_telemetry.step.type": step.step_type,
             "sop_telemetry.step_number": step.step_number,
             "sop_telemetry.agent_id": step.agent_id,
@@ -235,6 +245,7 @@ def task_spans(session_id: str, task: TaskExecution, resource: Optional[Resource
         b.add(b.context(f"llm/{index}/{call.call_id}"),
               parent_of(call.agent_id, call.step_number, call.purpose or "action"),
               f"chat {call.model}", _span_times(call, last), {
+                  "openinference.span.kind": "LLM",
                   "gen_ai.operation.name": "chat",
                   "gen_ai.request.model": call.model,
                   "gen_ai.usage.input_tokens": call.prompt_tokens if reported else None,
@@ -255,6 +266,7 @@ def task_spans(session_id: str, task: TaskExecution, resource: Optional[Resource
     for index, tool in enumerate(task.tools):
         b.add(b.context(f"tool/{index}/{tool.call_id}"), parent_of(tool.agent_id, tool.step_number, "action"),
               f"execute_tool {tool.tool_name}", _span_times(tool, last), {
+                  "openinference.span.kind": "TOOL",
                   "gen_ai.operation.name": "execute_tool",
                   "gen_ai.tool.name": tool.tool_name,
                   "sop_telemetry.call_id": tool.call_id or None,
@@ -269,6 +281,7 @@ def task_spans(session_id: str, task: TaskExecution, resource: Optional[Resource
 
 def _agent_span(b: _TraceBuilder, agent: AgentExecution, ctx: SpanContext, parent: SpanContext, last: int) -> None:
     b.add(ctx, parent, f"invoke_agent {agent.agent_name}", _span_times(agent, last), {
+        "openinference.span.kind": "AGENT",
         "gen_ai.operation.name": "invoke_agent",
         "gen_ai.agent.name": agent.agent_name,
         "gen_ai.request.model": agent.model,
@@ -284,7 +297,16 @@ def _agent_span(b: _TraceBuilder, agent: AgentExecution, ctx: SpanContext, paren
 @lru_cache(maxsize=1)
 def _detected_resource() -> Resource:
     # Once per process: telemetry.sdk.*, and what OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES say.
-    return Resource.create()
+    try:
+        return Resource.create()
+    except RuntimeError:
+        # Resource.create runs its detectors in a thread pool, which refuses work once the interpreter is exiting:
+        # the standard detector's answer, read on this thread.
+        from importlib.metadata import version
+
+        sdk = Resource({TELEMETRY_SDK_LANGUAGE: "python", TELEMETRY_SDK_NAME: "opentelemetry",
+                        TELEMETRY_SDK_VERSION: version("opentelemetry-sdk")})
+        return sdk.merge(OTELResourceDetector().detect())
 
 
 def session_resource(session_id: str, environment: Optional[EnvironmentInfo] = None,
@@ -363,7 +385,8 @@ for _name in _EXPORTER_LOGGERS:
 
 def _send(exporter: OTLPSpanExporter, spans: Sequence[ReadableSpan]) -> Optional[str]:
     """Sends one batch; None on success, else why it failed."""
-    _quiet.local.captured = captured = []
+    captured: List[str] = []
+    _quiet.local.captured = captured
     try:
         result = exporter.export(spans)
     except Exception as exc:  # noqa: BLE001 - the exporter is not supposed to raise; if it does, it is a failure
@@ -402,9 +425,11 @@ class OtlpExportResult:
 
     @property
     def ok(self) -> bool:
+        """True when every span was accepted."""
         return not self.errors
 
     def summary(self) -> str:
+        """One line: what was sent where, and the first error if any."""
         text = f"sent {self.spans} spans ({self.tasks} tasks, {self.sessions} sessions) to {self.endpoint}"
         if self.errors:
             text += f"; {self.failed_spans} spans failed: {self.errors[0]}"
@@ -481,6 +506,8 @@ class LiveOtlpExporter:
         self.collect: Optional[Callable[[], None]] = None
         self._init_state()
         _live.add(self)
+        with self._cond:
+            self._start()  # at once: the thread detects the resource while the interpreter still lends it threads
 
     def _init_state(self) -> None:
         self._cond = threading.Condition(threading.Lock())
@@ -518,11 +545,16 @@ class LiveOtlpExporter:
         return accepted
 
     def _start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="sop_telemetry-otlp", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._run, name="sop_telemetry-otlp", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # the interpreter is exiting: `shutdown` sends what is queued on its own thread
+            return
+        self._thread = thread
 
     # -- the exporter's thread -------------------------------------------------------------------------------------
     def _run(self) -> None:
+        guard("otlp.setup", _detected_resource)
         while True:
             with self._cond:
                 while not self._queue and not self._closed:
@@ -532,14 +564,18 @@ class LiveOtlpExporter:
                 session_id, task, series = self._queue.popleft()
                 self._busy = True
             try:
-                self._export(session_id, task, series)
-            except Exception as exc:  # noqa: BLE001 - a mapping bug must not kill the thread
-                self._count(0, f"{type(exc).__name__}: {exc}", exc)
+                self._export_one(session_id, task, series)
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
         self._close_exporter()
+
+    def _export_one(self, session_id: str, task: dict, series: Optional[Tuple[str, int]] = None) -> None:
+        try:
+            self._export(session_id, task, series)
+        except Exception as exc:  # noqa: BLE001 - a mapping bug must not kill the thread
+            self._count(0, f"{type(exc).__name__}: {exc}", exc)
 
     def _export(self, session_id: str, task: dict, series: Optional[Tuple[str, int]] = None) -> None:
         record = dict(task)
@@ -597,6 +633,7 @@ class LiveOtlpExporter:
     # -- control ---------------------------------------------------------------------------------------------------
     @property
     def closed(self) -> bool:
+        """Whether the exporter has been shut down."""
         return self._closed
 
     def flush(self, timeout: float) -> bool:
@@ -616,11 +653,13 @@ class LiveOtlpExporter:
             self._closed = True
             self._cond.notify_all()
             thread = self._thread
+        deadline = time.monotonic() + timeout
         if thread is not None and timeout > 0:
             thread.join(timeout)
-        if thread is None or not thread.is_alive():
-            self._close_exporter()
-            return True
+        done = thread is None or not thread.is_alive()
+        if done:
+            # Tasks that ended as the interpreter exits, when no thread could be started: sent from this one.
+            self._drain(deadline)
         with self._cond:
             unsent = len(self._queue)
             self._queue.clear()
@@ -630,9 +669,18 @@ class LiveOtlpExporter:
                 "otlp.queue", OtlpDropped(f"{unsent} task(s) not sent to {self.endpoint} before shutdown"))
         # Ends a retry back-off at once; a request already on the wire runs out its own timeout on the daemon thread.
         self._close_exporter()
-        return False
+        return done and not unsent
+
+    def _drain(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            with self._cond:
+                if not self._queue:
+                    return
+                session_id, task, series = self._queue.popleft()
+            self._export_one(session_id, task, series)
 
     def stats(self) -> Dict[str, Any]:
+        """Counters of the live export: queued, exported and failed tasks and spans, drops, the last error."""
         with self._cond:
             return {
                 "enabled": True,

@@ -25,6 +25,9 @@ _Calc = Callable[[int, int], Optional[float]]
 
 
 class PriceBook:
+    """Prices model calls: `overrides` (model id -> {input_per_million, output_per_million}, in dollars) first,
+    then genai-prices' bundled data when the `cost` extra is installed. See the module docstring for examples."""
+
     def __init__(self, overrides: Optional[Mapping[str, Any]] = None) -> None:
         self._overrides: Dict[str, Tuple[float, float]] = {}
         for model, price in (overrides or {}).items():

@@ -5,7 +5,7 @@ Usage::
     store = TelemetryDataStore(Path("~/.cache/ept/sop_agents").expanduser())
     store.write(session_id, session.to_json())
     for sid in store.session_ids():          # oldest first
-        session = store.load(sid)             # None when missing, corrupt or from a newer schema
+        session = store.load(sid)             # KeyError when missing, SessionLoadError when unreadable
 
 A session still being written by a long-lived process may have a tail beside its file: `.<id>.tail.jsonl`, one
 finished task's JSON a line, appended as tasks end so that each is written once (docs/long-running.md). `load`
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 
 if TYPE_CHECKING:
-    from .models import TelemetrySession
+    from .models import TaskExecution, TelemetrySession
 
 logger = logging.getLogger("sop_telemetry")
 
@@ -48,6 +48,7 @@ def new_session_id(now: Optional[float] = None) -> str:
 
 
 def is_session_id(value: object) -> bool:
+    """Whether `value` is a well-formed session id (the only strings ever turned into a path)."""
     return isinstance(value, str) and SESSION_ID_RE.match(value) is not None
 
 
@@ -56,6 +57,21 @@ class SessionLoadError(Exception):
 
 
 class TelemetryDataStore:
+    """The session files of one directory: write them atomically, list, load and clean them up.
+
+    Usage::
+
+        store = TelemetryDataStore(Path("/tmp/telemetry"))
+        for session_id in store.session_ids():                  # oldest first
+            try:
+                session = store.load(session_id)               # a validated TelemetrySession
+            except SessionLoadError as exc:                    # corrupt, truncated or from a newer version
+                print(exc)
+        store.cleanup(max_age_days=30, dry_run=True)            # ids of the files that would be removed
+
+    Only files named like sessions are ever read or removed. `fsync=False` skips syncing files to the disk.
+    """
+
     def __init__(self, directory: Path, fsync: bool = True) -> None:
         self.directory = Path(directory)
         self.fsync = fsync
@@ -74,9 +90,27 @@ class TelemetryDataStore:
         return self.directory / f".{session_id}.tail.jsonl"
 
     def ensure_directory(self) -> None:
+        """Creates the directory (mode 0700) if needed; raises NotADirectoryError when the path is something else."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not self.directory.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "storage path is not a directory", str(self.directory))
+
+    def unusable(self, private: bool = False) -> Optional[str]:
+        """Why session files cannot be written here (the folder is created if missing), or None if they can.
+        `private`: the folder must also be ours, not a link (a shared place such as the temp folder)."""
+        try:
+            self.ensure_directory()
+        except OSError as exc:
+            if self.directory.exists() and not self.directory.is_dir():
+                return "it is a file, not a folder"
+            return exc.strerror or str(exc)
+        if private:
+            st = os.lstat(self.directory)
+            if not stat.S_ISDIR(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+                return "it is not a private folder of this user"
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            return "it is not writable"
+        return None
 
     # -- writing -----------------------------------------------------------------------------------------------
     def write(self, session_id: str, payload: str | bytes, sync: bool = True) -> Path:
@@ -224,7 +258,8 @@ class TelemetryDataStore:
 
     def _merge_tail(self, session: "TelemetrySession") -> None:
         """Adds the tasks of the session's tail: the last line of a task wins, and replaces the file's copy unless
-        that one has ended (a tail left over from before the file's last write is older than it)."""
+        that one has ended (a tail left over from before the file's last write is older than it). The implicit
+        task (records made outside any task) reads as ended while it still grows: the copy with more records wins."""
         path = self.tail_path(session.session_id)
         if path is None:
             return
@@ -249,7 +284,7 @@ class TelemetryDataStore:
             i = index.get(task_id)
             if i is None:
                 session.tasks.append(task)
-            elif session.tasks[i].end_time is None:
+            elif session.tasks[i].end_time is None or (task.implicit and _records(task) >= _records(session.tasks[i])):
                 session.tasks[i] = task
 
     def iter_sessions(self) -> Iterator["TelemetrySession"]:
@@ -312,6 +347,10 @@ class TelemetryDataStore:
         return len(files), sum(size for _, _, size, _ in files)
 
 
+def _records(task: "TaskExecution") -> int:
+    return len(task.agents) + len(task.tools) + len(task.llm_calls) + len(task.steps)
+
+
 def _read_regular(path: Path) -> Optional[bytes]:
     """The bytes of `path`, or None when it is missing or not a regular file."""
     try:
@@ -340,6 +379,7 @@ def _ends_with_newline(fd: int) -> bool:
 
 
 def parse_session(data: bytes | str, source: str = "session") -> "TelemetrySession":
+    """A session from a file's bytes or text; raises SessionLoadError naming `source` when it is not one."""
     from pydantic import ValidationError
 
     from .models import TelemetrySession

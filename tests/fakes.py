@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
-from smolagents import Tool, tool
+from smolagents import Tool, ToolCallingAgent, tool
 from smolagents.models import (
     ChatMessage,
     ChatMessageStreamDelta,
@@ -116,7 +116,7 @@ class StreamingScriptedModel(ScriptedModel):
         if usage is not None and self.per_delta_usage:
             n = len(pieces)
             shares = [(usage[0] if i == 0 else 0, usage[1] // n + (1 if i < usage[1] % n else 0)) for i in range(n)]
-            for piece, share in zip(pieces, shares):
+            for piece, share in zip(pieces, shares, strict=True):
                 yield ChatMessageStreamDelta(content=piece, token_usage=TokenUsage(*share))
             return
         for piece in pieces:
@@ -175,3 +175,21 @@ def written_session(manager: Any) -> dict:
     path = manager.flush_data()
     assert path is not None, "nothing was written"
     return json.loads(Path(path).read_text())
+
+
+def run_team(task: str = "delegate") -> str:
+    """A manager agent with a managed sub-agent: three tools called in parallel from one reply (two of them wait for
+    each other, so they really overlap), a tool that fails, a delegation, a final answer."""
+    sub_model = ScriptedModel([call("add", a=2, b=2), call("final_answer", answer="4")], usage=(10, 1),
+                              model_id="sub-model")
+    sub = ToolCallingAgent(tools=[add], model=sub_model, name="calculator", description="does sums",
+                           verbosity_level=0)
+    boss_model = ScriptedModel([
+        [call("slow_echo", text="a"), call("slow_echo", text="b"), call("add", a=1, b=2)],
+        call("explode", reason="boom"),
+        call("calculator", task="2+2"),
+        call("final_answer", answer="done"),
+    ], usage=(200, 20), model_id="boss-model")
+    boss = ToolCallingAgent(tools=[SlowEcho(threading.Barrier(2)), add, explode], model=boss_model,
+                            managed_agents=[sub], name="boss", verbosity_level=0, max_tool_threads=3)
+    return boss.run(task)

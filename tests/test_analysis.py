@@ -109,7 +109,7 @@ def test_performance_counts_and_statistics(manager):
 
     assert [(t.task_id, t.status, t.steps, t.llm_calls, t.tool_calls) for t in report.tasks] == [
         (session.tasks[0].task_id, "completed", 3, 3, 3), (session.tasks[1].task_id, "completed", 3, 3, 3)]
-    for task, timing in zip(session.tasks, report.tasks):
+    for task, timing in zip(session.tasks, report.tasks, strict=True):
         split = timing.split
         assert split.wall == task.duration
         assert split.model + split.tools + split.overhead == pytest.approx(split.wall)
@@ -339,3 +339,26 @@ def test_rendered_numbers_are_finite(two_sessions):
         report = analyze_performance(session)
         for stats in [*report.tools.values(), *report.models.values(), *report.agents.values()]:
             assert all(math.isfinite(v) for v in (stats.mean, stats.p50, stats.p95, stats.max))
+
+
+def test_a_cost_that_leaves_out_unpriced_calls_is_a_lower_bound_everywhere(manager):
+    from sop_telemetry.exports import to_text_tree
+
+    collector = manager.get_collector()
+    collector.start_task("mixed")
+    collector.record_agent_execution("ToolCallingAgent", "writer", 1.0)
+    collector.record_llm_call("gpt-4o", 1000, 100, 0.5, agent_name="writer")
+    collector.record_llm_call("a-model-with-no-known-price", 1000, 100, 0.5, agent_name="writer")
+    collector.end_task("mixed")
+    session = manager.get_session_data()
+    assert "cost >=$" in to_text_tree(session).splitlines()[0]
+    (agents,) = [t for t in summarize_sessions([session]).tables() if t.title == "Agents"]
+    (row,) = agents.rows
+    assert row[0] == "writer" and row[-1].startswith(">=$")
+
+
+def test_the_time_split_calls_the_rest_the_agents_own_work(manager):
+    session = record(manager, tool_calling_run)
+    text = analyze_performance(session).render()
+    assert "agent's own work" in text and "overhead" not in text
+    assert "(from telemetry's start in the process to the end of its last task)" in text

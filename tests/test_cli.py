@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -109,8 +110,10 @@ def test_show(sessions, storage_dir, main):
     assert [t["total_tokens"] for t in data["tasks"]] == [330, 330]
 
 
-def test_unknown_bad_and_ambiguous_ids_are_one_line_errors(sessions, storage_dir, main):
+def test_unknown_bad_and_ambiguous_ids_are_one_line_errors(sessions, storage_dir, main, monkeypatch):
     first, _ = sessions
+    # An id may also be a file's path: from a folder where these relative paths lead to no file, they are only ids.
+    monkeypatch.chdir(storage_dir.parent)
     directory = str(storage_dir)
     user_error(cli("--dir", directory, "show", "20990101T000000_000000_00000000"), "no session")
     user_error(main("--dir", directory, "show", "../../etc/passwd"), "no session")
@@ -129,6 +132,7 @@ def test_bad_usage_exits_1_with_one_line(storage_dir, main):
     user_error(main("frobnicate"), "invalid choice")
     user_error(main("--dir", directory, "export", "latest", "--format", "pdf"), "invalid choice")
     user_error(main("--dir", directory, "cleanup", "--max-age-days", "-1"), "days >= 0")
+    user_error(main("--dir", directory, "export", "latest", "-f", "otlp", "--timeout", "0"), "seconds > 0")
     user_error(main("--dir", directory, "list", "--limit", "0"), "at least 1")
     user_error(main("--dir", directory, "list", "--until", "soon"), "not a time")
     user_error(main("--dir", directory, "report", "--status", "exploded"), "unknown status 'exploded'")
@@ -275,14 +279,15 @@ def test_reading_commands_never_write_a_session(sessions, storage_dir, tmp_path)
     assert sorted(p.name for p in storage_dir.iterdir()) == before
 
 
-def test_rich_tables_on_a_terminal(sessions, storage_dir):
+def on_a_terminal(columns: int, *args: str) -> "tuple[int, str]":
+    """(exit status, output) of `sop-telemetry ARGS` writing to a pseudo-terminal `columns` wide."""
     pty = pytest.importorskip("pty")
     master, slave = pty.openpty()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("SOP_TELEMETRY")}
-    environment.update(COLUMNS="200", TERM="xterm")
+    environment.update(COLUMNS=str(columns), TERM="xterm")
     try:
-        status = subprocess.run([sys.executable, "-m", "sop_telemetry", "--dir", str(storage_dir), "list"],
-                                stdout=slave, stderr=subprocess.PIPE, env=environment, timeout=60).returncode
+        status = subprocess.run([sys.executable, "-m", "sop_telemetry", *args], stdout=slave, stderr=subprocess.PIPE,
+                                env=environment, timeout=60).returncode
         os.close(slave)
         chunks = []
         while True:
@@ -295,7 +300,11 @@ def test_rich_tables_on_a_terminal(sessions, storage_dir):
             chunks.append(chunk)
     finally:
         os.close(master)
-    shown = b"".join(chunks).decode("utf-8", "replace")
+    return status, b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_rich_tables_on_a_terminal(sessions, storage_dir):
+    status, shown = on_a_terminal(200, "--dir", str(storage_dir), "list")
     assert status == 0
     assert "┃" in shown or "│" in shown  # a rich table, not the plain text layout
     assert sessions[0].session_id in shown
@@ -375,4 +384,117 @@ def test_run_errors(tmp_path):
     quiet = cli("--dir", directory, "--json", "run", "--", sys.executable, "-c", "print('hi')")
     assert quiet.returncode == 0
     assert quiet.stdout.splitlines()[0] == "hi"
-    assert json.loads("\n".join(quiet.stdout.splitlines()[1:])) == {"exit_code": 0, "sessions": []}
+    assert json.loads("\n".join(quiet.stdout.splitlines()[1:])) == {
+        "exit_code": 0, "sessions": [], "no_session_reason": "the program ran no agent, so nothing was recorded"}
+
+
+_DISK_FULL = """
+import errno, os
+import sop_telemetry.storage as storage
+
+def write(self, *args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.directory))
+
+storage.TelemetryDataStore.write = write
+"""
+
+
+def test_run_says_why_no_session_was_written(tmp_path):
+    script = tmp_path / "my_agent.py"
+    script.write_text(_AGENT_SCRIPT)
+    directory = str(tmp_path / "telemetry")
+
+    def why(*program: str, env: Optional[dict] = None) -> str:
+        result = cli("--dir", directory, "run", "--", *program, env=env, cwd=tmp_path)
+        assert not list(Path(directory).glob("*.json"))
+        return result.stderr.splitlines()[-1]
+
+    assert why(sys.executable, "-c", "print('no agent here')") == (
+        "sop-telemetry: no session was written: the program ran no agent, so nothing was recorded")
+    assert why(sys.executable, str(script), env={"SOP_TELEMETRY_DISABLED": "1"}) == (
+        "sop-telemetry: no session was written: telemetry is disabled by SOP_TELEMETRY_DISABLED")
+    assert why("true").startswith("sop-telemetry: no session was written: no Python process of the run loaded "
+                                  "sop_telemetry")
+    # A full disk, made by a sitecustomize of the user's (which `run` chains to).
+    user_site = tmp_path / "user_site"
+    user_site.mkdir()
+    (user_site / "sitecustomize.py").write_text(_DISK_FULL)
+    line = why(sys.executable, str(script),
+               env={"PYTHONPATH": os.pathsep.join(filter(None, [str(user_site), os.environ.get("PYTHONPATH")]))})
+    assert line.startswith("sop-telemetry: no session was written: storing it failed (OSError: [Errno 28] No space "
+                           "left on device: ")
+    assert directory in line and line.endswith("set SOP_TELEMETRY_DIR or --dir to a writable folder")
+
+
+def test_a_storage_directory_that_is_a_file_is_said_to_be_one(tmp_path, main):
+    not_a_folder = tmp_path / "telemetry"
+    not_a_folder.write_text("somebody's file")
+    env = {"SOP_TELEMETRY_DIR": str(not_a_folder), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    for command in (["list"], ["stats"], ["--json", "stats"], ["report"], ["show", "latest"]):
+        user_error(cli(*command, env=env), f"{not_a_folder} (SOP_TELEMETRY_DIR) is a file, not a folder",
+                   str(tmp_path / "cache" / "ept" / "sop_agents"))
+    user_error(main("--dir", str(not_a_folder), "list"), "(--dir) is a file, not a folder")
+
+
+def _newest_corrupt(storage_dir: Path) -> str:
+    corrupt = "20990101T000000_000000_0badf11e"  # newer than any real session
+    (storage_dir / f"{corrupt}.json").write_text('{"session_id": "trunc')
+    return corrupt
+
+
+def test_latest_is_the_newest_readable_session(sessions, storage_dir, main):
+    _, second = sessions
+    corrupt = _newest_corrupt(storage_dir)
+    d = str(storage_dir)
+    shown = cli("--dir", d, "show", "latest")
+    assert shown.returncode == 0 and shown.stdout.startswith(f"Session {second.session_id}\n")
+    assert shown.stderr.startswith(f"sop-telemetry: warning: skipped {corrupt}: not a valid session file")
+    exported = main("--dir", d, "export", "latest")
+    assert exported.returncode == 0 and TelemetrySession.from_json(exported.stdout) == second
+    stats = json.loads(main("--dir", d, "--json", "stats").stdout)
+    assert (stats["sessions"], stats["unreadable_files"], stats["total_files"]) == (2, [corrupt], 3)
+    assert stats["newest_session"] == second.session_id
+    assert "session files   3 (1 unreadable)" in main("--dir", d, "stats").stdout
+
+
+def test_a_session_file_path_or_name_works_wherever_an_id_does(sessions, storage_dir, tmp_path, main):
+    first, _ = sessions
+    path = storage_dir / f"{first.session_id}.json"
+    elsewhere = tmp_path / "elsewhere"  # the storage directory is not where the file is
+    elsewhere.mkdir()
+    for given, directory in ((str(path), elsewhere), (path.name, storage_dir)):
+        shown = main("--dir", str(directory), "show", given)
+        assert shown.returncode == 0 and shown.stdout.startswith(f"Session {first.session_id}\n"), shown.stderr
+        exported = main("--dir", str(directory), "export", given, "-f", "json")
+        assert TelemetrySession.from_json(exported.stdout) == first
+    # What `run` prints, in a subprocess.
+    assert cli("show", str(path)).stdout.startswith(f"Session {first.session_id}\n")
+    user_error(main("--dir", str(storage_dir), "show", str(tmp_path / "not-a-session.json")), "no session")
+
+
+def test_session_ids_stay_whole_on_an_80_column_terminal(sessions, storage_dir):
+    pytest.importorskip("rich")
+    status, shown = on_a_terminal(80, "--dir", str(storage_dir), "list")
+    assert status == 0
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", shown).splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for session in sessions:
+        assert any(line.lstrip().startswith(session.session_id) for line in lines), shown
+
+
+def test_since_says_where_it_applies_and_version(storage_dir, main):
+    user_error(main("--dir", str(storage_dir), "export", "--since", "7d", "-f", "csv"),
+               "--since/--until select sessions for --format otlp only", "--format csv exports one session")
+    help_text = " ".join(cli("export", "--help").stdout.split())
+    for expected in ("--format otlp only", "s (seconds)", "m (minutes)", "h (hours)", "d (days)", "w (weeks)"):
+        assert expected in help_text
+    version = cli("--version")
+    assert (version.returncode, version.stdout) == (0, "sop-telemetry 0.1.0\n")
+
+
+def test_show_gives_the_time_split_and_what_the_duration_covers(sessions, storage_dir, main):
+    text = main("--dir", str(storage_dir), "show", sessions[0].session_id).stdout
+    for expected in ("session duration", "(from telemetry's start in the process to the end of its last task)",
+                     "in tasks", "model calls", "tools", "agent's own work"):
+        assert expected in text
+    assert "overhead" not in text

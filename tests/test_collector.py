@@ -294,3 +294,44 @@ def test_clip_escapes_lone_surrogates_and_keeps_the_limit() -> None:
     clipped = clip("\udce9" * 100, 50)
     assert len(clipped) == 50 and clipped.endswith("…") and clipped.startswith("\\udce9")
     clipped.encode("utf-8")
+
+
+def test_surprising_manual_calls_are_logged_once_each_and_handled_predictably(collector, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="sop_telemetry")
+    for _ in range(2):
+        collector.end_task("never-started")
+        collector.start_task("t")
+        collector.start_task("t")  # a second task with the same id while the first is open
+        collector.end_task("t")
+        collector.end_task("t")
+        collector.record_tool_usage("outside", 0.1)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert said == [
+        ("WARNING", "sop_telemetry: end_task('never-started'): no open task has this id (never started, or already "
+                    "ended); nothing was changed"),
+        ("WARNING", "sop_telemetry: start_task('t'): a task with this id is still open; this one is recorded as "
+                    f"{collector.build_session().tasks[1].task_id!r} and ended by end_task('t') in its context"),
+        ("INFO", "sop_telemetry: a record was made outside any task (no start_task or agent run around it): such "
+                 "records go to the task 'untracked'"),
+    ]
+    session = collector.build_session()
+    assert [(t.task_id.split("#")[0], t.status) for t in session.tasks] == [
+        ("t", TaskStatus.COMPLETED), ("t", TaskStatus.COMPLETED), ("untracked", TaskStatus.COMPLETED),
+        ("t", TaskStatus.COMPLETED), ("t", TaskStatus.COMPLETED)]
+    assert collector.open_task_count() == 1  # the implicit task takes later records; only in memory is it open
+
+
+def test_records_outside_any_task_never_leave_a_running_task_in_the_file(manager):
+    collector = manager.get_collector()
+    collector.record_llm_call("gpt-4", 10, 5, 0.5)
+    first = json.loads(Path(manager.flush_data()).read_text())["tasks"]
+    collector.record_tool_usage("later", 0.1)
+    second = json.loads(Path(manager.flush_data()).read_text())["tasks"]
+    manager._at_exit()  # where the implicit task is closed: at its last record, as before
+    third = json.loads(Path(manager.last_flush_path).read_text())["tasks"]
+    for tasks, last in ((first, "llm_calls"), (second, "tools"), (third, "tools")):
+        (untracked,) = tasks
+        assert untracked["task_id"] == "untracked" and untracked["status"] == "completed"
+        assert untracked["end_time"] == untracked[last][-1]["end_time"]

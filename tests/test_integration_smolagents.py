@@ -7,12 +7,6 @@ import sys
 import threading
 
 import pytest
-from smolagents import CodeAgent, ToolCallingAgent
-from smolagents.agents import MultiStepAgent
-from smolagents.models import ChatMessage, MessageRole, Model
-from smolagents.monitoring import TokenUsage
-from smolagents.tools import Tool
-
 from fakes import (
     ScriptedModel,
     SlowEcho,
@@ -23,6 +17,12 @@ from fakes import (
     explode,
     written_session,
 )
+from smolagents import CodeAgent, ToolCallingAgent
+from smolagents.agents import MultiStepAgent
+from smolagents.models import ChatMessage, MessageRole, Model
+from smolagents.monitoring import TokenUsage
+from smolagents.tools import Tool
+
 from sop_telemetry.collector import TelemetryCollector
 from sop_telemetry.error_handler import get_error_handler
 from sop_telemetry.integrations import smolagents as integration

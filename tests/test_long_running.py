@@ -4,7 +4,6 @@ is in exactly one file, also after a SIGKILL in the middle of a roll-over (docs/
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -29,14 +29,14 @@ pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter", rea
 trace_service = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2",
                                     reason="the test receiver needs opentelemetry-proto")
 
+from fakes import ScriptedModel, add, call, explode, run_team, written_session  # noqa: E402
 from smolagents import ToolCallingAgent  # noqa: E402
+from smolagents.utils import AgentGenerationError  # noqa: E402
 
-from sop_telemetry.error_handler import get_error_handler  # noqa: E402
 from sop_telemetry import otel  # noqa: E402
 from sop_telemetry.config import ConfigError  # noqa: E402
+from sop_telemetry.error_handler import get_error_handler  # noqa: E402
 from sop_telemetry.models import TelemetrySession  # noqa: E402
-
-from fakes import ScriptedModel, SlowEcho, add, call, explode, written_session  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -154,24 +154,6 @@ def roots(spans: List[dict]) -> List[dict]:
 
 
 # -- the agent run -------------------------------------------------------------------------------------------------
-def run_team(task: str = "delegate") -> str:
-    """A manager agent with a managed sub-agent: three tools called in parallel from one reply (two of them wait for
-    each other, so they really overlap), a tool that fails, a delegation, a final answer."""
-    sub_model = ScriptedModel([call("add", a=2, b=2), call("final_answer", answer="4")], usage=(10, 1),
-                              model_id="sub-model")
-    sub = ToolCallingAgent(tools=[add], model=sub_model, name="calculator", description="does sums",
-                           verbosity_level=0)
-    boss_model = ScriptedModel([
-        [call("slow_echo", text="a"), call("slow_echo", text="b"), call("add", a=1, b=2)],
-        call("explode", reason="boom"),
-        call("calculator", task="2+2"),
-        call("final_answer", answer="done"),
-    ], usage=(200, 20), model_id="boss-model")
-    boss = ToolCallingAgent(tools=[SlowEcho(threading.Barrier(2)), add, explode], model=boss_model,
-                            managed_agents=[sub], name="boss", verbosity_level=0, max_tool_threads=3)
-    return boss.run(task)
-
-
 def run_small(task: str = "add") -> str:
     model = ScriptedModel([call("add", a=1, b=2), call("final_answer", answer="3")])
     return ToolCallingAgent(tools=[add], model=model, verbosity_level=0).run(task)
@@ -289,6 +271,7 @@ def test_a_task_is_one_trace_with_the_exact_tree_attributes_and_timings(manager,
 
     boss_rec, sub_rec = task["agents"]
     assert root["attributes"] == {
+        "openinference.span.kind": "CHAIN",
         "sop_telemetry.session_id": sid,
         "sop_telemetry.task_id": tid,
         "sop_telemetry.task.description": "delegate",
@@ -303,6 +286,7 @@ def test_a_task_is_one_trace_with_the_exact_tree_attributes_and_timings(manager,
     (calc,) = by_name["invoke_agent calculator"]
     assert boss["parent"] == root["span_id"] and calc["parent"] == boss["span_id"]
     assert boss["attributes"] == {
+        "openinference.span.kind": "AGENT",
         "gen_ai.operation.name": "invoke_agent",
         "gen_ai.agent.name": "boss",
         "gen_ai.request.model": "boss-model",
@@ -319,6 +303,7 @@ def test_a_task_is_one_trace_with_the_exact_tree_attributes_and_timings(manager,
     call_rec = records[("call", first_chat["attributes"]["sop_telemetry.call_id"])]
     assert first_chat["kind"] == 3  # SPAN_KIND_CLIENT
     assert first_chat["attributes"] == {
+        "openinference.span.kind": "LLM",
         "gen_ai.operation.name": "chat",
         "gen_ai.request.model": "boss-model",
         "gen_ai.usage.input_tokens": 200,
@@ -355,9 +340,17 @@ def test_a_task_is_one_trace_with_the_exact_tree_attributes_and_timings(manager,
     assert step1["attributes"]["sop_telemetry.step.tool_calls"] == 3
 
 
+def test_every_span_names_its_openinference_kind(manager, receiver):
+    assert run_team() == "done"
+    _, spans = backfill(manager, receiver)
+    kinds = {(s["name"].split()[0], s["attributes"]["openinference.span.kind"]) for s in spans}
+    assert kinds == {("task", "CHAIN"), ("invoke_agent", "AGENT"), ("action", "CHAIN"), ("chat", "LLM"),
+                     ("execute_tool", "TOOL")}
+
+
 def test_failed_task_and_unreported_tokens(manager, receiver):
     model = ScriptedModel([call("add", a=1, b=2), RuntimeError("provider down")], usage=None)
-    with pytest.raises(Exception):
+    with pytest.raises(AgentGenerationError, match="provider down"):
         ToolCallingAgent(tools=[add], model=model, verbosity_level=0).run("fail")
     data, spans = backfill(manager, receiver)
     (root,) = roots(spans)
@@ -455,6 +448,18 @@ def test_live_export_masks_credentials_as_the_session_file_does(manager, receive
     (boom,) = [s for s in spans if s["name"] == "execute_tool explode"]
     assert boom["status"][1] == "ValueError: exploded: bad key ***"
     assert secret not in json.dumps(written_session(manager))
+
+
+def test_live_export_never_sends_a_key_that_a_clip_cut_through(manager, receiver, monkeypatch):
+    key = "sk-test-SECRET-0123456789"
+    monkeypatch.setenv("PROVIDER_API_KEY", key)
+    manager.initialize({"otlp_enabled": True, "otlp_endpoint": receiver.endpoint})
+    near_the_clip = "x" * 485 + key
+    model = ScriptedModel([call("explode", reason=near_the_clip), call("final_answer", answer="ok")])
+    assert ToolCallingAgent(tools=[explode], model=model, verbosity_level=0).run(near_the_clip) == "ok"
+    spans = receiver.wait_for(lambda spans: len(roots(spans)) == 1)
+    assert key[:4] not in json.dumps(spans)
+    assert roots(spans)[0]["attributes"]["sop_telemetry.task.description"] == "x" * 485 + "***"
 
 
 def test_live_export_is_off_unless_asked_for(manager, receiver, monkeypatch):
@@ -559,6 +564,51 @@ def test_live_export_through_config_to_a_dead_collector(manager, monkeypatch):
     started = time.perf_counter()
     manager.shutdown()
     assert time.perf_counter() - started < 2.0
+
+
+# -- a program's exit ---------------------------------------------------------------------------------------------
+_TEAM_PROGRAM = """
+import sys
+import sop_telemetry
+from fakes import run_team
+answer = run_team("exit")
+if sys.argv[1] == "later":
+    print("answer:", answer, flush=True)
+    sys.stdin.read()  # the test closes it once the receiver has the task: export did not wait for the exit
+"""
+
+
+@pytest.mark.parametrize("when", ["at_once", "later"])
+def test_a_program_that_exits_right_after_its_run_has_sent_the_whole_tree(receiver, tmp_path, when):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SOP_TELEMETRY_"))}
+    env.update(SOP_TELEMETRY_OTLP="1", OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+               SOP_TELEMETRY_DIR=str(tmp_path), PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]))
+    child = subprocess.Popen([sys.executable, "-c", _TEAM_PROGRAM, when], env=env, cwd=str(ROOT), text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        if when == "later":
+            assert "answer: done\n" in iter(child.stdout.readline, "")
+            receiver.wait_for(lambda spans: len(spans) == 22, timeout=30)
+        _out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 0, err
+    assert "otlp" not in err and "Traceback" not in err, err
+
+    spans = receiver.spans()  # everything arrived before the process ended
+    assert tree(spans) == EXPECTED_TREE and len(spans) == 22
+    (path,) = tmp_path.glob("*.json")
+    data = json.loads(path.read_text())
+    (task,) = data["tasks"]
+    (root,) = roots(spans)
+    usage = data["total_tokens"]
+    assert (root["attributes"]["sop_telemetry.usage.input_tokens"],
+            root["attributes"]["sop_telemetry.usage.output_tokens"]) == (4 * 200 + 2 * 10, 4 * 20 + 2 * 1) == (
+        usage["prompt_tokens"], usage["completion_tokens"])
+    chats = sorted((s["attributes"]["sop_telemetry.call_id"], s["attributes"]["gen_ai.usage.input_tokens"],
+                    s["attributes"]["gen_ai.usage.output_tokens"]) for s in spans if s["name"].startswith("chat "))
+    assert chats == sorted((c["call_id"], c["prompt_tokens"], c["completion_tokens"]) for c in task["llm_calls"])
+    assert {s["trace_id"] for s in spans} == {f"{otel.trace_id_for(data['session_id'], task['task_id']):032x}"}
 
 
 # -- without the extra, and next to an application's own OpenTelemetry ---------------------------------------------
@@ -797,3 +847,28 @@ def test_cli_backfill_errors_are_one_line_and_status_one(manager, storage_dir):
     dead = _cli("export", "latest", "--format", "otlp", "--endpoint", _closed_port(), "--timeout", "2",
                 directory=storage_dir)
     assert dead.returncode == 1 and "failed" in dead.stdout and "Traceback" not in dead.stderr
+
+
+def test_cli_backfill_exits_1_when_anything_was_not_sent(manager, receiver, storage_dir):
+    run_small("cli")
+    written_session(manager)
+    refusing = Receiver(status=400)
+    try:
+        for extra in ([], ["--json"]):
+            refused = _cli(*extra, "export", "latest", "--format", "otlp", "--endpoint", refusing.endpoint,
+                           directory=storage_dir)
+            assert refused.returncode == 1, refused.stdout
+            assert "8 spans failed" in refused.stdout or '"failed_spans": 8' in refused.stdout
+    finally:
+        refusing.close()
+    # Every span accepted, but one session in the range could not be read: not sent, so not a success either.
+    (storage_dir / "20990101T000000_000000_0badf11e.json").write_text('{"session_id": "trunc')
+    partial = _cli("export", "--format", "otlp", "--since", "1d", "--endpoint", receiver.endpoint,
+                   directory=storage_dir)
+    assert partial.returncode == 1
+    assert partial.stdout.startswith("sent 8 spans (1 tasks, 1 sessions)")
+    assert partial.stdout.rstrip().endswith("; 1 unreadable session file(s) not sent")
+    assert "skipped 20990101T000000_000000_0badf11e" in partial.stderr
+    as_json = json.loads(_cli("--json", "export", "--format", "otlp", "--since", "1d", "--endpoint", receiver.endpoint,
+                              directory=storage_dir).stdout)
+    assert (as_json["ok"], as_json["unreadable_sessions"]) == (False, ["20990101T000000_000000_0badf11e"])

@@ -380,6 +380,63 @@ def _child_env(storage_dir: Path, **extra: str) -> Dict[str, str]:
     return env
 
 
+_ONE_RUN = textwrap.dedent(
+    """
+    import errno, os, sys
+    import sop_telemetry
+    from smolagents import ToolCallingAgent
+    from fakes import ScriptedModel, add, call
+    if sys.argv[1] == "disk_full":
+        import sop_telemetry.storage as storage
+
+        def write(self, *args, **kwargs):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.directory))
+
+        storage.TelemetryDataStore.write = write
+    model = ScriptedModel([call("add", a=1, b=2), call("final_answer", answer="3")])
+    print(ToolCallingAgent(tools=[add], model=model, verbosity_level=0).run("one run"))
+    """
+)
+
+
+@pytest.mark.parametrize("bad", ["a_file", "under_a_file"])
+def test_a_storage_folder_that_cannot_be_used_falls_back_and_says_where(tmp_path, bad):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("somebody's file")
+    configured = blocker if bad == "a_file" else blocker / "telemetry"
+    cache = tmp_path / "cache"
+    done = subprocess.run([sys.executable, "-c", _ONE_RUN, "-"], env=_child_env(configured, XDG_CACHE_HOME=str(cache)),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "3\n"
+    fallback = cache / "ept" / "sop_agents"
+    reason = "it is a file, not a folder" if bad == "a_file" else "Not a directory"
+    assert done.stderr == (
+        f"sop_telemetry: cannot use the storage folder {configured} ({reason}); sessions are written to {fallback} "
+        "instead. Set SOP_TELEMETRY_DIR (or storage_dir) to a writable folder.\n")
+    (written,) = fallback.glob("*.json")
+    assert [t.description for t in parse_session(written.read_bytes()).tasks] == ["one run"]
+    assert blocker.read_text() == "somebody's file"
+
+
+def test_a_storage_failure_is_one_line_on_stderr_and_its_traceback_goes_to_the_debug_log(tmp_path):
+    storage_dir = tmp_path / "telemetry"
+    done = subprocess.run([sys.executable, "-c", _ONE_RUN, "disk_full"], env=_child_env(storage_dir),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "3\n"
+    assert done.stderr == (
+        f"sop_telemetry: storage.write failed (OSError: [Errno 28] No space left on device: '{storage_dir}'); the "
+        f"session stays in memory and is written when {storage_dir} works again; to write elsewhere, set "
+        "SOP_TELEMETRY_DIR to a writable folder. Further failures of this operation are logged at debug level.\n")
+
+
+def test_the_traceback_of_a_failure_is_logged_at_debug_level_only(manager, caplog):
+    caplog.set_level(logging.DEBUG, logger="sop_telemetry")
+    get_error_handler().record_error("storage.write", OSError(errno.ENOSPC, "No space left on device"))
+    warning, debug = [r for r in caplog.records if r.name == "sop_telemetry"]
+    assert (warning.levelno, warning.exc_info) == (logging.WARNING, None)
+    assert debug.levelno == logging.DEBUG and debug.exc_info is not None
+
+
 # A child that keeps rewriting one big session: task N holds CALLS model calls, every flush adds one task.
 FLUSH_LOOP = textwrap.dedent(
     """
@@ -619,7 +676,7 @@ def test_two_writers_and_a_cleaner_at_once_lose_nothing(tmp_path):
         proc.stdin.write("go\n")
         proc.stdin.flush()
     outputs = [proc.communicate(timeout=120) for proc in procs]
-    for proc, (_out, err) in zip(procs, outputs):
+    for proc, (_out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
     assert set(outputs[2][0].split()) == set(expired)
 

@@ -158,7 +158,7 @@ def test_basic_usage_with_a_real_agent(capsys):
 
 def test_statistics(capsys, storage_dir):
     """获取统计信息."""
-    for i in range(7):  # seven older sessions on disk, so that [-5:] means something
+    for _ in range(7):  # seven older sessions on disk, so that [-5:] means something
         manual_collection()
         TelemetryManager.get_instance().flush_data()
         TelemetryManager._reset_instance().initialize({"storage_dir": str(storage_dir), "fsync": False,

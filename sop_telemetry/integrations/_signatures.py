@@ -6,10 +6,8 @@ Usage::
     wrapper = make(original)        # same parameters and defaults as `original`; calls it through the template
 
 Why: a wrapper `def f(self, *args, **kwargs): return original(self, *args, **kwargs)` packs the caller's arguments
-into a tuple and a dict and unpacks them again. On `Model.generate` called as smolagents calls it (a list and two
-keywords) that costs 340 ns against the original's 60, in a tight loop on the development machine; a wrapper with
-the original's own parameters that passes them on by position costs 150. Inside an agent run, with the caches cold,
-every call through a wrapper costs several times more (benchmarks/, section 2b).
+into a tuple and a dict and unpacks them again, on every step; a wrapper with the original's own parameters that
+passes them on by position does not (measured: docs/design.md, "Patch shapes").
 
 A template is the source of ``def make(original): def <name>(PARAMS): ... original(CALL) ...; return <name>``,
 compiled with `namespace` as its globals, with these words replaced:
@@ -19,8 +17,7 @@ compiled with `namespace` as its globals, with these words replaced:
   takes ``**kwargs`` (every smolagents model's `generate` does) and no ``*args``, becomes
   ``(original(a, b) if not kwargs else original(a, b, **kwargs))``: smolagents passes no extra keywords, and a call
   with ``**kwargs`` in it builds a tuple and a dict and goes through CALL_FUNCTION_EX even when the dict is empty
-  (callgrind, 21-step ToolCallingAgent run: 1.4k instructions per generate call; the benchmark's minimal hooks,
-  which differ by only this, went from 189k to 159k instructions added per run);
+  (docs/design.md, "Patch shapes");
 - SELF: the first parameter's name;
 - ARGS / KWARGS: expressions for the positional arguments after SELF (a tuple) and the keyword-only and extra
   keyword ones (a dict), for code that needs the call's arguments (content capture).

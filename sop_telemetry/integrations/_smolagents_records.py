@@ -51,7 +51,8 @@ def int_or_none(value: Any) -> Optional[int]:
 def tokens(usage: Any) -> Tuple[Optional[int], Optional[int], Optional[int], bool]:
     """(prompt, completion, total, reported) from a usage object (smolagents' TokenUsage or anything like it)."""
     prompt, completion = int_or_none(attr(usage, "input_tokens")), int_or_none(attr(usage, "output_tokens"))
-    if prompt is None and completion is None:
+    if not prompt and not completion:
+        # None or zero on both sides: a client's way of saying "no usage" (LiteLLM answers Usage(0, 0, 0)).
         return None, None, None, False
     total = int_or_none(attr(usage, "total_tokens"))
     if total is None:
@@ -249,7 +250,7 @@ def step_fields(frame: Frame, steps: list, limit: int) -> list:
                 first = index + 1
                 break
     errors = frame.step_errors
-    out = []
+    out: list = []
     append = out.append
     for step in steps[first:last] + (frame.lost_steps or []):
         if step.__class__ is action and errors is None:
@@ -347,7 +348,7 @@ def _add_step(collector: Any, frame: Frame, agent: dict, step_type: str, number:
     }
     collector.add("steps", rec, frame)
     agent["steps"] += 1
-    if isinstance(code, str) and code:
+    if isinstance(code, str) and code and frame.task is not None:
         metrics = frame.task["code_changes"]
         metrics["code_actions"] += 1
         metrics["code_lines"] += code.count("\n") + 1

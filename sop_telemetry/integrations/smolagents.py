@@ -26,14 +26,11 @@ What is patched (all undone by `uninstall()`):
   code know their task, agent and step.
 
 Why plain functions and not `wrapt.FunctionWrapper`: a FunctionWrapper in a class builds a bound wrapper object at
-every attribute access and calls through it; on a 21-step ToolCallingAgent run with a scripted model, wrappers that
-did nothing but call the original added 1.6% to the run as FunctionWrappers and nothing measurable as plain
-functions (the two timed side by side in one process, as in benchmarks/, section 1). Each patch here is
-a function closing over the original, marked as ours, with `functools.update_wrapper` (so `__wrapped__`, the name
-and the signature are the original's); `uninstall()` restores by identity as before. The one called on every step
-(generate) is generated with the original's own parameters (`_signatures`): what a call
-through the wrapper adds drops from about 280 ns to 90 in a tight loop. wrapt is still what proxies the generator
-of `run(stream=True)`.
+every attribute access and calls through it, which costs a short run measurably (docs/design.md, "Patch shapes").
+Each patch here is a function closing over the original, marked as ours, with `functools.update_wrapper` (so
+`__wrapped__`, the name and the signature are the original's); `uninstall()` restores by identity as before. The one
+called on every step (generate) is generated with the original's own parameters (`_signatures`), which saves packing
+and unpacking the arguments at every call. wrapt is still what proxies the generator of `run(stream=True)`.
 
 Every wrapper checks `switch.enabled` first and then calls the original. What it records is queued, not built: a
 tuple of timestamps and the objects at hand goes on the collector's queue, and the record dicts are built later by
@@ -48,11 +45,11 @@ import logging
 import sys
 import threading
 import time
-from contextvars import copy_context
+from contextvars import ContextVar, copy_context
 from types import FunctionType, GeneratorType
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
-from ..collector import Frame, clip, current, switch
+from ..collector import Clock, Frame, clip, current, switch
 from ..error_handler import get_error_handler
 from ..error_handler import guard as _safe
 from ..manager import TelemetryManager
@@ -68,8 +65,8 @@ SUPPORTED_VERSIONS = ((1, 23), (1, 27))  # >= 1.23 (copies context into tool thr
 class _ModelCall:
     """Set while this thread is inside a recorded model call, so that one that delegates to another patched method
     (super().generate, generate_stream -> generate, a model wrapping a model) counts once. Per thread rather than
-    a context variable: setting a ContextVar allocates a new context each time (≈0.5 µs a call inside a run), and
-    model calls are synchronous, so a thread is exactly one chain of them."""
+    a context variable: setting a ContextVar allocates a new context each time, and model calls are synchronous, so a
+    thread is exactly one chain of them."""
 
     __slots__ = ("busy",)
 
@@ -79,8 +76,8 @@ class _ModelCall:
 
 class _PerThread(threading.local):
     """Each thread's own `_ModelCall`. The flag is read and set on an object of its own rather than on the
-    thread-local: each attribute access on a threading.local looks the thread's dict up first (≈40 ns, against
-    ≈8 for a slot), and a model call reads the flag once and sets it twice."""
+    thread-local: each attribute access on a threading.local looks the thread's dict up first (several times a slot
+    access), and a model call reads the flag once and sets it twice."""
 
     def __init__(self) -> None:
         self.model_call = _ModelCall()
@@ -96,13 +93,12 @@ _patched: List[Tuple[Any, str, Any, Any]] = []
 _seen_model_classes: set = set()
 _ABSENT = object()
 _MARK = "__sop_telemetry_wrapper__"
-_perf = time.perf_counter
 _now = time.time
 # Wall-clock time minus perf_counter: a call's start is its perf_counter reading plus this (one clock read a call
 # instead of two). Taken again when a top-level run begins and for every call outside a run, so that a change of
 # the system clock reaches the records within a run. (The usual call inside a run uses its run's `Frame.epoch`,
 # taken when the run began, in the builder.)
-_epoch = _now() - _perf()
+_epoch = _now() - Clock.perf()
 _COMPLETED, _CANCELLED, _FAILED = TaskStatus.COMPLETED, TaskStatus.CANCELLED, TaskStatus.FAILED
 
 
@@ -114,7 +110,7 @@ _COMPLETED, _CANCELLED, _FAILED = TaskStatus.COMPLETED, TaskStatus.CANCELLED, Ta
 # queue nothing as they go (see the steps section); a run queues its steps once, when it ends. Inside a run,
 # smolagents' own work between calls evicts our code and data from the CPU caches, so what a call costs is mostly how
 # many objects and code objects it reaches: on a cache-cold call (benchmarks/, section 2b) a helper function and the
-# collector's attributes, which this body no longer reaches, were 0.55 of the model wrapper's 2.4 µs.
+# collector's attributes, which this body no longer reaches, were a large part of the model wrapper's cost.
 def _collector() -> Any:
     return TelemetryManager.get_instance().get_collector()
 
@@ -123,7 +119,7 @@ def _outside(frame: Optional[Frame]) -> Any:
     """The collector for a call made in no agent run's frame; with no task at all, the implicit task is opened now
     (inside a task that happened when the task was opened), which also starts the writer and hooks exit."""
     global _epoch
-    _epoch = _now() - _perf()
+    _epoch = _now() - Clock.perf()
     collector = _collector()
     if frame is None:
         collector.open_fallback_task()
@@ -200,7 +196,7 @@ def _llm_previews(content: Any, limit: int) -> Tuple[Optional[str], Optional[str
 # (`_signatures`: no packing and unpacking of the arguments, the cheapest call through a wrapper in Python).
 _GENERATE = """
 def make(original):
-    enabled, per_thread, perf, frame_var = switch, _per_thread, _perf, current  # (closure cells: faster to read)
+    enabled, per_thread, perf, frame_var = switch, _per_thread, Clock.perf, current  # (closure cells: faster to read)
 
     def generate(PARAMS):
         if not enabled.enabled:
@@ -240,7 +236,7 @@ def _llm_returned(model: Any, t0: float, duration: float, result: Any, args: tup
 
 
 def _llm_failed(model: Any, t0: float, exc: BaseException) -> None:
-    _queue_llm(model, current.get(), t0 + _epoch, _perf() - t0, None, exc, False)
+    _queue_llm(model, current.get(), t0 + _epoch, Clock.perf() - t0, None, exc, False)
 
 
 def _usage_of(result: Any) -> Any:
@@ -302,7 +298,7 @@ def _traced_stream(iterator: Any, model: Any, frame: Optional[Frame], start: flo
                 close()
         raise
     finally:
-        _queue_llm(model, frame, start, _perf() - t0, usage.reported(), exc, True)
+        _queue_llm(model, frame, start, Clock.perf() - t0, usage.reported(), exc, True)
 
 
 def _generate_stream_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -314,11 +310,11 @@ def _generate_stream_wrapper(original: Callable[..., Any]) -> Callable[..., Any]
             return original(self, *args, **kwargs)
         model_call.busy = True
         start = _now()
-        t0 = _perf()
+        t0 = Clock.perf()
         try:
             stream = original(self, *args, **kwargs)
         except BaseException as exc:
-            _queue_llm(self, current.get(), start, _perf() - t0, None, exc, True)
+            _queue_llm(self, current.get(), start, Clock.perf() - t0, None, exc, True)
             raise
         finally:
             model_call.busy = False
@@ -330,7 +326,7 @@ def _generate_stream_wrapper(original: Callable[..., Any]) -> Callable[..., Any]
                     delta_usage = records.attr(delta, "token_usage")
                     if delta_usage is not None:
                         usage.add(delta_usage)
-                _queue_llm(self, current.get(), start, _perf() - t0, usage.reported(), None, True)
+                _queue_llm(self, current.get(), start, Clock.perf() - t0, usage.reported(), None, True)
 
             _safe("smolagents.model_stream", count_now)
             return stream
@@ -355,7 +351,10 @@ def _tool_previews(content: Any, limit: int) -> Tuple[Optional[str], Optional[st
 def _tool_call_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
     # (Not generated from a template like generate: Tool.__call__ takes *args and **kwargs itself, so a wrapper
     # with its parameters passes them on no faster.)
-    enabled, perf, frame_var = switch, _perf, current  # (closure cells: faster to read than module globals)
+    enabled, perf = switch, Clock.perf  # (closure cells: faster to read than module globals)
+    # A None frame (no run) or queue (content capture) fails inside the `try` below and takes the general path, as
+    # in generate: cheaper than testing for them on every call.
+    frame_var: ContextVar[Any] = current
 
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not enabled.enabled:
@@ -390,12 +389,11 @@ def _tool_call_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
 
 # -- steps ---------------------------------------------------------------------------------------------------------
 # Steps queue nothing as they go: a run's step records are built from the agent's memory when it ends (_end_run),
-# and smolagents' `_finalize_step`, called at every step, is not patched (a wrapper there ran 22 times in a 21-step
-# ToolCallingAgent run to do nothing in the usual case: ≈35k of the ≈350k instructions sop_telemetry added to it,
-# benchmarks/ section 1c, though not enough time to tell apart in section 1). What the memory will not tell is
-# read elsewhere: where a planning step's calls end (`_generate_planning_step`, which only planning agents call),
-# and, from a failing run's traceback (`_note_failure`: only failing runs pay), the error a step died of when it is
-# not stored on the step and a step that never reached the memory because its callback raised.
+# and smolagents' `_finalize_step`, called at every step, is not patched (a wrapper there did nothing in the usual
+# case; docs/design.md, "Steps are read from the agent's memory"). What the memory will not tell is read elsewhere:
+# where a planning step's calls end (`_generate_planning_step`, which only planning agents call), and, from a failing
+# run's traceback (`_note_failure`: only failing runs pay), the error a step died of when it is not stored on the step
+# and a step that never reached the memory because its callback raised.
 _in_flight: Callable[[], Optional[BaseException]] = getattr(sys, "exception", None) or (lambda: sys.exc_info()[1])
 
 
@@ -501,7 +499,7 @@ def _end_run(frame: Frame, exc: Optional[BaseException]) -> None:
         _safe("smolagents.step", _note_failure, frame, exc)
     _queue(collector, ("smolagents.run", records.finish_run, frame, _step_fields(frame, collector), _now(), status,
                        error))
-    if frame.parent is None:
+    if frame.parent is None and collector is not None:
         collector.changed(True)  # the task is over: the writer builds its records and writes the file now
 
 
@@ -540,7 +538,7 @@ def _step_died_of(frame: Frame, step: Any, error: Tuple[str, Optional[str]]) -> 
 def _traced_run_class() -> type:
     import wrapt
 
-    class _TracedRun(wrapt.ObjectProxy):  # type: ignore[misc]
+    class _TracedRun(wrapt.ObjectProxy):
         """Stands in for the generator `run(stream=True)` returns (isinstance and attributes pass through): the
         same items, send/throw/close passed on, each resumption run with the agent's frame as the current context,
         and the task ended when the generator is exhausted, raises, is closed or is dropped."""
@@ -752,7 +750,7 @@ def _patch_class(cls: type, targets: Dict[str, Callable[..., Any]]) -> None:
         _wrap(cls, attr, wrapper)
 
 
-def _install_subclass_hook(base: type, targets: Dict[str, Callable[..., Any]]) -> None:
+def _install_subclass_hook(base: Type[Any], targets: Dict[str, Callable[..., Any]]) -> None:
     """Patches classes defined after install. Nothing to wrap here (these bases inherit object's no-op
     `__init_subclass__`), so we set one and remember to delete it; a base that defines its own is chained."""
     original = vars(base).get("__init_subclass__", _ABSENT)
@@ -766,7 +764,7 @@ def _install_subclass_hook(base: type, targets: Dict[str, Callable[..., Any]]) -
             with _lock:
                 _safe("smolagents.patch_subclass", _patch_class, cls, targets)
 
-    hook = classmethod(__init_subclass__)
+    hook: classmethod = classmethod(__init_subclass__)
     base.__init_subclass__ = hook  # type: ignore[assignment]
     _patched.append((base, "__init_subclass__", original, vars(base)["__init_subclass__"]))
 
