@@ -59,9 +59,7 @@ class _Ablation(Setups):
         super().activate(_BASE)
         restored, steps = _VARIANTS[name]
         integration = self.integration
-        for patch in integration._patched:
-            if patch[1] in restored:
-                integration._unwrap(*patch)
+        integration.integration.patches.undo(restored)
         # (Otherwise a run's start takes the model's class for one not patched yet and patches it again.)
         integration._seen_model_classes.update(self.model_classes)
         if not steps:

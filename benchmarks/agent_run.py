@@ -62,6 +62,8 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from sop_telemetry.integrations.patching import as_method
+
 from .fake import section_one_agent
 from .stats import bootstrap_ci, cpu_time, freeze_heap, median, minimal_hook_factory, perf, quiet_gc, trimmed_mean
 
@@ -160,8 +162,8 @@ class Setups:
         self.manager = TelemetryManager.get_instance()
         self.model_classes = model_classes
         integration.install()
-        self._hook_targets = [(owner, attr, original) for owner, attr, original, _ in integration._patched
-                               if attr in _HOOKED]
+        self._hook_targets = [(owner, attr, original) for owner, attr, original, _ in
+                              integration.integration.patches.patched if attr in _HOOKED]
         integration.uninstall()
         self._minimal_sink: List[tuple] = []
         self.snapshot = _Snapshot(_all_subclasses(Model, Tool, MultiStepAgent))
@@ -205,7 +207,7 @@ class Setups:
         elif name == "minimal_hooks":
             make = minimal_hook_factory(self._minimal_sink)
             for owner, attr, original in self._hook_targets:
-                setattr(owner, attr, make(self.integration._as_method(original)))
+                setattr(owner, attr, make(as_method(original)))
         elif name.startswith("openinference"):
             import wrapt
             from openinference.instrumentation.smolagents._wrappers import _ModelWrapper

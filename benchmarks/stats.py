@@ -82,21 +82,18 @@ def per_call_us(fn: Callable[[], None], calls: int, batches: int) -> List[float]
     return out
 
 
-_MINIMAL_HOOK = """
-def make(original):
-    def hook(PARAMS):
-        t0 = perf()
-        result = original(CALL)
-        sink.append((t0, perf() - t0))
-        return result
-    return hook
-"""
-
-
 def minimal_hook_factory(sink: List[tuple]) -> Callable[[Any], Any]:
     """`make(original)`: the cheapest hook Python allows that times a call (read the clock, call the original, read
-    the clock, append both to `sink`), with the original's own parameters where possible, as sop_telemetry's
-    per-step wrappers have. What no telemetry written in Python can go below at the same call sites."""
-    from sop_telemetry.integrations import _signatures
+    the clock, append both to `sink`), with the same shape as sop_telemetry's per-step wrappers. What no telemetry
+    written in Python can go below at the same call sites."""
 
-    return _signatures.factory(_MINIMAL_HOOK, {"perf": perf, "sink": sink})
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def hook(self: Any, *args: Any, **kwargs: Any) -> Any:
+            t0 = perf()
+            result = original(self, *args, **kwargs)
+            sink.append((t0, perf() - t0))
+            return result
+
+        return hook
+
+    return make

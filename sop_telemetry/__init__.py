@@ -79,9 +79,9 @@ def __getattr__(name: str) -> Any:
 
 
 def _activate() -> None:
-    from .integrations import auto_install
+    from . import registry
 
-    auto_install()
+    registry.arm()
 
 
 _activate()

@@ -9,8 +9,8 @@ Usage::
     report = summarize_sessions(load_sessions(since="2026-01-01", until="2026-02-01"))
     print(report.agents["ToolCallingAgent"].success_rate, report.model_dump_json())
 
-Works on stored files only, without smolagents. Results are pydantic models: `render()` (or `str()`) gives the text,
-`tables()` the same figures as rows (the CLI draws them with rich), `model_dump_json()` the machine form.
+Works on stored files only, without any agent framework. Results are pydantic models: `render()` (or `str()`) gives
+the text, `tables()` the same figures as rows (the CLI draws them with rich), `model_dump_json()` the machine form.
 Costs are those written into the records (see `pricing`); a sum over calls some of which have no known price is a
 lower bound, and says so (`unpriced_calls`).
 """

@@ -509,7 +509,7 @@ def _cmd_show(args: argparse.Namespace, out: _Output) -> int:
         ["total tokens", f"{tokens.total.total_tokens:,}"],
         ["estimated cost", format_cost(tokens.total.cost, tokens.total.unpriced_calls)],
         ["python", env.python_version or "-"],
-        ["smolagents", env.smolagents_version or "-"],
+        ["frameworks", ", ".join(f"{name} {version}" for name, version in env.frameworks.items()) or "-"],
         ["directory", env.working_directory or "-"],
     ])
     out.tables([header, *tokens.tables()[1:], *performance.tables()])  # (the first: durations and time split)
@@ -712,6 +712,7 @@ def _cmd_report(args: argparse.Namespace, out: _Output) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace, out: _Output) -> int:
+    from . import registry
     from .analysis import Table
     from .storage import SessionLoadError
 
@@ -738,6 +739,7 @@ def _cmd_stats(args: argparse.Namespace, out: _Output) -> int:
         "oldest_session": readable[0] if readable else None,
         "newest_session": readable[-1] if readable else None,
         "last_write": max((mtime for *_rest, mtime in files), default=None),
+        "integrations": registry.describe(),
     }
     if out.json:
         out.data(data)
@@ -752,6 +754,9 @@ def _cmd_stats(args: argparse.Namespace, out: _Output) -> int:
         ["oldest session", data["oldest_session"] or "-"],
         ["newest session", data["newest_session"] or "-"],
         ["last write", last],
+    ]), Table("Integrations", [(name, "<") for name in ("integration", "framework version", "supported", "selected")], [
+        [row["name"], row["version"] or "not installed", row["supported"] or "-", "yes" if row["selected"] else "no"]
+        for row in data["integrations"]
     ])])
     return 0
 

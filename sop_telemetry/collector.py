@@ -28,7 +28,7 @@ from contextvars import ContextVar
 from copy import deepcopy
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
-from .error_handler import get_error_handler, guard, safe_telemetry_operation
+from .error_handler import guard, report, safe_telemetry_operation
 from .status import TaskStatus
 from .storage import new_session_id
 
@@ -78,7 +78,7 @@ class Frame:
     """What a piece of running code records into: a task, and the agent run (if any) inside it."""
 
     __slots__ = ("task", "agent", "owner", "parent", "collector", "pending", "limit", "epoch", "calls", "tools",
-                 "dropped", "planning", "step_errors", "lost_steps", "memory", "outer_error", "max_steps")
+                 "dropped", "framework", "step", "last_step", "stop_reason", "ext")
 
     def __init__(self, task: Optional[dict], agent: Optional[dict] = None, owner: Any = None,
                  parent: Optional["Frame"] = None, collector: Optional["TelemetryCollector"] = None):
@@ -100,26 +100,21 @@ class Frame:
         self.epoch = time.time() - Clock.perf()
         if collector is not None and not collector.capture_content:
             self.pending, self.limit = collector.pending, collector.pending_limit
-        # The step records of a run are built when it ends, from the agent's memory (see _smolagents_records), and
-        # each takes the call records made in it: these are the run's call records no step has taken yet. Only
-        # records the task keeps are listed, so one step with 100,000 calls stays within max_records_per_task; the
-        # dropped ones are only counted (per step number: kind, and their tokens), so that the step's figures stay
-        # exact.
+        # A run's step records each take the call records made in it (recorder.record_step): these are the run's
+        # call records no step has taken yet. Only records the task keeps are listed, so one step with 100,000 calls
+        # stays within max_records_per_task; the dropped ones are only counted (per step number: kind, and their
+        # tokens), so that the step's figures stay exact.
         self.calls: List[dict] = []
         self.tools: List[dict] = []
         self.dropped: Dict[Any, Dict[str, int]] = {}
-        # What a step's memory object does not tell, noted when the step is finalized (rare, so made when first
-        # needed: see the integration's `_step_noted`): the calls of each planning step (by the step object's id),
-        # the error a step died of (by id), and steps that never reached the memory (a step callback raised).
-        self.planning: Optional[Dict[int, tuple]] = None
-        self.step_errors: Optional[Dict[int, Tuple[str, Optional[str]]]] = None
-        self.lost_steps: Optional[List[Any]] = None
-        # A streamed run's (memory list, index of its first step): it may still be going when the agent runs again.
-        self.memory: Optional[Tuple[List[Any], int]] = None
-        # The exception the caller was handling when this run began (code may run an agent inside an `except`):
-        # sys.exc_info() shows it everywhere below, so it must not be taken for an error of this run.
-        self.outer_error: Optional[BaseException] = None
-        self.max_steps = False  # the run stopped at max_steps (set when its steps are built)
+        self.framework: Optional[str] = None
+        # The step calls are made in when they name none (recorder.begin_step), and the last number given.
+        self.step: Optional[int] = None
+        self.last_step: Optional[int] = None
+        # Why the run stopped, when a builder finds out before its end is built ("max_steps").
+        self.stop_reason: Optional[str] = None
+        # What the integration that began the run keeps with it: the core never reads it.
+        self.ext: Any = None
 
 
 current: ContextVar[Optional[Frame]] = ContextVar("sop_telemetry_frame", default=None)
@@ -533,19 +528,24 @@ class TelemetryCollector:
                 try:
                     event[1](self, *event[2:])
                 except Exception as exc:  # noqa: BLE001 - the guard (inline: this runs for every record)
-                    get_error_handler().record_error(event[0], exc)
+                    report(event[0], exc)
             self.generation += 1
 
     def open_fallback_task(self) -> dict:
         """Where a record with no current context goes: the implicit task. Not "the only open task": with several
-        threads that would file one thread's records under another thread's task (and the smolagents versions we
-        support copy the context into their tool threads, the case that guess was for)."""
+        threads that would file one thread's records under another thread's task (and the frameworks we
+        instrument copy the context into their tool threads, the case that guess was for)."""
         with self._lock:
-            if self._implicit is None:
-                self._implicit = self.open_task("untracked", "Records made outside any task", implicit=True)
+            implicit = self._implicit
+            if implicit is None:
+                # Kept before the manager is told (changed): if telling it fails, the next record must find this
+                # task, not open a second one with the same id.
+                implicit = self._implicit = self.open_task("untracked", "Records made outside any task",
+                                                           notify=False, implicit=True)
                 self._said_once("untracked", "a record was made outside any task (no start_task or agent run "
                                              "around it): such records go to the task 'untracked'", logging.INFO)
-            return self._implicit
+                self.changed(False)
+            return implicit
 
     def changed(self, urgent: bool) -> None:
         """Marks the session changed and tells the manager (which starts its writer); `urgent` asks for a write now."""
@@ -556,7 +556,7 @@ class TelemetryCollector:
             try:
                 self._on_change(urgent)
             except Exception as exc:  # noqa: BLE001 - this is the guard
-                get_error_handler().record_error("collector.on_change", exc)
+                report("collector.on_change", exc)
 
     # -- reading -----------------------------------------------------------------------------------------------
     def has_records(self) -> bool:

@@ -7,6 +7,7 @@ Usage::
 
 Environment: ``SOP_TELEMETRY_DISABLED=1`` turns everything off, ``SOP_TELEMETRY_DIR`` sets the storage directory,
 ``SOP_TELEMETRY_OTLP=1`` (or ``0``) switches live OpenTelemetry export on (or off),
+``SOP_TELEMETRY_INTEGRATIONS`` (``smolagents,langchain``, ``-langchain``) chooses the framework integrations, and
 ``SOP_TELEMETRY_MAX_TASKS_PER_SESSION`` / ``SOP_TELEMETRY_MAX_SESSION_BYTES`` set the bounds of one session file.
 They win over values given in code, so an operator can always switch telemetry off or move it.
 """
@@ -83,6 +84,16 @@ class TelemetryConfig(BaseModel):
     # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT variables (default http://localhost:4318).
     otlp_enabled: bool = False
     otlp_endpoint: Optional[str] = None
+    # Which framework integrations to install: names ("smolagents", "langchain"), "-name" to leave one out, "all"
+    # or "none"; a list or a comma-separated string. None: all. SOP_TELEMETRY_INTEGRATIONS wins over it.
+    integrations: Optional[List[str]] = None
+
+    @field_validator("integrations", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @field_validator("storage_dir", mode="before")
     @classmethod

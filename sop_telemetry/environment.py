@@ -14,7 +14,6 @@ import getpass
 import os
 import platform
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Dict, Iterable, Optional
@@ -91,11 +90,17 @@ def collect_environment(extra_allowlist: Iterable[str] = ()) -> EnvironmentInfo:
         timezone=time.strftime("%Z") or "UTC",
         hostname=socket.gethostname(),
         telemetry_version=_version("sop-telemetry"),
-        smolagents_version=_version("smolagents") if "smolagents" in sys.modules else None,
     )
     # A folder or a variable with bytes that are not UTF-8 (decoded with surrogateescape) must not make the file
     # unwritable.
     fields = {key: encodable(value) if isinstance(value, str) else value for key, value in fields.items()}
     variables = select_environment(dict(os.environ), extra_allowlist)
-    return EnvironmentInfo(**fields, pid=os.getpid(),
+    return EnvironmentInfo(**fields, pid=os.getpid(), frameworks=framework_versions(),
                            environment_variables={encodable(k): encodable(v) for k, v in variables.items()})
+
+
+def framework_versions() -> Dict[str, str]:
+    """The version of each framework instrumented now, by integration name."""
+    from .registry import active
+
+    return {name: encodable(version) for name, version in active().items() if version is not None}

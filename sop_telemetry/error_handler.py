@@ -12,6 +12,11 @@ Usage::
 
 An operation that fails `failure_threshold` times in a row is suspended for `cooldown` seconds (calls return the
 default without running), so a broken disk or a bug on a hot path costs one log line, not one per call.
+
+This is the one guard for all telemetry code, in three shapes with one behaviour: the decorator above, the call
+`guard(operation, func, *args)`, and, inline on hot paths where a call costs too much, `except Exception as exc:
+report(operation, exc)`. Each counts the error under its operation, logs it once (a warning, then debug lines) and
+never raises into the program.
 """
 
 from __future__ import annotations
@@ -154,21 +159,30 @@ def get_error_handler() -> TelemetryErrorHandler:
     return _handler
 
 
+def report(operation: str, exc: BaseException) -> None:
+    """The guard's inline shape: counts `exc` under `operation` and logs it once. Never raises."""
+    _handler.record_error(operation, exc)
+
+
+def _guarded(operation: str, default: Any, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    if _handler.is_suspended(operation):
+        return default
+    try:
+        result = func(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - this is the guard
+        _handler.record_error(operation, exc)
+        return default
+    _handler.record_success(operation)
+    return result
+
+
 def safe_telemetry_operation(operation: str, default: Any = None) -> Callable[[F], F]:
     """Decorator: runs the function, and on any Exception counts it, logs it once and returns `default`."""
 
     def decorate(func: F) -> F:
         @functools.wraps(func)
         def guarded(*args: Any, **kwargs: Any) -> Any:
-            if _handler.is_suspended(operation):
-                return default
-            try:
-                result = func(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - this is the guard
-                _handler.record_error(operation, exc)
-                return default
-            _handler.record_success(operation)
-            return result
+            return _guarded(operation, default, func, args, kwargs)
 
         return guarded  # type: ignore[return-value]
 
@@ -176,9 +190,5 @@ def safe_telemetry_operation(operation: str, default: Any = None) -> Callable[[F
 
 
 def guard(operation: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Optional[Any]:
-    """Calls `func` under the guard without decorating it: the shape wrappers use on hot paths."""
-    try:
-        return func(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - this is the guard
-        _handler.record_error(operation, exc)
-        return None
+    """Calls `func` under the guard without decorating it; None if it failed (or its operation is suspended)."""
+    return _guarded(operation, None, func, args, kwargs)

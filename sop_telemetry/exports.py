@@ -10,7 +10,7 @@ Usage::
     print(to_text_tree(session))                              # agents nested in agents, their steps, calls and tools
 
 CSV tables are flat, one row per record, and every row carries `session_id` and `task_id` so tables of several
-sessions can be concatenated and joined (pandas, a spreadsheet). Works without smolagents.
+sessions can be concatenated and joined (pandas, a spreadsheet). Works without any agent framework.
 """
 
 from __future__ import annotations

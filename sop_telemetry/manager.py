@@ -177,6 +177,10 @@ class TelemetryManager:
             if "enabled" in items or env_disabled():
                 switch.enabled = cfg.enabled
             self._configure_otlp(cfg)
+        if "integrations" in items:
+            from . import registry
+
+            guard("manager.integrations", registry.arm, ",".join(cfg.integrations or ["all"]))
 
     def _configure_otlp(self, cfg: "TelemetryConfig") -> None:
         """Live OTLP export is opt-in: only then is sop_telemetry.otel (and OpenTelemetry with it) imported.
@@ -335,7 +339,10 @@ class TelemetryManager:
     def get_storage_stats(self) -> Dict[str, Any]:
         """A dict describing storage and recording: `storage_path`, `total_files`, `total_bytes`,
         `current_session_id`, `current_session_tasks`, `enabled`, `last_flush_time`, `unwritten_changes`,
-        `dropped_records` (per kind), `telemetry_errors`, and `otlp` (the live exporter's counters)."""
+        `dropped_records` (per kind), `telemetry_errors`, `otlp` (the live exporter's counters), and `integrations`
+        (the framework integrations installed now, with their framework's version)."""
+        from . import registry
+
         cfg = self._ensure()
         store = self._store
         assert store is not None
@@ -363,6 +370,7 @@ class TelemetryManager:
             "dropped_records": dropped,
             "telemetry_errors": get_error_handler().total_errors(),
             "otlp": self._otlp.stats() if self._otlp is not None else {"enabled": False},
+            "integrations": registry.active(),
         }
 
     @safe_telemetry_operation("manager.get_all_session_ids", default=[])
@@ -529,10 +537,14 @@ class TelemetryManager:
 
     def _environment_info(self) -> Any:
         """The session's EnvironmentInfo, collected once (again after initialize(): the allowlist may change)."""
-        if self._environment is None:
-            from .environment import collect_environment
+        from .environment import collect_environment, framework_versions
 
+        if self._environment is None:
             self._environment = collect_environment(self.config.environment_allowlist)
+        else:
+            frameworks = framework_versions()  # (a framework may have been imported since)
+            if frameworks != self._environment.frameworks:
+                self._environment = self._environment.model_copy(update={"frameworks": frameworks})
         return self._environment
 
     def _build_current(self, final: bool) -> "TelemetrySession":

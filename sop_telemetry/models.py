@@ -14,13 +14,15 @@ readers such as `jq`, and ignored (recomputed) when a file is loaded back.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, computed_field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
 from .status import CallStatus, TaskStatus
 
-SCHEMA_VERSION = 1
+# 2: each AgentExecution names its `framework`; EnvironmentInfo lists `frameworks` (schema 1 had one field per
+# framework, `<name>_version`, read into `frameworks` when a file of schema 1 is loaded).
+SCHEMA_VERSION = 2
 
 
 class _Model(BaseModel):
@@ -89,8 +91,13 @@ class LLMCall(_Attributed):
     status: CallStatus = CallStatus.SUCCESS
     error_type: Optional[str] = None
     error_message: Optional[str] = None
+    # Of prompt_tokens, read from a cache; of completion_tokens, spent reasoning. None when not reported.
+    cached_tokens: Optional[int] = None
+    reasoning_tokens: Optional[int] = None
     streamed: bool = False
-    # "action", "planning" or "final_answer" (the call smolagents makes after max_steps); None when unknown.
+    # Why the call was made, an open vocabulary: the type of the step it was made in ("action", "planning",
+    # "final_answer" (the answer asked for after max_steps), "node", ...) unless the integration names one
+    # ("retry", ...); None when unknown.
     purpose: Optional[str] = None
     cost_estimate: Optional[float] = None
     # Only with capture_content=True.
@@ -106,6 +113,11 @@ class ToolExecution(_Attributed):
     status: CallStatus = CallStatus.SUCCESS
     error_type: Optional[str] = None
     error_message: Optional[str] = None
+    # The tool asked the model to try again (pydantic-ai's ModelRetry).
+    retry_requested: bool = False
+    # The tool's error was handed back to the model as its result rather than ending the run (LangChain's
+    # ToolNode with handle_tool_errors).
+    error_returned_to_model: bool = False
     # Only with capture_content=True.
     arguments_preview: Optional[str] = None
     output_preview: Optional[str] = None
@@ -120,6 +132,8 @@ class AgentExecution(_Timed):
     agent_id: str = ""
     agent_type: str
     agent_name: str
+    # The framework the run was made with (an integration's name); None in files of schema 1, which had one.
+    framework: Optional[str] = None
     parent_agent_id: Optional[str] = None
     model: Optional[str] = None
     status: TaskStatus = TaskStatus.COMPLETED
@@ -130,10 +144,10 @@ class AgentExecution(_Timed):
 
 
 class StepExecution(_Attributed):
-    """One step of an agent run (`step_type` "action", "planning" or "final_answer"), with the tokens and counts of
-    the calls made in it."""
+    """One step of an agent run, with the tokens and counts of the calls made in it. `step_type` is an open
+    vocabulary: "action", "planning", "final_answer", "node", ..."""
 
-    step_type: str = "action"  # "action", "planning", "final_answer"
+    step_type: str = "action"
     prompt_tokens: int = 0
     completion_tokens: int = 0
     llm_calls: int = 0
@@ -188,8 +202,8 @@ class TaskExecution(_Timed):
 
 
 class EnvironmentInfo(_Model):
-    """The process a session was recorded in: OS, Python and smolagents versions, directory, host, pid, and the
-    allowlisted environment variables (credential-like names masked)."""
+    """The process a session was recorded in: OS and Python versions, the versions of the instrumented frameworks,
+    directory, host, pid, and the allowlisted environment variables (credential-like names masked)."""
 
     os_type: str = ""
     os_version: str = ""
@@ -202,7 +216,18 @@ class EnvironmentInfo(_Model):
     hostname: Optional[str] = None
     pid: Optional[int] = None
     telemetry_version: Optional[str] = None
-    smolagents_version: Optional[str] = None
+    # The version of each framework instrumented in the session, by integration name.
+    frameworks: Dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _frameworks_of_schema_1(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            old = {key[: -len("_version")]: value for key, value in data.items()
+                   if key.endswith("_version") and key not in cls.model_fields and isinstance(value, str)}
+            if old:
+                data = {**data, "frameworks": {**old, **(data.get("frameworks") or {})}}
+        return data
 
 
 class TelemetrySession(_Model):

@@ -325,8 +325,9 @@ def session_resource(session_id: str, environment: Optional[EnvironmentInfo] = N
         "os.type": env.os_type.lower() if env is not None and env.os_type else None,
         "process.runtime.version": env.python_version if env is not None and env.python_version else None,
         "sop_telemetry.version": (env.telemetry_version if env is not None else None) or __version__,
-        "sop_telemetry.smolagents_version": env.smolagents_version if env is not None else None,
     }
+    for name, version in (env.frameworks if env is not None else {}).items():
+        ours[f"sop_telemetry.framework.{name}.version"] = version
     if str(detected.attributes.get("service.name", "unknown_service")).startswith("unknown_service"):
         ours["service.name"] = "sop_telemetry"
     return detected.merge(Resource(_clean(ours)))

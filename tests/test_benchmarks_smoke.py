@@ -41,9 +41,10 @@ def test_quick_benchmark_runs_every_section(tmp_path: Path) -> None:
     # Section 1d times the unwritten setup with parts taken out; each variant's run queues exactly what is left
     # (a model class patched again when a run starts once put a hook taken out back, unseen).
     queued = figures["ablation"]["queued_events"]
-    assert queued["sop_unwritten"] == queued["without_steps"] >= 44  # 21 model calls, 21 tool calls, start, end
+    # 21 model calls, 21 tool calls; the run's begin, its model's credentials, its steps, its end
+    assert queued["sop_unwritten"] == queued["without_steps"] >= 46
     assert queued["without_model_hook"] == queued["without_tool_hook"] == queued["sop_unwritten"] - 21
-    assert queued["run_hook_only"] == 2
+    assert queued["run_hook_only"] == 4
     # Section 1c runs each child natively once in --quick (no valgrind in CI): the code path, not a count.
     assert set(figures["instructions"]["tool_calling"]["setups"]) == {"none", "sop"}
     assert figures["instructions"]["counted"] is False

@@ -249,8 +249,13 @@ def test_stats(sessions, storage_dir, main):
     assert data["total_files"] == 2 and data["exists"] is True
     assert data["total_bytes"] == sum(size for _, _, size, _ in files)
     assert (data["oldest_session"], data["newest_session"]) == (sessions[0].session_id, sessions[1].session_id)
+    import smolagents
+
+    (smol,) = [row for row in data["integrations"] if row["name"] == "smolagents"]
+    assert (smol["version"], smol["supported"], smol["selected"]) == (smolagents.__version__, ">=1.23,<1.27", True)
     text = main("--dir", str(storage_dir), "stats").stdout
     assert "session files   2" in text
+    assert "smolagents" in text and "Integrations" in text
 
 
 def test_cleanup_removes_only_old_session_files(sessions, storage_dir):

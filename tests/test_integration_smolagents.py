@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from typing import Any, List
 
 import pytest
 from fakes import (
@@ -26,6 +27,7 @@ from smolagents.tools import Tool
 from sop_telemetry.collector import TelemetryCollector
 from sop_telemetry.error_handler import get_error_handler
 from sop_telemetry.integrations import smolagents as integration
+from sop_telemetry.integrations.patching import is_ours
 
 
 @pytest.fixture
@@ -337,7 +339,7 @@ def test_a_planning_step_of_a_subclass_that_delegates_to_smolagents_takes_its_ca
             self.plans = getattr(self, "plans", 0) + 1
             yield from super()._generate_planning_step(task, is_first_step, step)
 
-    assert integration._is_ours(vars(Planner)["_generate_planning_step"])
+    assert is_ours(vars(Planner)["_generate_planning_step"])
     model = ScriptedModel(["Plan: add then answer", call("add", a=1, b=2), "Updated plan",
                            call("final_answer", answer="3")],
                           usage_by_index={0: (500, 50), 1: (100, 10), 2: (600, 60), 3: (100, 10)})
@@ -741,7 +743,7 @@ def _patched_attributes():
 
 def test_uninstall_restores_the_exact_originals_and_install_is_idempotent(manager):
     patched = _patched_attributes()
-    assert all(integration._is_ours(value) for value in patched.values())
+    assert all(is_ours(value) for value in patched.values())
     assert integration.install() is True  # a second install changes nothing
     assert _patched_attributes() == patched
 
@@ -750,7 +752,7 @@ def test_uninstall_restores_the_exact_originals_and_install_is_idempotent(manage
         restored = _patched_attributes()
         assert set(restored) == set(patched)
         for key, value in restored.items():
-            assert not integration._is_ours(value), key
+            assert not is_ours(value), key
             assert value is patched[key].__wrapped__, key
         assert "__init_subclass__" not in vars(Model)
         integration.uninstall()  # idempotent
@@ -759,10 +761,10 @@ def test_uninstall_restores_the_exact_originals_and_install_is_idempotent(manage
             def generate(self, messages, **kwargs):
                 return ChatMessage(role=MessageRole.ASSISTANT, content="")
 
-        assert not integration._is_ours(vars(Later)["generate"])
+        assert not is_ours(vars(Later)["generate"])
     finally:
         integration.install()
-    assert integration._is_ours(vars(Later)["generate"])  # re-install reaches later classes too
+    assert is_ours(vars(Later)["generate"])  # re-install reaches later classes too
     assert _patched_attributes().keys() == patched.keys()
 
 
@@ -785,9 +787,9 @@ def test_import_order_does_not_matter(tmp_path, order):
     if order == "smolagents-first":
         imports.reverse()
     code = "; ".join(imports) + (
-        "; from sop_telemetry.integrations.smolagents import _is_ours"
+        "; from sop_telemetry.integrations.patching import is_ours"
         "; from smolagents.models import Model; from smolagents.agents import MultiStepAgent"
-        "; print(_is_ours(vars(Model)['generate']), _is_ours(vars(MultiStepAgent)['run']))"
+        "; print(is_ours(vars(Model)['generate']), is_ours(vars(MultiStepAgent)['run']))"
     )
     assert _python(code, tmp_path) == "True True"
 
@@ -818,19 +820,18 @@ def test_unsupported_smolagents_version_is_left_alone_with_one_warning(manager, 
 
     integration.uninstall()
     monkeypatch.setattr(smolagents, "__version__", "1.12.0")
-    monkeypatch.setattr(integration, "_warned_version", False)
     try:
         with caplog.at_level("WARNING", logger="sop_telemetry"):
             assert integration.install() is False
             assert integration.install() is False
-        assert not integration._is_ours(vars(Model)["generate"])
+        assert not is_ours(vars(Model)["generate"])
         assert [r.getMessage() for r in caplog.records].count(
             "sop_telemetry: smolagents 1.12.0 is outside the supported range (>=1.23,<1.27); it is not instrumented"
         ) == 1
     finally:
         monkeypatch.undo()
         integration.install()
-    assert integration._is_ours(vars(Model)["generate"])
+    assert is_ours(vars(Model)["generate"])
 
 
 def test_disable_before_first_use_survives_lazy_initialization(storage_dir, monkeypatch):
@@ -849,3 +850,46 @@ def test_disable_before_first_use_survives_lazy_initialization(storage_dir, monk
     finally:
         fresh.shutdown(flush=False)
         switch.enabled = True
+
+
+_SENTINEL = object()
+
+
+# -- models with their own generate signature ---------------------------------------------------------------------
+class KeywordModel(Model):
+    """A model whose generate has its own shape: a keyword-only option with a sentinel default, extra keywords."""
+
+    def __init__(self) -> None:
+        super().__init__(model_id="keyword-model")
+        self.options: List[Any] = []
+
+    def generate(self, messages, stop_sequences=None, *, temperature=_SENTINEL, **kwargs):  # noqa: ANN001
+        self.options.append((temperature, sorted(kwargs)))
+        from fakes import tool_calls_message
+
+        if len(self.options) == 1:
+            return tool_calls_message([("add", {"a": 1, "b": 2})], (7, 3))
+        return tool_calls_message([("final_answer", {"answer": "3"})], (5, 1))
+
+
+def test_a_model_with_its_own_generate_signature_is_recorded_and_called_unchanged(manager):
+    model = KeywordModel()
+    assert is_ours(vars(KeywordModel)["generate"])
+    assert ToolCallingAgent(tools=[add], model=model, verbosity_level=0).run("add") == "3"
+    assert [t for t, _ in model.options] == [_SENTINEL, _SENTINEL]
+    assert model.options[0][1] == ["tools_to_call_from"]  # a keyword the signature does not name: in **kwargs
+    model.generate([ChatMessage(role=MessageRole.USER, content="hi")], temperature=0.5, seed=1)
+    assert model.options[-1] == (0.5, ["seed"])
+    [task] = [t for t in written_session(manager)["tasks"] if t["description"] == "add"]
+    assert [(c["prompt_tokens"], c["completion_tokens"]) for c in task["llm_calls"]] == [(7, 3), (5, 1)]
+    assert [s["step_number"] for s in task["steps"]] == [1, 2]
+
+
+def test_content_capture_reads_the_messages_however_they_were_passed(manager, storage_dir):
+    manager.initialize({"storage_dir": str(storage_dir), "capture_content": True, "auto_cleanup": False,
+                        "fsync": False})
+    model = KeywordModel()
+    model.generate([ChatMessage(role=MessageRole.USER, content="by position")])
+    model.generate(messages=[ChatMessage(role=MessageRole.USER, content="by keyword")])
+    calls = manager.get_collector().snapshot()["tasks"][0]["llm_calls"]
+    assert [c["input_preview"] for c in calls] == ["by position", "by keyword"]

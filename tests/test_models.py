@@ -76,7 +76,7 @@ def full_session() -> TelemetrySession:
                              llm_calls=[llm("gpt-4", 1, 2)])
     env = EnvironmentInfo(os_type="Linux", os_version="6.1", python_version="3.11.7", working_directory="/w",
                           project_root="/w", user_name="ü", timezone="UTC", environment_variables={"CI": "1"},
-                          hostname="h", pid=42, telemetry_version="0.1.0", smolagents_version="1.26.0")
+                          hostname="h", pid=42, telemetry_version="0.1.0", frameworks={"smolagents": "1.26.0"})
     return TelemetrySession(session_id="20250301T120000_123456_deadbeef", start_time=T0, end_time=at(50),
                             environment=env, tasks=[task, implicit])
 

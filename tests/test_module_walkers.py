@@ -63,7 +63,7 @@ for name in before:
 print(json.dumps({"before": before, "imported": [name for name in ours() if name not in before]}))
 """
     out = json.loads(_python(code, tmp_path))
-    assert out == {"before": ["sop_telemetry", "sop_telemetry.integrations"], "imported": []}
+    assert out == {"before": ["sop_telemetry", "sop_telemetry.registry"], "imported": []}
 
 
 def test_public_names_stay_lazy_and_load_on_first_use(tmp_path):
@@ -86,8 +86,8 @@ def test_freezegun_starts_and_stops_with_sop_telemetry_imported(tmp_path, with_s
         code += """
 import smolagents
 from smolagents.models import Model
-from sop_telemetry.integrations.smolagents import _is_ours
-assert _is_ours(vars(Model)["generate"])
+from sop_telemetry.integrations.patching import is_ours
+assert is_ours(vars(Model)["generate"])
 """
     code += """
 from freezegun import freeze_time

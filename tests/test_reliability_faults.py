@@ -30,10 +30,11 @@ from agent_runs import SCENARIOS, assert_same_outcome, uninstrumented
 from fakes import ScriptedModel, add, call
 from smolagents import ToolCallingAgent
 
+from sop_telemetry import recorder
 from sop_telemetry.collector import TelemetryCollector
 from sop_telemetry.error_handler import get_error_handler
-from sop_telemetry.integrations import _smolagents_records as records
-from sop_telemetry.integrations import smolagents as integration
+from sop_telemetry.integrations.patching import is_ours
+from sop_telemetry.integrations.smolagents import SmolagentsIntegration
 from sop_telemetry.manager import TelemetryManager
 from sop_telemetry.storage import TelemetryDataStore, parse_session
 
@@ -65,66 +66,51 @@ def assert_counted_and_logged_once(caplog: pytest.LogCaptureFixture, min_count: 
 
 
 # -- every internal step raising in turn --------------------------------------------------------------------------
-# (owner, attribute): what a run goes through, from the wrappers down to the disk. On the agent's thread the
-# wrappers queue events (`integration._queue_*`, which are guards themselves, so the faults go into what they call);
-# the records are built from the queue by `records.*`, when the collector materializes it (the writer, a reader).
+# (owner, attribute): what a run goes through at the public seams, from the integration down to the disk. On the
+# agent's thread the integration calls the recorder API, which queues events; the records are built from the queue
+# by the recorder's builders when the collector materializes it (the writer, a reader); the store writes them.
 FAULT_POINTS = {
     "collector.add": (TelemetryCollector, "add"),
     "collector.open_task": (TelemetryCollector, "open_task"),
     "collector.close_task": (TelemetryCollector, "close_task"),
     "collector.open_fallback_task": (TelemetryCollector, "open_fallback_task"),
+    "collector.changed": (TelemetryCollector, "changed"),
     "collector.materialize": (TelemetryCollector, "materialize"),
     "collector.snapshot": (TelemetryCollector, "snapshot"),
     "collector.snapshot_with_open_ids": (TelemetryCollector, "snapshot_with_open_ids"),
     "collector.build_session": (TelemetryCollector, "build_session"),
     "manager.get_collector": (TelemetryManager, "get_collector"),
-    "manager._on_change": ("the live collector", "_on_change"),  # bound into the collector when it is made
-    "manager._write": (TelemetryManager, "_write"),
-    "manager._build_current": (TelemetryManager, "_build_current"),
-    "manager._session_text": (TelemetryManager, "_session_text"),
     "storage.write": (TelemetryDataStore, "write"),
-    "integration._collector": (integration, "_collector"),
-    "integration._outside": (integration, "_outside"),
-    "integration._queue": (integration, "_queue"),
-    "integration._error": (integration, "_error"),
-    "integration._begin_run": (integration, "_begin_run"),
-    "integration._end_run": (integration, "_end_run"),
-    "integration._trace_run_stream": (integration, "_trace_run_stream"),
-    "integration._ensure_model_class": (integration, "_ensure_model_class"),
-    "integration._Usage.add": (integration._Usage, "add"),
-    "records.start_run": (records, "start_run"),
-    "records.begin_run": (records, "begin_run"),
-    "records.finish_run": (records, "finish_run"),
-    "records.end_run": (records, "end_run"),
-    "records.record_reply": (records, "record_reply"),
-    "records.record_result": (records, "record_result"),
-    "records.record_llm": (records, "record_llm"),
-    "records.record_tool": (records, "record_tool"),
-    "records.record_steps": (records, "record_steps"),
-    "records.planning_done": (records, "planning_done"),
-    "records.step_fields": (records, "step_fields"),
-    "records.remember_credentials": (records, "remember_credentials"),
-    "records.tokens": (records, "tokens"),
-    "records.next_id": (records, "next_id"),
-    "records.clip": (records, "clip"),
+    "recorder.begin_run": (recorder, "begin_run"),
+    "recorder.end_run": (recorder, "end_run"),
+    "recorder.defer": (recorder, "defer"),
+    "recorder.model_call": (recorder, "model_call"),
+    "recorder.tool_call": (recorder, "tool_call"),
+    "recorder.error_of": (recorder, "error_of"),
+    "recorder.attr": (recorder, "attr"),
+    "recorder.open_run": (recorder, "open_run"),
+    "recorder.close_run": (recorder, "close_run"),
+    "recorder.call_record": (recorder, "call_record"),
+    "recorder.add_model_call": (recorder, "add_model_call"),
+    "recorder.add_tool_call": (recorder, "add_tool_call"),
+    "recorder.add_step": (recorder, "add_step"),
+    "recorder.take_calls": (recorder, "take_calls"),
+    "recorder.usage_of": (recorder, "usage_of"),
+    "recorder.clip": (recorder, "clip"),
+    "recorder.next_id": (recorder, "next_id"),
+    "integration.setup": (SmolagentsIntegration, "setup"),
 }
 # Fault points a scenario never reaches (asserted below, so that the matrix cannot quietly go hollow).
-_ERRORS = ("tool_calling", "failing_model", "failing_callback", "direct_calls")  # where something raises
 NOT_REACHED = (
-    {("integration._trace_run_stream", s) for s in SCENARIOS if s != "stream"}
-    | {("integration._Usage.add", s) for s in SCENARIOS if s not in ("stream", "direct_calls")}
-    | {("integration._error", s) for s in SCENARIOS if s not in _ERRORS}
-    # (streamed replies, and calls made outside any run, are recorded by the general path)
-    | {("records.record_reply", "stream"), ("records.record_reply", "direct_calls"),
-       ("records.record_result", "direct_calls")}
-    | {(p, s) for p in ("collector.open_fallback_task", "integration._outside") for s in SCENARIOS
-       if s != "direct_calls"}
-    | {(p, "direct_calls") for p in ("integration._begin_run", "integration._end_run", "records.start_run",
-                                     "records.begin_run", "records.finish_run", "records.end_run",
-                                     "records.record_steps", "records.step_fields",
-                                     "records.remember_credentials", "integration._ensure_model_class")}
-    # (only the streamed scenario plans)
-    | {("records.planning_done", s) for s in SCENARIOS if s != "stream"}
+    # (only streamed replies, errors and calls outside any run take the general path, on which model_call runs)
+    {("recorder.model_call", s) for s in SCENARIOS if s not in ("stream", "direct_calls", "failing_model")}
+    | {("recorder.tool_call", s) for s in SCENARIOS if s not in ("direct_calls", "tool_calling")}
+    | {("collector.open_fallback_task", s) for s in SCENARIOS if s != "direct_calls"}
+    | {("recorder.take_calls", s) for s in SCENARIOS if s != "stream"}  # (planning steps: only this one plans)
+    | {(p, "direct_calls") for p in ("recorder.begin_run", "recorder.end_run", "recorder.defer", "recorder.open_run",
+                                     "recorder.close_run", "recorder.add_step", "recorder.take_calls")}
+    # (installed before any scenario runs: a fault in it is the integration contract's, tested apart)
+    | {("integration.setup", s) for s in SCENARIOS}
 )
 
 
@@ -163,12 +149,27 @@ def test_a_failing_internal_step_never_changes_the_run(manager, monkeypatch, cap
 
 def test_repeated_faults_are_logged_once_not_once_per_call(manager, monkeypatch, caplog):
     caplog.set_level(logging.WARNING, logger="sop_telemetry")
-    monkeypatch.setattr(records, "record_llm", lambda *a: (_ for _ in ()).throw(Injected("again")))
+    monkeypatch.setattr(recorder, "add_model_call", lambda *a: (_ for _ in ()).throw(Injected("again")))
     for _ in range(5):
         assert_same_outcome(uninstrumented(SCENARIOS["tool_calling"]), SCENARIOS["tool_calling"]())
     manager.get_collector().materialize()  # the records (and so the faults) of the last runs may still be queued
     summary = assert_counted_and_logged_once(caplog, min_count=15)
-    assert summary["smolagents.model"]["count"] == 15  # 3 model calls per run
+    assert summary["recorder.model_call"]["count"] == 15  # 3 model calls per run
+
+
+def test_a_failing_integration_setup_leaves_the_framework_as_shipped(manager, monkeypatch, caplog):
+    """The integration contract's seam: a bug in setup() is counted and logged once, and the run is the same."""
+    from smolagents.models import Model
+
+    caplog.set_level(logging.WARNING, logger="sop_telemetry")
+    integration = SmolagentsIntegration.__new__(SmolagentsIntegration)  # (not the live one: its patches stay)
+    SmolagentsIntegration.__init__(integration)
+    monkeypatch.setattr(SmolagentsIntegration, "setup", lambda self: (_ for _ in ()).throw(Injected("setup")))
+    generate = Model.__dict__["generate"]
+    assert integration.install() is False and integration.install() is False
+    assert integration.is_installed() is False and Model.__dict__["generate"] is generate
+    summary = assert_counted_and_logged_once(caplog, min_count=2)
+    assert summary["integrations.smolagents.install"]["count"] == 2
 
 
 def test_an_uninstrumented_baseline_really_is_uninstrumented(manager):
@@ -185,8 +186,8 @@ def test_an_uninstrumented_baseline_really_is_uninstrumented(manager):
     tasks_before = manager.get_collector().task_count()
     uninstrumented(probe)
     assert manager.get_collector().task_count() == tasks_before
-    assert not any(integration._is_ours(f) for f in seen[0])
-    assert integration._is_ours(MultiStepAgent.__dict__["run"]) and integration._is_ours(Model.__dict__["generate"])
+    assert not any(is_ours(f) for f in seen[0])
+    assert is_ours(MultiStepAgent.__dict__["run"]) and is_ours(Model.__dict__["generate"])
 
 
 # -- the storage directory failing ---------------------------------------------------------------------------------

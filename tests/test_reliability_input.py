@@ -624,14 +624,14 @@ def test_secrets_never_reach_a_session_file_or_the_log(manager, storage_dir, mon
 
 
 def test_a_model_key_is_masked_even_when_its_run_record_fails_to_build(manager, storage_dir, monkeypatch):
-    # The key is remembered by the run's first queued event, before its agent record is built: a failure there
-    # (counted and logged) must not leave the failed call's error message, which quotes the key, unmasked.
-    from sop_telemetry.integrations import _smolagents_records as records
+    # The key is remembered by an event of its own, queued as the run begins: a failure to build the run's agent
+    # record (counted and logged) must not leave the failed call's error message, which quotes the key, unmasked.
+    from sop_telemetry import recorder
 
     def broken(*args: Any) -> None:
         raise RuntimeError("injected: no agent record")
 
-    monkeypatch.setattr(records, "begin_run", broken)
+    monkeypatch.setattr(recorder, "open_run", broken)
     model = OfflineOpenAIModel(model_id="gpt-offline", api_key=MODEL_SECRET)
     model.fail = True
     with pytest.raises(AgentGenerationError, match="401 Unauthorized"):
@@ -640,7 +640,7 @@ def test_a_model_key_is_masked_even_when_its_run_record_fails_to_build(manager, 
     calls = [c for t in json.loads(path.read_bytes())["tasks"] for c in t["llm_calls"]]
     assert [c["error_message"] for c in calls] == ["401 Unauthorized for url: https://api.example/v1/chat?key=***"]
     assert MODEL_SECRET.encode() not in path.read_bytes()
-    assert get_error_handler().get_error_summary()["smolagents.run"]["count"] == 1
+    assert get_error_handler().get_error_summary()["recorder.run"]["count"] == 1
 
 
 def test_masking_never_makes_a_file_unreadable_and_handles_json_escapes(manager, storage_dir, monkeypatch):

@@ -25,41 +25,36 @@ What is patched (all undone by `uninstall()`):
   the context; the patch runs that code in a copy of the caller's context, so tools and managed agents called from
   code know their task, agent and step.
 
-Why plain functions and not `wrapt.FunctionWrapper`: a FunctionWrapper in a class builds a bound wrapper object at
-every attribute access and calls through it, which costs a short run measurably (docs/design.md, "Patch shapes").
-Each patch here is a function closing over the original, marked as ours, with `functools.update_wrapper` (so
-`__wrapped__`, the name and the signature are the original's); `uninstall()` restores by identity as before. The one
-called on every step (generate) is generated with the original's own parameters (`_signatures`), which saves packing
-and unpacking the arguments at every call. wrapt is still what proxies the generator of `run(stream=True)`.
+Each patch is a plain function closing over the original, made and undone by the shared `patching.Patcher` (restored
+by identity), not a `wrapt.FunctionWrapper`, which builds a bound wrapper object at every attribute access
+(docs/design.md, "Patch shapes"); wrapt is what proxies the generator of `run(stream=True)`. docs/integrations.md
+(the worked example) has this session's measurements.
 
-Every wrapper checks `switch.enabled` first and then calls the original. What it records is queued, not built: a
-tuple of timestamps and the objects at hand goes on the collector's queue, and the record dicts are built later by
-`_smolagents_records` (see TelemetryCollector.materialize). The queuing is guarded (counted, logged once, never
-raised); the original's result and exception pass through untouched.
+Every wrapper checks `switch.enabled` first and then calls the original. What it records goes through the recorder
+API (`sop_telemetry.recorder`), which queues it: records are built later, off the agent's thread. Runs, model calls
+and tool calls are the recorder's; what is smolagents' own (its steps, read from the agent's memory when a run
+ends; the calls of planning steps; its models' credentials) is deferred to `_smolagents_records`. The bookkeeping is
+guarded (counted, logged once, never raised); the original's result and exception pass through untouched.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 import threading
-import time
-from contextvars import ContextVar, copy_context
-from types import FunctionType, GeneratorType
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from contextvars import copy_context
+from types import GeneratorType
+from typing import Any, Callable, Dict, Optional, Tuple
 
+from .. import recorder
 from ..collector import Clock, Frame, clip, current, switch
-from ..error_handler import get_error_handler
 from ..error_handler import guard as _safe
-from ..manager import TelemetryManager
-from ..status import TaskStatus
-from . import _signatures
+from ..error_handler import report as _failed
+from ..registry import Integration
 from . import _smolagents_records as records
+from .patching import Patcher, is_ours, subclasses
 
 logger = logging.getLogger("sop_telemetry")
-
-SUPPORTED_VERSIONS = ((1, 23), (1, 27))  # >= 1.23 (copies context into tool threads), < 1.27 (tested up to 1.26)
 
 
 class _ModelCall:
@@ -85,158 +80,97 @@ class _PerThread(threading.local):
 
 _per_thread = _PerThread()
 
-_lock = threading.RLock()
 _installed = False
-_warned_version = False
-# (owner, attribute, what was in owner.__dict__ before (the original object, or _ABSENT), what we put there)
-_patched: List[Tuple[Any, str, Any, Any]] = []
+_patches = Patcher("smolagents")
+_lock = _patches.lock
 _seen_model_classes: set = set()
-_ABSENT = object()
-_MARK = "__sop_telemetry_wrapper__"
-_now = time.time
-# Wall-clock time minus perf_counter: a call's start is its perf_counter reading plus this (one clock read a call
-# instead of two). Taken again when a top-level run begins and for every call outside a run, so that a change of
-# the system clock reaches the records within a run. (The usual call inside a run uses its run's `Frame.epoch`,
-# taken when the run began, in the builder.)
-_epoch = _now() - Clock.perf()
-_COMPLETED, _CANCELLED, _FAILED = TaskStatus.COMPLETED, TaskStatus.CANCELLED, TaskStatus.FAILED
+_model_returned, _tool_returned = recorder.model_returned, recorder.tool_returned
 
 
-# -- queuing -------------------------------------------------------------------------------------------------------
-# Each model and tool wrapper queues one event per call. For a model reply or a tool result (what an agent does
-# dozens of times a run) the wrapper does it in its own body, reading only what cannot wait and reaching the queue
-# through the frame it already holds; anything unusual there (no run, content capture, a reply with no
-# `token_usage` attribute, an error) raises or is told apart and goes to the general path (`_queue_call`). Steps
-# queue nothing as they go (see the steps section); a run queues its steps once, when it ends. Inside a run,
-# smolagents' own work between calls evicts our code and data from the CPU caches, so what a call costs is mostly how
-# many objects and code objects it reaches: on a cache-cold call (benchmarks/, section 2b) a helper function and the
-# collector's attributes, which this body no longer reaches, were a large part of the model wrapper's cost.
-def _collector() -> Any:
-    return TelemetryManager.get_instance().get_collector()
-
-
-def _outside(frame: Optional[Frame]) -> Any:
-    """The collector for a call made in no agent run's frame; with no task at all, the implicit task is opened now
-    (inside a task that happened when the task was opened), which also starts the writer and hooks exit."""
-    global _epoch
-    _epoch = _now() - Clock.perf()
-    collector = _collector()
-    if frame is None:
-        collector.open_fallback_task()
-    return collector
-
-
-def _materialize(frame: Frame) -> None:
-    """The queue reached its limit: its events are built now, on this thread (what bounds the queue's memory)."""
+# -- what is read on the agent's thread ----------------------------------------------------------------------------
+# Each model and tool wrapper records one call. For a model reply or a tool result (what an agent does dozens of
+# times a run) the wrapper uses the recorder's fast form (model_returned / tool_returned: one tuple queued), reading
+# only what cannot wait; anything unusual (no run, content capture, a reply with no `token_usage`, a model with no
+# string id, an error) goes to the general path (`_record_llm` / `_record_tool`: recorder.model_call / tool_call).
+# Steps record nothing as they go (see the steps section); a run defers its steps once, when it ends.
+def _model_name(model: Any) -> str:
     try:
-        frame.collector.materialize()  # type: ignore[union-attr]
-    except Exception as error:  # noqa: BLE001 - this is the guard
-        _failed("collector.materialize", error)
+        model_id = model.model_id
+    except Exception:  # noqa: BLE001 - duck-typed models may have none (read as the type's name)
+        model_id = None
+    return (clip(model_id, 200) if model_id is not None else None) or type(model).__name__
 
 
-def _queue(collector: Any, event: tuple) -> None:
-    pending = collector.pending
-    pending.append(event)
-    if len(pending) >= collector.pending_limit:
-        collector.materialize()
-
-
-def _failed(operation: str, exc: Exception) -> None:
-    get_error_handler().record_error(operation, exc)
-
-
-def _error(exc: BaseException, collector: Any) -> Tuple[str, Optional[str]]:
-    # Taken at once rather than the exception queued: it holds its traceback (and every frame's locals).
-    return records.error_of(exc, collector.max_string_length)
+def _step_of(frame: Optional[Frame]) -> Optional[int]:
+    """The agent's step counter now: it moves on as the run goes, and it tells which step a call was in."""
+    try:
+        return frame.owner.step_number  # type: ignore[union-attr]
+    except Exception:  # noqa: BLE001 - no frame, no agent, or a user's agent class that makes this anything
+        return None
 
 
 # -- model calls ---------------------------------------------------------------------------------------------------
-def _queue_call(operation: str, builder: Callable[..., None], label: str, previews_of: Callable[..., tuple],
-                obj: Any, frame: Optional[Frame], start: float, duration: float, exc: Optional[BaseException],
-                content: Any, *extra: Any) -> None:
-    """The general path for a model or tool call (errors, streams, content capture): queues `builder`'s event with
-    the call's object and its `label` attribute (model_id, name), the agent's step, times, error and previews."""
+def _record_llm(model: Any, frame: Optional[Frame], t0: float, t1: float, usage: Any, exc: Optional[BaseException],
+                streamed: bool, content: Any = None) -> None:
+    """The general path for a model call: errors, streams, content capture, no run."""
     try:
-        collector = frame.collector if frame is not None else None
-        if collector is None:
-            collector = _outside(frame)
-        try:
-            name = getattr(obj, label)
-        except Exception:  # noqa: BLE001 - duck-typed models and odd tools may have none (read as the type's name)
-            name = None
-        try:
-            # The agent's step counter now: it moves on as the run goes, so it cannot be read later.
-            step = frame.owner.step_number  # type: ignore[union-attr]
-        except Exception:  # noqa: BLE001 - no frame, no agent, or a user's agent class that makes this anything
-            step = None
-        previews = None
-        if content is not None and collector.capture_content:
-            previews = previews_of(content, collector.max_string_length)
-        _queue(collector, (operation, builder, frame, obj, name, step, start, duration,
-                           None if exc is None else _error(exc, collector), previews, *extra))
+        previews: Tuple[Any, Any] = (None, None)
+        if content is not None and recorder.capturing():
+            previews = _llm_previews(content)
+        recorder.model_call(_model_name(model), usage, t0, t1, run=frame, streamed=streamed, error=exc,
+                            step=_step_of(frame), input=previews[0], output=previews[1])
     except Exception as error:  # noqa: BLE001 - this is the guard
-        _failed(operation, error)
+        _failed("smolagents.model", error)
 
 
-def _queue_llm(model: Any, frame: Optional[Frame], start: float, duration: float, usage: Any,
-               exc: Optional[BaseException], streamed: bool, content: Any = None) -> None:
-    _queue_call("smolagents.model", records.record_llm, "model_id", _llm_previews, model, frame, start, duration,
-                exc, content, usage, streamed)
-
-
-def _llm_previews(content: Any, limit: int) -> Tuple[Optional[str], Optional[str]]:
+def _llm_previews(content: Any) -> Tuple[Any, Any]:
     # (args, kwargs, reply) of the call, read only with capture on, and at once (the messages are the agent's).
     args, kwargs, reply = content
     messages = args[0] if args else kwargs.get("messages")
     last = messages[-1] if isinstance(messages, (list, tuple)) and messages else None
-    return clip(getattr(last, "content", last), limit), clip(records.attr(reply, "content"), limit)
+    return getattr(last, "content", last), recorder.attr(reply, "content")
 
 
-# generate runs on every step, so its wrapper takes the original's own parameters
-# (`_signatures`: no packing and unpacking of the arguments, the cheapest call through a wrapper in Python).
-_GENERATE = """
-def make(original):
-    enabled, per_thread, perf, frame_var = switch, _per_thread, Clock.perf, current  # (closure cells: faster to read)
+def _generate_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
+    enabled, per_thread, perf, frame_var, returned = switch, _per_thread, Clock.perf, current, _model_returned
 
-    def generate(PARAMS):
+    def generate(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not enabled.enabled:
-            return original(CALL)
+            return original(self, *args, **kwargs)
         model_call = per_thread.model_call
         if model_call.busy:
-            return original(CALL)
+            return original(self, *args, **kwargs)
         model_call.busy = True
         t0 = perf()
         try:
-            result = original(CALL)
+            result = original(self, *args, **kwargs)
         except BaseException as exc:
-            _llm_failed(SELF, t0, exc)
+            _llm_failed(self, t0, exc)
             raise
         finally:
             model_call.busy = False
         t1 = perf()
         try:
             frame = frame_var.get()
-            pending = frame.pending
-            # (The usage is taken now, not the reply kept: it holds the content and the raw response.) The agent's
-            # step counter is read now: it moves on as the run goes, and it tells which step the call was in.
-            pending.append(("smolagents.model", records.record_reply, frame, SELF, result.token_usage,
-                            frame.owner.step_number, t0, t1))
-        except Exception:  # no run, content capture, an odd reply or agent: the general path
-            _llm_returned(SELF, t0, t1 - t0, result, ARGS, KWARGS)
-            return result
-        if len(pending) >= frame.limit:
-            _materialize(frame)
+            model_id = self.model_id
+            # (The usage is taken now, not the reply kept: it holds the content and the raw response.)
+            if model_id.__class__ is str and model_id and returned(
+                    frame, model_id, result.token_usage, frame.owner.step_number, t0, t1):  # type: ignore[union-attr]
+                return result
+        except Exception:  # noqa: BLE001 - no run, an odd model, reply or agent: the general path
+            pass
+        _llm_returned(self, t0, t1, result, args, kwargs)
         return result
+
     return generate
-"""
 
 
-def _llm_returned(model: Any, t0: float, duration: float, result: Any, args: tuple, kwargs: dict) -> None:
-    _queue_llm(model, current.get(), t0 + _epoch, duration, _usage_of(result), None, False, (args, kwargs, result))
+def _llm_returned(model: Any, t0: float, t1: float, result: Any, args: tuple, kwargs: dict) -> None:
+    _record_llm(model, current.get(), t0, t1, _usage_of(result), None, False, (args, kwargs, result))
 
 
 def _llm_failed(model: Any, t0: float, exc: BaseException) -> None:
-    _queue_llm(model, current.get(), t0 + _epoch, Clock.perf() - t0, None, exc, False)
+    _record_llm(model, current.get(), t0, Clock.perf(), None, exc, False)
 
 
 def _usage_of(result: Any) -> Any:
@@ -244,9 +178,6 @@ def _usage_of(result: Any) -> Any:
         return result.token_usage
     except Exception:  # noqa: BLE001 - a reply without usage (or whose property raises): not reported
         return None
-
-
-_generate_wrapper = _signatures.factory(_GENERATE, globals())
 
 
 class _Usage:
@@ -260,18 +191,23 @@ class _Usage:
         self.output_tokens: Optional[int] = None
 
     def add(self, usage: Any) -> None:
-        inp = records.int_or_none(records.attr(usage, "input_tokens"))
-        out = records.int_or_none(records.attr(usage, "output_tokens"))
+        inp = recorder.int_or_none(recorder.attr(usage, "input_tokens"))
+        out = recorder.int_or_none(recorder.attr(usage, "output_tokens"))
         if inp is not None:
             self.input_tokens = (self.input_tokens or 0) + inp
         if out is not None:
             self.output_tokens = (self.output_tokens or 0) + out
 
+    def add_delta(self, delta: Any) -> None:
+        usage = recorder.attr(delta, "token_usage")
+        if usage is not None:
+            self.add(usage)
+
     def reported(self) -> Optional["_Usage"]:
         return self if self.input_tokens is not None or self.output_tokens is not None else None
 
 
-def _traced_stream(iterator: Any, model: Any, frame: Optional[Frame], start: float, t0: float) -> Any:
+def _traced_stream(iterator: Any, model: Any, frame: Optional[Frame], t0: float) -> Any:
     """A generator over the model's stream that sums usage and records the call once, however the stream ends."""
     usage = _Usage()
     exc: Optional[BaseException] = None
@@ -286,9 +222,7 @@ def _traced_stream(iterator: Any, model: Any, frame: Optional[Frame], start: flo
                 return
             finally:
                 model_call.busy = was
-            delta_usage = records.attr(delta, "token_usage")
-            if delta_usage is not None:
-                _safe("smolagents.model_stream", usage.add, delta_usage)
+            _safe("smolagents.model_stream", usage.add_delta, delta)
             yield delta
     except BaseException as error:
         exc = error
@@ -298,7 +232,7 @@ def _traced_stream(iterator: Any, model: Any, frame: Optional[Frame], start: flo
                 close()
         raise
     finally:
-        _queue_llm(model, frame, start, Clock.perf() - t0, usage.reported(), exc, True)
+        _record_llm(model, frame, t0, Clock.perf(), usage.reported(), exc, True)
 
 
 def _generate_stream_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -309,12 +243,11 @@ def _generate_stream_wrapper(original: Callable[..., Any]) -> Callable[..., Any]
         if model_call.busy:
             return original(self, *args, **kwargs)
         model_call.busy = True
-        start = _now()
         t0 = Clock.perf()
         try:
             stream = original(self, *args, **kwargs)
         except BaseException as exc:
-            _queue_llm(self, current.get(), start, Clock.perf() - t0, None, exc, True)
+            _record_llm(self, current.get(), t0, Clock.perf(), None, exc, True)
             raise
         finally:
             model_call.busy = False
@@ -323,38 +256,40 @@ def _generate_stream_wrapper(original: Callable[..., Any]) -> Callable[..., Any]
             def count_now() -> None:
                 usage = _Usage()
                 for delta in stream:
-                    delta_usage = records.attr(delta, "token_usage")
-                    if delta_usage is not None:
-                        usage.add(delta_usage)
-                _queue_llm(self, current.get(), start, Clock.perf() - t0, usage.reported(), None, True)
+                    usage.add_delta(delta)
+                _record_llm(self, current.get(), t0, Clock.perf(), usage.reported(), None, True)
 
             _safe("smolagents.model_stream", count_now)
             return stream
-        return _traced_stream(stream, self, current.get(), start, t0)
+        return _traced_stream(stream, self, current.get(), t0)
 
     return generate_stream
 
 
 # -- tool calls ----------------------------------------------------------------------------------------------------
-def _queue_tool(tool: Any, frame: Optional[Frame], start: float, duration: float, exc: Optional[BaseException],
-                content: Any = None) -> None:
-    _queue_call("smolagents.tool", records.record_tool, "name", _tool_previews, tool, frame, start, duration, exc,
-                content)
-
-
-def _tool_previews(content: Any, limit: int) -> Tuple[Optional[str], Optional[str]]:
-    args, kwargs, result = content
-    kwargs = {k: v for k, v in kwargs.items() if k != "sanitize_inputs_outputs"}
-    return clip(kwargs if not args else (args, kwargs), limit), clip(result, limit)
+def _record_tool(tool: Any, frame: Optional[Frame], t0: float, t1: float, exc: Optional[BaseException],
+                 content: Any = None) -> None:
+    """The general path for a tool call: errors, content capture, no run, an odd name."""
+    try:
+        try:
+            name = tool.name
+        except Exception:  # noqa: BLE001 - odd tools may have none (read as the type's name)
+            name = None
+        if not isinstance(name, str) or not name:
+            name = type(tool).__name__
+        previews: Tuple[Any, Any] = (None, None)
+        if content is not None and recorder.capturing():
+            args, kwargs, result = content
+            kwargs = {k: v for k, v in kwargs.items() if k != "sanitize_inputs_outputs"}
+            previews = (kwargs if not args else (args, kwargs), result)
+        recorder.tool_call(name, t0, t1, run=frame, error=exc, step=_step_of(frame), arguments=previews[0],
+                           output=previews[1])
+    except Exception as error:  # noqa: BLE001 - this is the guard
+        _failed("smolagents.tool", error)
 
 
 def _tool_call_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
-    # (Not generated from a template like generate: Tool.__call__ takes *args and **kwargs itself, so a wrapper
-    # with its parameters passes them on no faster.)
-    enabled, perf = switch, Clock.perf  # (closure cells: faster to read than module globals)
-    # A None frame (no run) or queue (content capture) fails inside the `try` below and takes the general path, as
-    # in generate: cheaper than testing for them on every call.
-    frame_var: ContextVar[Any] = current
+    enabled, perf, frame_var, returned = switch, Clock.perf, current, _tool_returned  # (closure cells)
 
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not enabled.enabled:
@@ -363,25 +298,24 @@ def _tool_call_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
         # tool's class records it, and ours further up the chain pass it through. (A type check, not a context
         # flag: no state to set and reset per call.)
         outer = type(self).__call__
-        if outer is not __call__ and _is_ours(outer):
+        if outer is not __call__ and is_ours(outer):
             return original(self, *args, **kwargs)
         t0 = perf()
         try:
             result = original(self, *args, **kwargs)
         except BaseException as exc:
-            _queue_tool(self, current.get(), t0 + _epoch, perf() - t0, exc)
+            _record_tool(self, current.get(), t0, perf(), exc)
             raise
         t1 = perf()
         try:
             frame = frame_var.get()
-            pending = frame.pending
-            pending.append(("smolagents.tool", records.record_result, frame, self, None, frame.owner.step_number, t0,
-                            t1))
-        except Exception:  # no run, content capture, an odd agent: the general path (see generate)
-            _queue_tool(self, current.get(), t0 + _epoch, t1 - t0, None, (args, kwargs, result))
-            return result
-        if len(pending) >= frame.limit:
-            _materialize(frame)
+            name = self.name
+            if name.__class__ is str and name and returned(
+                    frame, name, frame.owner.step_number, t0, t1):  # type: ignore[union-attr]
+                return result
+        except Exception:  # no run, an odd tool or agent: the general path (see generate)
+            pass
+        _record_tool(self, current.get(), t0, t1, None, (args, kwargs, result))
         return result
 
     return __call__
@@ -432,7 +366,7 @@ def _planned(agent: Any, step: Any) -> None:
             number = agent.step_number
         except Exception:  # noqa: BLE001 - a user's agent class that makes this anything
             number = None
-        _queue(frame.collector or _outside(frame), ("smolagents.step", records.planning_done, frame, id(step), number))
+        recorder.defer(frame, "smolagents.step", records.planning_done, id(step), number)
     except Exception as exc:  # noqa: BLE001 - this is the guard
         _failed("smolagents.step", exc)
 
@@ -443,7 +377,7 @@ def _note_failure(frame: Frame, exc: BaseException) -> None:
     (a model failure as AgentGenerationError, an interrupt) passed through the agent's `_step_stream` for that step,
     and is not stored on the step; an error raised in `_finalize_step` (a step callback) kept that step out of the
     memory. Both frames are this agent's (`self`), and their first argument is the step."""
-    agent, collector = frame.owner, frame.collector
+    agent, state, limit = frame.owner, frame.ext, frame.collector.max_string_length  # type: ignore[union-attr]
     error: Optional[BaseException] = exc
     for _ in range(8):  # (the chain of errors raised while handling others: bounded, it may be a cycle)
         if error is None:
@@ -456,51 +390,50 @@ def _note_failure(frame: Frame, exc: BaseException) -> None:
                 step = local.get(code.co_varnames[1])
                 if local.get(code.co_varnames[0]) is agent and step is not None:
                     if code.co_name == "_finalize_step":
-                        if frame.lost_steps is None:
-                            frame.lost_steps = []
-                        if not any(lost is step for lost in frame.lost_steps):
-                            frame.lost_steps.append(step)
-                    elif error is not frame.outer_error:
-                        _step_died_of(frame, step, _error(error, collector))
+                        if state.lost_steps is None:
+                            state.lost_steps = []
+                        if not any(lost is step for lost in state.lost_steps):
+                            state.lost_steps.append(step)
+                    elif error is not state.outer_error:
+                        _step_died_of(frame, step, recorder.error_of(error, limit))
             tb = tb.tb_next
         error = error.__context__
 
 
 # -- agent runs ----------------------------------------------------------------------------------------------------
 def _begin_run(agent: Any, args: tuple, kwargs: dict, parent: Optional[Frame]) -> Frame:
-    global _epoch
-    collector = parent.collector if parent is not None and parent.collector is not None else _collector()
     try:
         model = agent.model
     except Exception:  # noqa: BLE001 - an agent class without one
         model = None
     if model is not None and type(model) not in _seen_model_classes:
         _ensure_model_class(type(model))  # before the model is called: its class may need patching
-    frame = Frame(None, None, owner=agent, parent=parent, collector=collector)
-    frame.outer_error = _in_flight()
-    description = args[0] if args else kwargs.get("task", "")
-    _queue(collector, ("smolagents.run", records.start_run, frame, agent, model, description, _now()))
-    if parent is None:
-        _epoch = frame.epoch  # (the frame took it a moment ago: no clock read again)
-        collector.changed(False)  # a task is starting: the writer runs (every flush_interval) and exit is hooked
+    try:
+        name = agent.name
+    except Exception:  # noqa: BLE001 - an agent class without one (named after its type)
+        name = None
+    frame = recorder.begin_run("smolagents", type(agent).__name__, name if isinstance(name, str) else None,
+                               task=args[0] if args else kwargs.get("task", ""),
+                               model=_model_name(model) if model is not None else None, parent=parent, owner=agent)
+    if frame is not recorder.DISABLED:
+        frame.ext = records.RunState(_in_flight())
+        if model is not None:
+            # Masked from the run's start: a failed call's error message may quote the model's key. (Guarded
+            # apart, inline: the run has begun, and must be ended whatever happens here.)
+            try:
+                recorder.defer(frame, "smolagents.run", records.remember_credentials, model)
+            except Exception as error:  # noqa: BLE001 - the guard
+                _failed("smolagents.run", error)
     return frame
 
 
 def _end_run(frame: Frame, exc: Optional[BaseException]) -> None:
-    collector = frame.collector
-    if exc is None:
-        status, error = _COMPLETED, None
-    elif isinstance(exc, GeneratorExit):
-        status, error = _CANCELLED, None
-    else:
-        status = _CANCELLED if isinstance(exc, KeyboardInterrupt) else _FAILED
-        error = _error(exc, collector)
     if exc is not None and exc.__traceback__ is not None:
         _safe("smolagents.step", _note_failure, frame, exc)
-    _queue(collector, ("smolagents.run", records.finish_run, frame, _step_fields(frame, collector), _now(), status,
-                       error))
-    if frame.parent is None and collector is not None:
-        collector.changed(True)  # the task is over: the writer builds its records and writes the file now
+    fields = _step_fields(frame, frame.collector)
+    if fields is not None:
+        recorder.defer(frame, "smolagents.step", records.record_steps, fields)
+    recorder.end_run(frame, error=exc)
 
 
 def _step_fields(frame: Frame, collector: Any) -> Optional[list]:
@@ -509,10 +442,10 @@ def _step_fields(frame: Frame, collector: Any) -> Optional[list]:
     not be read (counted; the run's end is queued all the same)."""
     try:
         try:
-            if frame.memory is None:
+            if frame.ext.memory is None:
                 steps = frame.owner.memory.steps
             else:
-                memory, first = frame.memory  # a streamed run: see _trace_run_stream
+                memory, first = frame.ext.memory  # a streamed run: see _trace_run_stream
                 steps = memory[first:]
         except Exception:  # noqa: BLE001 - an agent class without smolagents' memory
             steps = []
@@ -523,16 +456,17 @@ def _step_fields(frame: Frame, collector: Any) -> Optional[list]:
 
 
 def _closed_in(frame: Frame, steps: list) -> None:
-    error = _error(GeneratorExit(), frame.collector)
+    error = recorder.error_of(GeneratorExit(), frame.collector.max_string_length)  # type: ignore[union-attr]
     for step in steps:
         _step_died_of(frame, step, error)
 
 
-def _step_died_of(frame: Frame, step: Any, error: Tuple[str, Optional[str]]) -> None:
+def _step_died_of(frame: Frame, step: Any, error: Optional[Tuple[str, Optional[str]]]) -> None:
     """Notes the error a step died of, for its record (see records.step_fields); the first one noted stands."""
-    if frame.step_errors is None:
-        frame.step_errors = {}
-    frame.step_errors.setdefault(id(step), error)
+    state = frame.ext
+    if state.step_errors is None:
+        state.step_errors = {}
+    state.step_errors.setdefault(id(step), error)
 
 
 def _traced_run_class() -> type:
@@ -575,7 +509,7 @@ def _traced_run_class() -> type:
 
         def close(self) -> None:
             token = current.set(self._self_frame)
-            memory = self._self_frame.memory  # (the list this run appends its steps to: see _trace_run_stream)
+            memory = self._self_frame.ext.memory  # (the list this run appends its steps to: see _trace_run_stream)
             steps = memory[0] if memory is not None else None
             first = len(steps) if steps is not None else 0
             try:
@@ -614,7 +548,7 @@ def _trace_run_stream(gen: Any, frame: Frame) -> Any:
     # the agent runs again, and that run resets the memory (a new list) or, with reset=False, appends after it.
     try:
         steps = frame.owner.memory.steps
-        frame.memory = (steps, len(steps))
+        frame.ext.memory = (steps, len(steps))
     except Exception:  # noqa: BLE001 - an agent class without smolagents' memory
         pass
     return _traced_run(gen, frame)
@@ -631,6 +565,8 @@ def _run_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
             frame = _begin_run(self, args, kwargs, parent)
         except Exception as error:  # noqa: BLE001 - this is the guard
             _failed("smolagents.run", error)
+            frame = recorder.DISABLED
+        if frame is recorder.DISABLED:
             return original(self, *args, **kwargs)
         token = current.set(frame)
         try:
@@ -687,86 +623,17 @@ _CLASS_TARGETS: Dict[str, Dict[str, Callable[..., Any]]] = {
 }
 
 
-def _is_ours(obj: Any) -> bool:
-    return getattr(obj, _MARK, False) is True
-
-
-def _as_method(value: Any) -> Callable[..., Any]:
-    """The original as a function of (self, *args, **kwargs). A plain function already is; anything else in a
-    class's dict (a callable object, another library's wrapper) is looked up as Python would on an instance."""
-    if type(value) is FunctionType:  # (not isinstance: a wrapt proxy of a function claims to be one)
-        return value
-    get = getattr(type(value), "__get__", None)
-    if get is None:
-        return lambda self, *args, **kwargs: value(*args, **kwargs)
-    return lambda self, *args, **kwargs: get(value, self, type(self))(*args, **kwargs)
-
-
-def _wrap(owner: Any, attr: str, factory: Callable[..., Any], method: bool = True) -> None:
-    current_value = vars(owner).get(attr, _ABSENT)
-    if current_value is _ABSENT or _is_ours(current_value) or not callable(current_value):
-        return
-    ours = factory(_as_method(current_value) if method else current_value)
-    try:
-        functools.update_wrapper(ours, current_value)
-    except Exception:  # noqa: BLE001 - an original with odd metadata: ours keeps its own, it still wraps
-        pass
-    setattr(ours, _MARK, True)
-    setattr(owner, attr, ours)
-    _patched.append((owner, attr, current_value, ours))
-    logger.debug("sop_telemetry: patched %s.%s", getattr(owner, "__qualname__", owner), attr)
-
-
-def _unwrap(owner: Any, attr: str, original: Any, ours: Any) -> None:
-    """Puts `original` back only if what is there now is what we installed: if someone patched on top of us,
-    removing our layer would also remove theirs."""
-    now = vars(owner).get(attr, _ABSENT)
-    if now is not ours:
-        logger.debug("sop_telemetry: %s.%s was changed by someone else; left as is", owner, attr)
-        return
-    if original is _ABSENT:
-        delattr(owner, attr)
-    else:
-        setattr(owner, attr, original)
-
-
-def _subclasses(base: type) -> List[type]:
-    seen: List[type] = []
-    todo = [base]
-    while todo:
-        cls = todo.pop()
-        if cls in seen:
-            continue
-        seen.append(cls)
-        try:
-            todo.extend(type.__subclasses__(cls))
-        except TypeError:
-            pass
-    return seen
-
-
 def _patch_class(cls: type, targets: Dict[str, Callable[..., Any]]) -> None:
     for attr, wrapper in targets.items():
-        _wrap(cls, attr, wrapper)
+        _patches.wrap(cls, attr, wrapper)
 
 
-def _install_subclass_hook(base: Type[Any], targets: Dict[str, Callable[..., Any]]) -> None:
-    """Patches classes defined after install. Nothing to wrap here (these bases inherit object's no-op
-    `__init_subclass__`), so we set one and remember to delete it; a base that defines its own is chained."""
-    original = vars(base).get("__init_subclass__", _ABSENT)
-
-    def __init_subclass__(cls: type, **kwargs: Any) -> None:
-        if original is not _ABSENT:
-            original.__get__(None, cls)(**kwargs)
-        else:
-            super(base, cls).__init_subclass__(**kwargs)
+def _patch_subclass(targets: Dict[str, Callable[..., Any]]) -> Callable[[type], None]:
+    def on_subclass(cls: type) -> None:
         if _installed:
-            with _lock:
-                _safe("smolagents.patch_subclass", _patch_class, cls, targets)
+            _patch_class(cls, targets)
 
-    hook: classmethod = classmethod(__init_subclass__)
-    base.__init_subclass__ = hook  # type: ignore[assignment]
-    _patched.append((base, "__init_subclass__", original, vars(base)["__init_subclass__"]))
+    return on_subclass
 
 
 def _ensure_model_class(cls: type) -> None:
@@ -782,75 +649,49 @@ def _ensure_model_class(cls: type) -> None:
                 _patch_class(klass, _CLASS_TARGETS["Model"])
 
 
-def _version_ok(version: str) -> bool:
-    parts = []
-    for piece in version.split(".")[:2]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    current_version = tuple(parts + [0] * (2 - len(parts)))
-    low, high = SUPPORTED_VERSIONS
-    return low <= current_version < high
+class SmolagentsIntegration(Integration):
+    name = "smolagents"
+    module = "smolagents"
+    supported = ">=1.23,<1.27"  # >= 1.23 copies the context into tool threads; tested up to 1.26
+    patches = _patches  # what is patched now (benchmarks take parts out to time them)
 
-
-def install() -> bool:
-    """Patches smolagents; returns True if it is (now or already) instrumented. Idempotent and thread-safe."""
-    global _installed, _warned_version, _PlanningStep
-    with _lock:
-        if _installed:
-            logger.debug("sop_telemetry: smolagents already instrumented")
-            return True
-        import smolagents
-
-        version = getattr(smolagents, "__version__", "0")
-        if not _version_ok(version):
-            if not _warned_version:
-                _warned_version = True
-                logger.warning(
-                    "sop_telemetry: smolagents %s is outside the supported range (>=%d.%d,<%d.%d); "
-                    "it is not instrumented", version, *SUPPORTED_VERSIONS[0], *SUPPORTED_VERSIONS[1],
-                )
-            return False
+    def setup(self) -> None:
+        global _installed, _PlanningStep
         from smolagents import agents, local_python_executor, models, tools
         from smolagents.memory import PlanningStep
 
         _PlanningStep = PlanningStep
-
         bases = {"Model": models.Model, "Tool": tools.Tool, "MultiStepAgent": agents.MultiStepAgent}
-        try:
-            for key, base in bases.items():
-                for cls in _subclasses(base):
-                    _patch_class(cls, _CLASS_TARGETS[key])
-                _install_subclass_hook(base, _CLASS_TARGETS[key])
-            if callable(getattr(local_python_executor, "timeout", None)):
-                _wrap(local_python_executor, "timeout", _timeout_wrapper, method=False)
-        except BaseException:
+        with _lock:
+            try:
+                for key, base in bases.items():
+                    for cls in subclasses(base):
+                        _patch_class(cls, _CLASS_TARGETS[key])
+                    _patches.hook_subclasses(base, _patch_subclass(_CLASS_TARGETS[key]))
+                if callable(getattr(local_python_executor, "timeout", None)):
+                    _patches.wrap(local_python_executor, "timeout", _timeout_wrapper, method=False)
+            except BaseException:
+                _undo_all()
+                raise
+            _installed = True
+
+    def teardown(self) -> None:
+        global _installed
+        with _lock:
+            _installed = False
             _undo_all()
-            raise
-        _installed = True
-        logger.debug("sop_telemetry: smolagents %s instrumented (%d attributes)", version, len(_patched))
-        return True
 
 
 def _undo_all() -> None:
-    while _patched:
-        _unwrap(*_patched.pop())
+    _patches.undo()
     _seen_model_classes.clear()
 
 
-def uninstall() -> None:
-    """Restores every patched attribute to the exact original object. Idempotent."""
-    global _installed
-    with _lock:
-        if not _installed:
-            logger.debug("sop_telemetry: smolagents not instrumented; nothing to uninstall")
-            return
-        _installed = False
-        _undo_all()
+integration = SmolagentsIntegration()
+install = integration.install
+uninstall = integration.uninstall
+is_installed = integration.is_installed
 
 
-def is_installed() -> bool:
-    return _installed
-
-
-__all__ = ["install", "uninstall", "is_installed", "SUPPORTED_VERSIONS"]
+__all__ = ["integration", "install", "uninstall", "is_installed"]
 

@@ -70,7 +70,7 @@
       var v = env[k];
       if (!/^(python|telemetry|os)_version$/.test(k) && /_version$/.test(k) && typeof v === "string")
         versions.push(k.replace(/_version$/, "") + " " + v);
-      if (/version/.test(k) && v && typeof v === "object")  // e.g. {"smolagents": "1.26.0", "langchain": ...}
+      if ((/version/.test(k) || k === "frameworks") && v && typeof v === "object")  // {"smolagents": "1.26.0", ...}
         Object.keys(v).forEach(function (f) { versions.push(f + " " + v[f]); });
     });
     var live = DATA.live ? '<span class="live" title="Refreshes while the file changes"><i></i>live</span>' : "";
