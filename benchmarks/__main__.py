@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 SECTIONS = ("agent", "ablation", "instructions", "per_call", "flush", "memory", "imports", "sessions", "otlp",
-            "pydantic_ai", "langgraph")
+            "pydantic_ai", "langgraph", "long_running")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
 FULL = {
@@ -42,6 +42,9 @@ FULL = {
     "pydantic_ai": {"iterations": 100, "warmup": 5, "repeats": 3},
     "langgraph": {"iterations": 100, "warmup": 5, "repeats": 3},
     "langgraph_instructions": {"runs": 5, "warmup": 3},
+    "long_running": {"sizes": ((1_000, "agent"), (10_000, "agent"), (10_000, "collector"), (100_000, "collector"),
+                               (3_000, "big")),
+                     "repeats": 1},
 }
 QUICK = {
     "agent_tool_calling": {"iterations": 4, "warmup": 1, "repeats": 1, "openinference_every": 2},
@@ -58,6 +61,7 @@ QUICK = {
     "pydantic_ai": {"iterations": 2, "warmup": 1, "repeats": 1},
     "langgraph": {"iterations": 3, "warmup": 1, "repeats": 1},
     "langgraph_instructions": {"quick": True},
+    "long_running": {"sizes": ((50, "agent"), (500, "collector")), "repeats": 1},
 }
 
 
@@ -186,6 +190,11 @@ def main(argv: List[str] | None = None) -> int:
 
                 results["langgraph_instructions"] = run_langgraph_instructions(log=log,
                                                                                **plan["langgraph_instructions"])
+            if "long_running" in wanted:
+                from .long_running import run_long_running
+
+                log("10. long-running process")
+                results["long_running"] = run_long_running(log=log, **plan["long_running"])
         finally:
             manager.shutdown(flush=False)
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
@@ -204,6 +213,10 @@ def main(argv: List[str] | None = None) -> int:
         from .langgraph_run import render as render_langgraph
 
         print(render_langgraph(results))
+    if "long_running" in results:
+        from .long_running import table as long_running_table
+
+        print("\n10. " + long_running_table(results["long_running"]))
     print(f"\n({results['meta']['seconds']} s)")
     out = args.json or DEFAULT_JSON
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -140,6 +140,34 @@ def targets(r: Dict[str, Any]) -> List[Tuple[str, str, str, Optional[bool]]]:
     from .langgraph_run import targets as langgraph_targets
 
     out.extend(langgraph_targets(r))
+    out.extend(_long_running_targets(r.get("long_running")))
+    return out
+
+
+def _long_running_targets(lr: Optional[Dict[str, Any]]) -> List[Tuple[str, str, str, Optional[bool]]]:
+    if not lr:
+        return []
+    out: List[Tuple[str, str, str, Optional[bool]]] = []
+    for row in lr["rows"]:
+        what = f"{row['tasks']:,} {row['kind']} tasks in one process"
+        ratio = row["end_over_start"]
+        out.append((f"{what}: added CPU per task, end / start",
+                    f"{_f(row['added_cpu_end_us'], 0)} / {_f(row['added_cpu_start_us'], 0)} us = {_f(ratio)}",
+                    "<= 1.20", None if ratio is None else ratio <= 1.2))
+        out.append((f"{what}: bytes written / bytes on disk", _f(row["written_over_on_disk"]), "<= 3",
+                    row["written_over_on_disk"] is not None and row["written_over_on_disk"] <= 3.0))
+        out.append((f"{what}: every task on disk exactly once", f"{row['tasks_on_disk']:,} in {row['files']} files",
+                    "all, once", bool(row["exactly_once"])))
+        largest = f"{row['largest_file_bytes'] / 1e6:.1f} MB file"
+        show, report = row["show_s"], row["report_largest_s"]
+        out.append((f"{what}: show / report on the largest ({largest}), CPU time",
+                    f"{_f(show['cpu'])} / {_f(report['cpu'])} s (wall {_f(show['wall'])} / {_f(report['wall'])})",
+                    "< 1 s", max(show["cpu"], report["cpu"]) < 1.0))
+    for kind, g in lr.get("rss_growth", {}).items():
+        small, large = g["added_mb"]
+        out.append((f"{kind}: peak RSS over telemetry-off, {g['tasks'][0]:,} -> {g['tasks'][1]:,} tasks",
+                    f"+{_f(small, 0)} -> +{_f(large, 0)} MB", "no growth with N (<= 1.25x + 5 MB)",
+                    large <= 1.25 * max(small, 0.0) + 5.0))
     return out
 
 

@@ -60,3 +60,5 @@ def test_quick_benchmark_runs_every_section(tmp_path: Path) -> None:
     if graph["openinference"] != "skipped":
         assert graph["recorded"]["openinference"]["spans"] > 0
     assert figures["langgraph_instructions"]["counted"] is False
+    # Section 10: each run's tasks are on disk, each once.
+    assert [(r["tasks"], r["exactly_once"]) for r in figures["long_running"]["rows"]] == [(50, True), (500, True)]
