@@ -457,7 +457,9 @@ FLUSH_LOOP = textwrap.dedent(
         real = getattr(os, pause)
         state = {"flushes": 0}
         def paused(*args, **kwargs):
-            if pause == "write":
+            if pause == "write" and not os.readlink(f"/proc/self/fd/{args[0]}").endswith(".tmp"):
+                pass  # a finished task appended to the session's tail: not a flush of the session file
+            elif pause == "write":
                 state["flushes"] += 1
                 if state["flushes"] == 2:
                     real(args[0], bytes(args[1][: len(args[1]) // 2]))
