@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
 from .collector import TelemetryCollector, current, env_disabled, switch
-from .error_handler import get_error_handler, guard, safe_telemetry_operation
+from .error_handler import get_error_handler, guard, report, safe_telemetry_operation
 from .status import TaskStatus
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ class TelemetryManager:
             self._otlp = LiveOtlpExporter(endpoint=cfg.otlp_endpoint, cost=self._prices.cost)
             self._otlp.collect = self._materialize
         except Exception as exc:  # noqa: BLE001 - e.g. ImportError without the otel extra
-            get_error_handler().record_error("otlp.setup", exc)
+            report("otlp.setup", exc)
 
     def _materialize(self) -> None:
         collector = self._collector
@@ -447,7 +447,7 @@ class TelemetryManager:
                 now = time.perf_counter()
                 self._sync_if_due()  # (not counted in the pause: an fsync waits on the disk, without the GIL)
             except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
-                get_error_handler().record_error("manager.writer", exc)
+                report("manager.writer", exc)
             resume = now + min(_WRITE_BACKOFF * (now - began), _MAX_WRITE_PAUSE)
 
     def _await_change(self, interval: float) -> None:
@@ -479,7 +479,7 @@ class TelemetryManager:
             if removed:
                 logger.debug("sop_telemetry: auto-cleanup removed %d old session file(s)", len(removed))
         except OSError as exc:
-            get_error_handler().record_error("storage.cleanup", exc)
+            report("storage.cleanup", exc)
 
     def _environment_info(self) -> Any:
         """The session's EnvironmentInfo, collected once (again after initialize(): the allowlist may change)."""
@@ -539,7 +539,7 @@ class TelemetryManager:
                     # One task that cannot be written must not keep the session's other tasks off the disk, as it
                     # did for as long as the process lived: it is left out of this write, counted, and tried again
                     # at the next one (it stays in memory).
-                    get_error_handler().record_error("manager.task", exc)
+                    report("manager.task", exc)
                     continue
             if key is not None:
                 kept[(session_id, task["task_id"])] = entry
@@ -574,7 +574,7 @@ class TelemetryManager:
             try:
                 store = self._writable_store()
             except OSError as exc:
-                get_error_handler().record_error("storage.write", exc, hint=_kept_in_memory(store))
+                report("storage.write", exc, hint=_kept_in_memory(store))
                 return None
             self._write_pending()
             if not collector.has_records():
@@ -586,7 +586,7 @@ class TelemetryManager:
                 session_id, text = self._session_text(final)
                 path = self._put(store, session_id, text, durable=final or force)
             except Exception as exc:  # noqa: BLE001 - disk full, read-only, deleted directory, a bug
-                get_error_handler().record_error("storage.write", exc, hint=_kept_in_memory(store))
+                report("storage.write", exc, hint=_kept_in_memory(store))
                 return None
             get_error_handler().record_success("storage.write")
             self._written_generation = generation
@@ -678,7 +678,7 @@ class TelemetryManager:
                 store.sync(path)
             except OSError as exc:
                 failed = True
-                get_error_handler().record_error("storage.sync", exc)
+                report("storage.sync", exc)
                 collector = self._collector
                 if collector is not None and store.path_for(collector.session_id) == path:
                     self._written_generation = -1
@@ -714,7 +714,7 @@ class TelemetryManager:
             try:
                 store.write(session.session_id, _file_text(session))
             except Exception as exc:  # noqa: BLE001
-                get_error_handler().record_error("storage.write", exc)
+                report("storage.write", exc)
                 return
             self._pending.pop(0)
 
@@ -732,7 +732,7 @@ class TelemetryManager:
             if self._otlp is not None:
                 self._otlp.shutdown()  # a bounded wait for queued tasks; none if the collector is failing
         except Exception as exc:  # noqa: BLE001 - never fail the interpreter's exit
-            get_error_handler().record_error("manager.at_exit", exc)
+            report("manager.at_exit", exc)
         finally:
             # Files of earlier sessions (rolled over) written without their fsync; the final write synced the rest.
             guard("manager.at_exit", self._sync_if_due, True)
