@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-SECTIONS = ("agent", "ablation", "instructions", "per_call", "flush", "memory", "imports", "sessions", "otlp")
+SECTIONS = ("agent", "ablation", "instructions", "per_call", "flush", "memory", "imports", "sessions", "otlp",
+            "pydantic_ai", "langgraph", "long_running")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
 FULL = {
@@ -38,6 +39,12 @@ FULL = {
     "imports": {"runs": 15},
     "sessions": {"sessions": 1_000, "repeats": 3},
     "otlp": {"iterations": 100, "warmup": 10},
+    "pydantic_ai": {"iterations": 100, "warmup": 5, "repeats": 3},
+    "langgraph": {"iterations": 100, "warmup": 5, "repeats": 3},
+    "langgraph_instructions": {"runs": 5, "warmup": 3},
+    "long_running": {"sizes": ((1_000, "agent"), (10_000, "agent"), (10_000, "collector"), (100_000, "collector"),
+                               (3_000, "big")),
+                     "repeats": 1},
 }
 QUICK = {
     "agent_tool_calling": {"iterations": 4, "warmup": 1, "repeats": 1, "openinference_every": 2},
@@ -51,6 +58,10 @@ QUICK = {
     "imports": {"runs": 2},
     "sessions": {"sessions": 20, "repeats": 1},
     "otlp": {"iterations": 3, "warmup": 1},
+    "pydantic_ai": {"iterations": 2, "warmup": 1, "repeats": 1},
+    "langgraph": {"iterations": 3, "warmup": 1, "repeats": 1},
+    "langgraph_instructions": {"quick": True},
+    "long_running": {"sizes": ((50, "agent"), (500, "collector")), "repeats": 1},
 }
 
 
@@ -160,6 +171,30 @@ def main(argv: List[str] | None = None) -> int:
 
                     log("7. live OTLP export to a healthy, dead and silent collector")
                     results["otlp"] = run_otlp_dead_collector(**plan["otlp"])
+            if "pydantic_ai" in wanted:
+                try:
+                    import pydantic_ai  # noqa: F401
+                except ImportError:
+                    log("8. pydantic-ai run overhead skipped: pip install -e '.[bench]'")
+                else:
+                    from .pydantic_ai_run import run_pydantic_ai_overhead
+
+                    log("8. pydantic-ai run overhead")
+                    results["pydantic_ai"] = run_pydantic_ai_overhead(log=log, **plan["pydantic_ai"])
+            if "langgraph" in wanted:
+                from .langgraph_run import run_langgraph_overhead
+
+                log("9. LangGraph agent run overhead")
+                results["langgraph"] = run_langgraph_overhead(log=log, **plan["langgraph"])
+                from .langgraph_run import run_langgraph_instructions
+
+                results["langgraph_instructions"] = run_langgraph_instructions(log=log,
+                                                                               **plan["langgraph_instructions"])
+            if "long_running" in wanted:
+                from .long_running import run_long_running
+
+                log("10. long-running process")
+                results["long_running"] = run_long_running(log=log, **plan["long_running"])
         finally:
             manager.shutdown(flush=False)
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
@@ -174,6 +209,14 @@ def main(argv: List[str] | None = None) -> int:
         from .otlp_dead_collector import _table as otlp_table
 
         print("\n7. " + otlp_table(results["otlp"]))
+    if "langgraph" in results:
+        from .langgraph_run import render as render_langgraph
+
+        print(render_langgraph(results))
+    if "long_running" in results:
+        from .long_running import table as long_running_table
+
+        print("\n10. " + long_running_table(results["long_running"]))
     print(f"\n({results['meta']['seconds']} s)")
     out = args.json or DEFAULT_JSON
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -124,6 +124,50 @@ def targets(r: Dict[str, Any]) -> List[Tuple[str, str, str, Optional[bool]]]:
                         "< 1 s", ses["cli_list_ms"] < 1000.0))
         else:
             out.append((f"`sop-telemetry list` over {ses['sessions']:,} sessions", "skipped", "< 1 s", None))
+    pa = r.get("pydantic_ai")
+    if pa:
+        native = pa["cpu"]["setups"]["native"]
+        for name, how in (("sop", "file written after the run"), ("sop_idle", "writer idle at the run's end")):
+            sop, sop_wall = pa["cpu"]["setups"][name], pa["wall"]["setups"][name]
+            out.append((f"pydantic-ai run overhead, sop_telemetry enabled, {how} (CPU time)",
+                        f"{_f(sop['added_pct'])}% (+{_f(sop['added_ms'], 3)} ms; wall {_f(sop_wall['added_pct'])}%)",
+                        "<= 2%", sop["added_pct"] <= 2.0))
+        ratio = native.get("over_sop")
+        out.append(("pydantic-ai: its own OpenTelemetry instrumentation added / sop_telemetry added (CPU)",
+                    "sop adds nothing measurable" if ratio is None else f"{_f(ratio, 1)}x "
+                    f"(+{_f(native['added_ms'], 3)} ms, {_f(native['added_pct'], 1)}%)", "well above 1x",
+                    ratio is None or ratio >= 5.0))
+    from .langgraph_run import targets as langgraph_targets
+
+    out.extend(langgraph_targets(r))
+    out.extend(_long_running_targets(r.get("long_running")))
+    return out
+
+
+def _long_running_targets(lr: Optional[Dict[str, Any]]) -> List[Tuple[str, str, str, Optional[bool]]]:
+    if not lr:
+        return []
+    out: List[Tuple[str, str, str, Optional[bool]]] = []
+    for row in lr["rows"]:
+        what = f"{row['tasks']:,} {row['kind']} tasks in one process"
+        ratio = row["end_over_start"]
+        out.append((f"{what}: added CPU per task, end / start",
+                    f"{_f(row['added_cpu_end_us'], 0)} / {_f(row['added_cpu_start_us'], 0)} us = {_f(ratio)}",
+                    "<= 1.20", None if ratio is None else ratio <= 1.2))
+        out.append((f"{what}: bytes written / bytes on disk", _f(row["written_over_on_disk"]), "<= 3",
+                    row["written_over_on_disk"] is not None and row["written_over_on_disk"] <= 3.0))
+        out.append((f"{what}: every task on disk exactly once", f"{row['tasks_on_disk']:,} in {row['files']} files",
+                    "all, once", bool(row["exactly_once"])))
+        largest = f"{row['largest_file_bytes'] / 1e6:.1f} MB file"
+        show, report = row["show_s"], row["report_largest_s"]
+        out.append((f"{what}: show / report on the largest ({largest}), CPU time",
+                    f"{_f(show['cpu'])} / {_f(report['cpu'])} s (wall {_f(show['wall'])} / {_f(report['wall'])})",
+                    "< 1 s", max(show["cpu"], report["cpu"]) < 1.0))
+    for kind, g in lr.get("rss_growth", {}).items():
+        small, large = g["added_mb"]
+        out.append((f"{kind}: peak RSS over telemetry-off, {g['tasks'][0]:,} -> {g['tasks'][1]:,} tasks",
+                    f"+{_f(small, 0)} -> +{_f(large, 0)} MB", "no growth with N (<= 1.25x + 5 MB)",
+                    large <= 1.25 * max(small, 0.0) + 5.0))
     return out
 
 
@@ -250,6 +294,27 @@ def render(r: Dict[str, Any]) -> str:
                      else ses.get("cli_list_skipped", "skipped")])
         parts.append(table(f"\n6. {ses['sessions']:,} stored sessions ({_f(ses['bytes_per_file'] / 1e3, 1)} KB each)",
                            ["operation", "ms"], rows))
+    pa = r.get("pydantic_ai")
+    if pa:
+        names_pa = {"none": "no telemetry", "sop": "sop_telemetry enabled (file written after the run)",
+                    "sop_idle": "sop_telemetry enabled, writer idle at the run's end",
+                    "sop_with_write": "sop_telemetry enabled + its file write on the run's thread",
+                    "native": "pydantic-ai's own OpenTelemetry (in-memory exporter)"}
+        rows = []
+        for name, c in pa["cpu"]["setups"].items():
+            w = pa["wall"]["setups"][name]
+            if name == "none":
+                rows.append([names_pa[name], _f(w["median_ms"]), _f(c["median_ms"]), "-", "-", "-", "-"])
+            else:
+                rows.append([names_pa[name], _f(w["median_ms"]), _f(c["median_ms"]), _f(c["added_ms"], 3),
+                             f"{_f(c['added_ms_ci95'][0], 3)} to {_f(c['added_ms_ci95'][1], 3)}",
+                             f"{_f(c['added_pct'], 1)}%", f"{_f(w['added_pct'], 1)}%"])
+        parts.append(table(f"\n8. pydantic-ai agent run: 5 model requests, 20 parallel tool calls; {pa['runs']} "
+                           f"interleaved samples per setup (each the fastest of {pa['repeats']} runs)",
+                           ["setup", "wall ms", "CPU ms", "+CPU ms (median)", "95% interval", "+CPU %", "+wall %"],
+                           rows))
+        parts.append(f"   recorded per run: {pa['recorded_per_run']}; native spans per run: "
+                     f"{pa['native_spans_per_run']}")
     verdicts = targets(r)
     quick = meta.get("mode") == "quick"
     rows = [[what, measured, target,

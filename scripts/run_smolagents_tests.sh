@@ -12,6 +12,7 @@
 # Nothing is installed into the project's environment: the suite runs in its own virtualenv (made once, reused),
 # with sop_telemetry taken from this working tree through PYTHONPATH.
 set -euo pipefail
+. "$(dirname "$0")/suite_venv.sh"
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
@@ -46,23 +47,9 @@ fi
 # tests), numpy, pandas, IPython, pytest and its datadir/timeout plugins. mcp<2: mcpadapt 0.1.x imports
 # mcp.client.streamable_http.streamablehttp_client, which mcp 2 removed. pandas<3: the tests expect pandas 2's
 # error messages.
-STAMP=$VENV/.sop-telemetry-deps
 DEPS=("smolagents[toolkit,openai,litellm,mcp]==$VERSION" "mcp<2" numpy "pandas<3" ipython "pytest>=8.1"
       pytest-datadir pytest-timeout)
-# sop_telemetry's own runtime dependencies, read from pyproject.toml (the package itself comes from PYTHONPATH).
-read -r -a OWN <<< "$("$PYTHON" -c '
-import sys
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    from pip._vendor import tomli as tomllib
-print(*tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"])' "$REPO/pyproject.toml")"
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "${DEPS[*]} ${OWN[*]}" ]; then
-    [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q "${DEPS[@]}" "${OWN[@]}"
-    echo "${DEPS[*]} ${OWN[*]}" > "$STAMP"
-fi
+make_suite_venv "$VENV" "${DEPS[@]}"
 
 # -- 3. which tests ------------------------------------------------------------------------------------------------
 FILES=()
@@ -97,39 +84,4 @@ SOP_TELEMETRY_DIR=$WORK/sessions SOP_TELEMETRY_SUITE_REPORT=$WORK/telemetry-repo
     PYTHONPATH="$REPO:$REPO/scripts${PYTHONPATH:+:$PYTHONPATH}" run with -p sop_telemetry_pytest_plugin "$@"
 
 # -- 4. compare ----------------------------------------------------------------------------------------------------
-"$PYTHON" - "$WORK" <<'PY'
-import json
-import sys
-import xml.etree.ElementTree as ET
-from pathlib import Path
-
-work = Path(sys.argv[1])
-
-
-def outcomes(label):
-    results = {}
-    for case in ET.parse(work / f"{label}.xml").iter("testcase"):
-        name = f"{case.get('classname')}::{case.get('name')}"
-        kinds = {child.tag for child in case}
-        results[name] = ("failed" if kinds & {"failure", "error"} else "skipped" if "skipped" in kinds else "passed")
-    return results
-
-
-without, with_ = outcomes("without"), outcomes("with")
-for label, results in (("without sop_telemetry", without), ("with sop_telemetry   ", with_)):
-    counts = {k: sum(1 for v in results.values() if v == k) for k in ("passed", "failed", "skipped")}
-    print(f"{label}: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped "
-          f"({len(results)} tests)")
-only_with = sorted(t for t, o in with_.items() if o == "failed" and without.get(t) != "failed")
-fixed = sorted(t for t, o in without.items() if o == "failed" and with_.get(t) == "passed")
-report = json.loads((work / "telemetry-report.json").read_text())
-print(f"telemetry recorded: {report['tasks']} tasks, {report['llm_calls']} model calls, {report['tool_calls']} "
-      f"tool calls, {report['steps']} steps in {report['sessions']} session file(s); instrumented: "
-      f"{report['instrumented']}; telemetry's own errors: {report['telemetry_errors'] or 'none'}")
-if fixed:
-    print(f"{len(fixed)} test(s) fail only WITHOUT telemetry (flaky?): " + ", ".join(fixed))
-print(f"{len(only_with)} test(s) fail only with sop_telemetry" + (":" if only_with else "."))
-for test in only_with:
-    print(f"  {test}")
-sys.exit(1 if only_with or not report["instrumented"] or not report["tasks"] else 0)
-PY
+"$PYTHON" "$REPO/scripts/compare_suite_runs.py" "$WORK" smolagents

@@ -5,11 +5,11 @@ Usage::
     SOP_TELEMETRY_DIR=/tmp/sessions PYTHONPATH=/path/to/repo:/path/to/repo/scripts \\
         python -m pytest -p sop_telemetry_pytest_plugin tests/
 
-Loaded with `-p`, it is imported before any conftest or test module, so smolagents is instrumented however the
-tests import it. $SOP_TELEMETRY_SUITE_CONFIG, if set, is a JSON config for `initialize()` (e.g.
+Loaded with `-p`, it is imported before any conftest or test module, so the frameworks are instrumented however the
+tests import them. $SOP_TELEMETRY_SUITE_CONFIG, if set, is a JSON config for `initialize()` (e.g.
 '{"capture_content": true, "max_records_per_task": 1}' to run every preview and cap path). At the end it writes
 what telemetry recorded (proof that it was active) and its own errors to $SOP_TELEMETRY_SUITE_REPORT as JSON, for
-scripts/run_smolagents_tests.sh.
+scripts/run_smolagents_tests.sh and scripts/run_pydantic_ai_tests.sh (`instrumented`: the active integrations).
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ if os.environ.get("SOP_TELEMETRY_SUITE_CONFIG"):
 
 
 def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
-    from sop_telemetry import TelemetryDataStore, TelemetryManager, get_error_handler
-    from sop_telemetry.integrations import smolagents as integration
+    from sop_telemetry import TelemetryDataStore, TelemetryManager, get_error_handler, registry
 
     manager = TelemetryManager.get_instance()
     manager.flush_data()
@@ -36,7 +35,7 @@ def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
     sessions = list(store.iter_sessions())
     tasks = [task for s in sessions for task in s.tasks]
     report = {
-        "instrumented": integration.is_installed(),
+        "instrumented": registry.active(),
         "storage_dir": str(store.directory),
         "sessions": len(sessions),
         "tasks": len(tasks),

@@ -1,17 +1,18 @@
-"""sop_telemetry: zero-configuration, local telemetry for smolagents.
+"""sop_telemetry: zero-configuration, local telemetry for AI agents (smolagents, pydantic-ai, LangChain/LangGraph).
 
 Usage::
 
-    import sop_telemetry            # every smolagents agent run in this process is now recorded
+    import sop_telemetry            # every agent run in this process is now recorded
     ...
     from sop_telemetry import TelemetryManager
     session = TelemetryManager.get_instance().get_session_data()
     print(session.total_tokens.total_tokens, session.total_duration)
 
-Importing this package only registers a hook: smolagents is patched when it is imported (or at once if it already
-is). Public names are loaded on first use, so `import sop_telemetry` stays cheap. `dir(sop_telemetry)` lists only the
-names already loaded: tools that walk every module's attributes (freezegun, `inspect.getmembers`, `help()`) then never
-import our models behind the user's back, possibly while `datetime` is replaced.
+Importing this package only registers a hook: each framework's integration is installed when the framework is
+imported (or at once if it already is). Public names are loaded on first use, so `import sop_telemetry` stays
+cheap. `dir(sop_telemetry)` lists only the names already loaded: tools that walk every module's attributes
+(freezegun, `inspect.getmembers`, `help()`) then never import our models behind the user's back, possibly while
+`datetime` is replaced.
 """
 
 from __future__ import annotations

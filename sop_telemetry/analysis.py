@@ -589,7 +589,9 @@ class SessionsSummary(_Result):
     """What `summarize_sessions(...)` returns: counts of sessions and tasks, the period, token and cost totals, and
     figures `by_day`, `by_model`, per tool (`tools`: durations and failures) and per agent (`agents`)."""
 
+    # Session files read; `series`: the processes they came from (a long-lived process writes a series of parts).
     sessions: int = 0
+    series: int = 0
     tasks: int = 0
     failed_tasks: int = 0
     # pydantic's AwareDatetime, not `datetime`: a name freezegun may have swapped for its FakeDatetime by import time.
@@ -609,7 +611,8 @@ class SessionsSummary(_Result):
         if self.first_start is not None:
             span = f"{_local(self.first_start)} .. {_local(self.last_end or self.first_start)}"
         tables = [Table("Summary", None, [
-            ["sessions", str(self.sessions)],
+            ["sessions", str(self.sessions) if self.series == self.sessions
+             else f"{self.sessions} ({self.series} series)"],
             ["period", span],
             ["tasks", f"{self.tasks} ({self.failed_tasks} failed)"],
             ["model calls", str(self.total.calls)],
@@ -643,8 +646,11 @@ def summarize_sessions(sessions: Iterable[TelemetrySession]) -> SessionsSummary:
     tool_errors: Dict[str, int] = defaultdict(int)
     agents: Dict[str, AgentFigures] = defaultdict(AgentFigures)
     agent_times: Dict[str, List[float]] = defaultdict(list)
+    series = set()
     for session in sessions:
         summary.sessions += 1
+        series.add(session.series_id or session.session_id)
+        summary.series = len(series)
         end = session.end_time or session.start_time + timedelta(seconds=session.total_duration)
         if summary.first_start is None or session.start_time < summary.first_start:
             summary.first_start = session.start_time

@@ -358,12 +358,16 @@ def _resolve(store: Any, wanted: str) -> str:
 def _load(store: Any, wanted: str) -> Any:
     """The session `wanted` names: the path of a session file (anywhere, as `run` prints it), or see _resolve;
     'latest' is the newest readable one, with a warning for each newer file that cannot be read."""
-    from .storage import SessionLoadError, parse_session
+    from .storage import SessionLoadError, TelemetryDataStore, is_session_id, parse_session
 
     path = Path(wanted).expanduser()
     if wanted != "latest" and (os.sep in wanted or wanted.endswith(".json")) and path.is_file():
         try:
+            if path.suffix == ".json" and is_session_id(path.stem):  # with its tail, if it has one
+                return TelemetryDataStore(path.parent).load(path.stem)
             return parse_session(path.read_bytes(), source=str(path))
+        except KeyError:
+            raise UserError(f"no session file {path}") from None
         except SessionLoadError as exc:
             raise UserError(f"cannot read session {exc}") from None
     if wanted == "latest":
@@ -441,6 +445,8 @@ def _cmd_list(args: argparse.Namespace, out: _Output) -> int:
         usage = analyze_token_usage(session).total
         rows.append({
             "session_id": session.session_id,
+            "series_id": session.series_id or session.session_id,
+            "part": session.part or 1,
             "start_time": session.start_time,
             "duration": session.total_duration,
             "tasks": len(session.tasks),
@@ -459,13 +465,17 @@ def _cmd_list(args: argparse.Namespace, out: _Output) -> int:
     from .analysis import Table
 
     start_format = "%m-%d %H:%M" if out.narrow else "%Y-%m-%d %H:%M:%S"
+    # The part column only when a long-lived process's series is among them: each of its files is one row.
+    series = {r["series_id"] for r in rows if r["part"] > 1 or r["series_id"] != r["session_id"]}
+    labels = [f"{r['part']} of {r['series_id']}" if r["series_id"] in series else "" for r in rows]
     out.tables([Table(f"Sessions in {store.directory}",
-                      [("session", "<"), ("start", "<"), ("duration", ">"), ("tasks", ">"), ("failed", ">"),
-                       ("tokens", ">"), ("cost", ">")],
-                      [[r["session_id"], r["start_time"].astimezone().strftime(start_format),
+                      [("session", "<"), *([("part", "<")] if series else []), ("start", "<"), ("duration", ">"),
+                       ("tasks", ">"), ("failed", ">"), ("tokens", ">"), ("cost", ">")],
+                      [[r["session_id"], *([label] if series else []),
+                        r["start_time"].astimezone().strftime(start_format),
                         format_duration(r["duration"]), str(r["tasks"]), str(r["failed_tasks"]),
                         f"{r['total_tokens']:,}", format_cost(r["cost_estimate"], r["unpriced_calls"])]
-                       for r in rows])])
+                       for r, label in zip(rows, labels, strict=True)])])
     return 0
 
 
@@ -479,6 +489,8 @@ def _cmd_show(args: argparse.Namespace, out: _Output) -> int:
     if out.json:
         out.data({
             "session_id": session.session_id,
+            "series_id": session.series_id or session.session_id,
+            "part": session.part or 1,
             "start_time": session.start_time,
             "end_time": session.end_time,
             "duration": session.total_duration,
@@ -489,7 +501,9 @@ def _cmd_show(args: argparse.Namespace, out: _Output) -> int:
         })
         return 0
     env = session.environment
+    series_id, part = session.series_id or session.session_id, session.part or 1
     header = Table(f"Session {session.session_id}", None, [
+        *([["part", f"{part} of {series_id}"]] if part > 1 else []),
         ["started", session.start_time.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")],
         ["tasks", str(len(session.tasks))],
         ["total tokens", f"{tokens.total.total_tokens:,}"],

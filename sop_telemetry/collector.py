@@ -40,6 +40,10 @@ logger = logging.getLogger("sop_telemetry")
 # Defaults of the caps, shared with TelemetryConfig: recording starts with these before any config is validated.
 DEFAULT_MAX_RECORDS_PER_TASK = 10_000
 DEFAULT_MAX_STRING_LENGTH = 500
+# The bounds of one session file (a part): a task that starts when the part holds this many tasks, or this many
+# bytes on disk, starts the next part. See docs/long-running.md for how they were chosen.
+DEFAULT_MAX_TASKS_PER_SESSION = 1_000
+DEFAULT_MAX_SESSION_BYTES = 4_000_000
 # Queued events are turned into records on the queuing thread once this many wait, so that memory stays bounded when
 # nothing reads (one task with 100,000 calls); below it they wait for the writer, which runs when a task ends.
 PENDING_LIMIT = 4096
@@ -216,8 +220,10 @@ class TelemetryCollector:
         self.max_records_per_task = max_records_per_task
         self.max_string_length = max_string_length
         self._on_change = on_change
-        # Told (session id, task record) when a task ends; the manager sets it for live OTLP export.
-        self.on_task_end: Optional[Callable[[str, dict], None]] = None
+        # Told (session id, task record, (series id, part)) when a task ends; the manager sets it for live OTLP.
+        self.on_task_end: Optional[Callable[[str, dict, Tuple[str, int]], None]] = None
+        # Told when a part has ended (see open_task); the manager has it written at once.
+        self.on_part_end: Optional[Callable[[bool], None]] = None
         # Prompts, outputs and tool arguments are kept (truncated) only when the user opts in.
         self.capture_content = False
         self._lock = threading.RLock()
@@ -230,6 +236,21 @@ class TelemetryCollector:
         # append is atomic), drained under it.
         self.pending: List[tuple] = []
         self.pending_limit = PENDING_LIMIT
+        # A long-lived process writes its session as a series of parts (see docs/long-running.md): every part has
+        # the series id (the first part's id) and its number. A task that starts when the current part holds
+        # `max_tasks_per_part` tasks, or about `max_part_bytes` bytes, opens the next part; the ended one waits in
+        # `sealed` for the writer. 0 switches the bounds off (a standalone collector). The size is estimated here,
+        # from the records of the part's ended tasks (`size_units`) and the bytes a unit took in the writer's last
+        # write (`note_written`): the writer's own count arrives too late when it pauses while tasks end quickly.
+        self.series_id = self.session_id
+        self.part = 1
+        self.max_tasks_per_part = 0
+        self.max_part_bytes = 0
+        self.part_units = 0
+        self.bytes_per_unit = 400.0
+        self.sealed: List[dict] = []
+        # Tasks closed since the writer last took them (`take_for_write`): what its next append writes.
+        self._finished: List[dict] = []
         self._said: Set[str] = set()  # see _said_once
 
     # -- the spec's API ----------------------------------------------------------------------------------------
@@ -385,7 +406,11 @@ class TelemetryCollector:
             "dropped_token_usage": None,
         }
         task.update(extra)
+        ended = False
         with self._lock:
+            if not extra.get("implicit") and self._part_full():
+                self.sealed.append(self._next_part(new_session_id(), time.time()))
+                ended = True
             if task_id in self._open:
                 # A reused id while the first is still open: keep both, tell them apart.
                 task["task_id"] = renamed = f"{task_id}#{next_id('')}"
@@ -395,6 +420,10 @@ class TelemetryCollector:
                 task_id = renamed
             self._tasks.append(task)
             self._open[task_id] = task
+        if ended and self.on_part_end is not None:
+            # `behind`: an earlier part is still waiting for the writer, so tasks are ending faster than they can
+            # be written; the caller (outside any lock of ours, unless it is building queued events) helps.
+            guard("collector.on_part_end", self.on_part_end, notify and len(self.sealed) > 1)
         if notify:
             self.changed(False)
         else:
@@ -427,11 +456,14 @@ class TelemetryCollector:
                 value = clip(value, self.max_string_length)
             task[key] = value
         with self._lock:
-            # Read while the task is still open: a roll-over (which changes the session id) waits for open tasks.
-            session_id = self.session_id
-            self._open.pop(task["task_id"], None)
+            # Read while the task is still open: an open task always belongs to the current part (a roll-over
+            # moves it on), so this is the id of the file it is written in.
+            session_id, series = self.session_id, (self.series_id, self.part)
+            if self._open.pop(task["task_id"], None) is task:
+                self._finished.append(task)
+                self.part_units += size_units(task)
         if self.on_task_end is not None:
-            guard("collector.on_task_end", self.on_task_end, session_id, task)
+            guard("collector.on_task_end", self.on_task_end, session_id, task, series)
         if notify:
             self.changed(True)
         else:
@@ -557,24 +589,14 @@ class TelemetryCollector:
         (finished records are never changed; open ones only have values reassigned, never keys added)."""
         with self._lock:
             self.materialize()
-            tasks = []
-            for task in self._tasks:
-                copy = dict(task)
-                for key in _RECORD_KEYS:
-                    copy[key] = list(task[key])
-                if task.get("implicit") and task["end_time"] is None:
-                    # Not a run that is still going: a bucket, complete up to its last record.
-                    _as_completed(copy)
-                copy["dropped_records"] = dict(task["dropped_records"])
-                if task["dropped_token_usage"] is not None:
-                    copy["dropped_token_usage"] = deepcopy(task["dropped_token_usage"])
-                tasks.append(copy)
-        return {
-            "session_id": self.session_id,
-            "start_time": self.start_time,
-            "end_time": end_time,
-            "tasks": tasks,
-        }
+            return {
+                "session_id": self.session_id,
+                "series_id": self.series_id,
+                "part": self.part,
+                "start_time": self.start_time,
+                "end_time": end_time,
+                "tasks": _copies(self._tasks),
+            }
 
     def snapshot_with_open_ids(self, end_time: Optional[float] = None) -> Tuple[dict, Set[str]]:
         """`snapshot()` and the ids of the tasks open at that moment, under one lock. A task that is not open has
@@ -584,23 +606,67 @@ class TelemetryCollector:
             return self.snapshot(end_time), set(self._open)
 
     def roll_over(self, new_session_id: str) -> Optional[dict]:
-        """Ends this session and goes on as `new_session_id`; returns the ended session's data, or None (and
-        changes nothing) while a task is open, since open tasks' records must stay in one file. The implicit task
-        is closed instead of waited for: it stays open for as long as records arrive outside any task."""
+        """Ends this session and goes on as `new_session_id` (a new series); returns the ended session's data, or
+        None (and changes nothing) while a task is open. The implicit task is closed instead of waited for: it stays
+        open for as long as records arrive outside any task."""
         with self._lock:
             self.materialize()
             if any(not task.get("implicit") for task in self._open.values()):
                 return None
-            for task in list(self._open.values()):
-                self.close_task(task, TaskStatus.COMPLETED)
-            now = time.time()
-            old = self.snapshot(end_time=now)
-            self._tasks = []
-            self._implicit = None
-            self.session_id = new_session_id
-            self.start_time = now
-            self.generation += 1
+            old = self._next_part(new_session_id, time.time())
+            self.series_id, self.part = new_session_id, 1
+            old["tasks"] = _copies(old["tasks"])
             return old
+
+    def take_for_write(self, with_open: bool = False) -> Tuple[List[dict], str, List[dict], List[dict]]:
+        """What the writer writes next, taken at one moment: the parts ended since the last call (oldest first, each
+        with a consistent copy of its tasks), the current part's id, the tasks closed in it since the last call, and
+        (`with_open`) copies of its open tasks."""
+        with self._lock:
+            self.materialize()
+            sealed, self.sealed = self.sealed, []
+            for part in sealed:
+                part["tasks"] = _copies(part["tasks"])
+            finished, self._finished = _copies(self._finished), []
+            still_open = _copies(list(self._open.values())) if with_open else []
+            return sealed, self.session_id, finished, still_open
+
+    def note_written(self, size: int, units: int) -> None:
+        """The writer wrote `size` bytes for `units` size units (see `size_units`): the estimate of a part's size
+        follows what the tasks of this process take."""
+        if units > 0:
+            self.bytes_per_unit = size / units
+
+    def _part_full(self) -> bool:
+        if not self.max_tasks_per_part or len(self._tasks) <= len(self._open):
+            return False  # (a part with no finished task is never ended: its open tasks would only move on)
+        return (len(self._tasks) >= self.max_tasks_per_part
+                or 0 < self.max_part_bytes <= self.part_units * self.bytes_per_unit)
+
+    def _next_part(self, new_session_id: str, now: float) -> dict:
+        """Ends the current part at `now` and starts part n+1 as `new_session_id`; returns the ended part's data
+        (its finished tasks). Tasks still open move on whole, so that every task is in exactly one file. Under the
+        lock."""
+        implicit = self._implicit
+        if implicit is not None and self._open.get(implicit["task_id"]) is implicit:
+            self.close_task(implicit, TaskStatus.COMPLETED, notify=False)
+        moved: List[dict] = []
+        finished: List[dict] = []
+        for task in self._tasks:
+            (moved if self._open.get(task["task_id"]) is task else finished).append(task)
+        # The records themselves, not copies: events queued before the roll-over and built after it still reach
+        # their task. The writer copies them when it writes the part (`take_for_write`).
+        old = {"session_id": self.session_id, "series_id": self.series_id, "part": self.part,
+               "start_time": self.start_time, "end_time": now, "tasks": finished}
+        self._tasks = moved
+        self._implicit = None
+        self._finished = []
+        self.session_id = new_session_id
+        self.part += 1
+        self.part_units = 0
+        self.start_time = now
+        self.generation += 1
+        return old
 
     def build_session(self, environment: Any = None, end_time: Optional[float] = None) -> "TelemetrySession":
         """The records so far as a `TelemetrySession` (queued events built first); `environment` is an
@@ -612,3 +678,25 @@ class TelemetryCollector:
             data["environment"] = environment
         return TelemetrySession.model_validate(data)
 
+
+def size_units(task: dict) -> int:
+    """What a task's size on disk goes with: the task itself and each of its records."""
+    return 1 + sum(len(task[key]) for key in _RECORD_KEYS)
+
+
+def _copies(tasks: List[dict]) -> List[dict]:
+    """Plain-data copies of `tasks`: lists are copied, records are shared (finished records are never changed; open
+    ones only have values reassigned, never keys added)."""
+    copies = []
+    for task in tasks:
+        copy = dict(task)
+        for key in _RECORD_KEYS:
+            copy[key] = list(task[key])
+        if task.get("implicit") and task["end_time"] is None:
+            # Not a run that is still going: a bucket, complete up to its last record.
+            _as_completed(copy)
+        copy["dropped_records"] = dict(task["dropped_records"])
+        if task["dropped_token_usage"] is not None:
+            copy["dropped_token_usage"] = deepcopy(task["dropped_token_usage"])
+        copies.append(copy)
+    return copies

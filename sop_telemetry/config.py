@@ -6,8 +6,9 @@ Usage::
     TelemetryManager.get_instance().initialize({"storage_dir": "/tmp/telemetry", "max_file_age_days": 7})
 
 Environment: ``SOP_TELEMETRY_DISABLED=1`` turns everything off, ``SOP_TELEMETRY_DIR`` sets the storage directory,
-``SOP_TELEMETRY_OTLP=1`` (or ``0``) switches live OpenTelemetry export on (or off), and
-``SOP_TELEMETRY_INTEGRATIONS`` (``smolagents,langchain``, ``-langchain``) chooses the framework integrations.
+``SOP_TELEMETRY_OTLP=1`` (or ``0``) switches live OpenTelemetry export on (or off),
+``SOP_TELEMETRY_INTEGRATIONS`` (``smolagents,langchain``, ``-langchain``) chooses the framework integrations, and
+``SOP_TELEMETRY_MAX_TASKS_PER_SESSION`` / ``SOP_TELEMETRY_MAX_SESSION_BYTES`` set the bounds of one session file.
 They win over values given in code, so an operator can always switch telemetry off or move it.
 """
 
@@ -19,7 +20,13 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .collector import DEFAULT_MAX_RECORDS_PER_TASK, DEFAULT_MAX_STRING_LENGTH, env_disabled
+from .collector import (
+    DEFAULT_MAX_RECORDS_PER_TASK,
+    DEFAULT_MAX_SESSION_BYTES,
+    DEFAULT_MAX_STRING_LENGTH,
+    DEFAULT_MAX_TASKS_PER_SESSION,
+    env_disabled,
+)
 
 
 class ModelPrice(BaseModel):
@@ -52,7 +59,11 @@ class TelemetryConfig(BaseModel):
     max_memory_sessions: int = Field(default=10, ge=0)
     # Caps that keep memory bounded in long runs; what is over them is counted, not kept.
     max_records_per_task: int = Field(default=DEFAULT_MAX_RECORDS_PER_TASK, ge=1)
-    max_tasks_per_session: int = Field(default=1_000, ge=1)
+    # A long-lived process writes a series of session files (parts): a task that starts when the current one holds
+    # this many tasks, or this many bytes, goes to the next (docs/long-running.md). They bound the memory held and
+    # the size of every file; SOP_TELEMETRY_MAX_TASKS_PER_SESSION / SOP_TELEMETRY_MAX_SESSION_BYTES override them.
+    max_tasks_per_session: int = Field(default=DEFAULT_MAX_TASKS_PER_SESSION, ge=1)
+    max_session_bytes: int = Field(default=DEFAULT_MAX_SESSION_BYTES, ge=1_000)
     max_string_length: int = Field(default=DEFAULT_MAX_STRING_LENGTH, ge=16)
     # Prompts, outputs and tool arguments are stored only when this is switched on.
     capture_content: bool = False
@@ -151,6 +162,11 @@ def build_config(config: Optional[Mapping[str, Any] | TelemetryConfig] = None,
     env_otlp = os.environ.get("SOP_TELEMETRY_OTLP", "").strip().lower()
     if env_otlp:
         data["otlp_enabled"] = env_otlp in {"1", "true", "yes", "on"}
+    for variable, key in (("SOP_TELEMETRY_MAX_TASKS_PER_SESSION", "max_tasks_per_session"),
+                          ("SOP_TELEMETRY_MAX_SESSION_BYTES", "max_session_bytes")):
+        value = os.environ.get(variable, "").strip()
+        if value:
+            data[key] = value  # (validated below: a bad value is a ConfigError naming the key)
     try:
         return TelemetryConfig.model_validate(data)
     except ValidationError as exc:

@@ -30,7 +30,16 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
-from .collector import TelemetryCollector, current, env_disabled, switch
+from .collector import (
+    DEFAULT_MAX_SESSION_BYTES,
+    DEFAULT_MAX_TASKS_PER_SESSION,
+    TelemetryCollector,
+    _copies,
+    current,
+    env_disabled,
+    size_units,
+    switch,
+)
 from .error_handler import get_error_handler, guard, report, safe_telemetry_operation
 from .status import TaskStatus
 
@@ -94,11 +103,18 @@ class TelemetryManager:
         self._collector: Optional[TelemetryCollector] = None
         self._prices: Any = None
         self._environment: Any = None
-        # (session id, task id) -> (the task's state, its JSON, token usage, end) from the last write: a finished
-        # task is validated and serialized once, not at every write (see _session_text).
+        # (session id, task id) -> (the task's state, its JSON, token usage, end) of the current part's (and of
+        # ended parts not yet written) finished tasks: each is validated, priced, serialized and masked once.
         self._task_json: Dict[tuple, tuple] = {}
+        # The part whose file this manager wrote last (later tasks of it go to its tail); tasks ended in it not yet
+        # appended (a failed append is tried again); ended parts not yet written.
+        self._disk_part: Optional[str] = None
+        self._unappended: List[dict] = []
+        self._sealed: List[dict] = []
+        self._secrets: Optional[List[str]] = None
         self._wake = threading.Event()
-        self._halt = threading.Event()  # set by shutdown(): ends the writer's pause between writes at once
+        # Set by shutdown() and by a part's end: ends the writer's pause between writes at once.
+        self._halt = threading.Event()
         self._stopped = False
         # A task ended since the writer last looked (`_due`); the writer is in its pause after a write and will look
         # when it is over, so that a task's end need not wake it (`_pausing`). See _write_until_stopped.
@@ -115,7 +131,6 @@ class TelemetryManager:
         self._atexit_registered = False
         self._loaded: "OrderedDict[str, tuple]" = OrderedDict()
         self._unreadable: Dict[str, tuple] = {}
-        self._pending: List["TelemetrySession"] = []
         self.last_flush_time: Optional[float] = None
         self.last_flush_path: Optional[Path] = None
         # Set by the `sop-telemetry` command: it reads sessions and must never write one of its own.
@@ -143,7 +158,10 @@ class TelemetryManager:
             self._given = given
             self._environment = None  # the allowlist may have changed
             self._task_json = {}  # and the prices: costs are computed again
+            old_store = self._store
             self._store = TelemetryDataStore(cfg.resolved_storage_dir(), fsync=cfg.fsync)
+            if old_store is None or old_store.directory != self._store.directory:
+                self._disk_part = None  # the part is written whole in its new directory first
             self._prices = PriceBook(cfg.prices)
             self._loaded.clear()
             # Set only now: _ensure() on another thread returns as soon as it sees a config, without the lock, and
@@ -189,10 +207,10 @@ class TelemetryManager:
         if collector is not None:
             collector.materialize()
 
-    def _task_ended(self, session_id: str, task: dict) -> None:
+    def _task_ended(self, session_id: str, task: dict, series: "tuple[str, int]") -> None:
         otlp = self._otlp
         if otlp is not None and not self.read_only:
-            otlp.submit(session_id, task)
+            otlp.submit(session_id, task, series)
 
     def _ensure(self) -> "TelemetryConfig":
         cfg = self._config
@@ -223,6 +241,9 @@ class TelemetryManager:
 
         collector = TelemetryCollector(new_session_id(), on_change=self._on_change)
         collector.on_task_end = self._task_ended
+        collector.on_part_end = self._part_ended
+        collector.max_tasks_per_part = DEFAULT_MAX_TASKS_PER_SESSION
+        collector.max_part_bytes = DEFAULT_MAX_SESSION_BYTES
         self._apply_limits(collector)
         return collector
 
@@ -232,6 +253,8 @@ class TelemetryManager:
             collector.max_records_per_task = cfg.max_records_per_task
             collector.max_string_length = cfg.max_string_length
             collector.capture_content = cfg.capture_content
+            collector.max_tasks_per_part = cfg.max_tasks_per_session
+            collector.max_part_bytes = cfg.max_session_bytes
 
     # -- the spec's API ----------------------------------------------------------------------------------------
     def get_collector(self) -> TelemetryCollector:
@@ -259,12 +282,25 @@ class TelemetryManager:
         collector = self.get_collector()
         if session_id is None or session_id == collector.session_id:
             return self._build_current(final=False)
-        for pending in self._pending:
-            if pending.session_id == session_id:
-                return pending
+        ended = self._ended_part(session_id, collector)
+        if ended is not None:
+            return ended
         if not is_session_id(session_id):
             return None
         return self._load_cached(session_id)
+
+    def _ended_part(self, session_id: str, collector: TelemetryCollector) -> Optional["TelemetrySession"]:
+        """A part that has ended but is not written yet, or None."""
+        from .models import TelemetrySession
+
+        with collector._lock:
+            parts = [p for p in (*self._sealed, *collector.sealed) if p["session_id"] == session_id]
+            if not parts:
+                return None
+            data = {**parts[0], "tasks": _copies(parts[0]["tasks"]), "environment": self._environment_info()}
+        session = TelemetrySession.model_validate(data)
+        self._apply_costs(session)
+        return session
 
     def _load_cached(self, session_id: str) -> Optional["TelemetrySession"]:
         from .storage import SessionLoadError
@@ -324,6 +360,8 @@ class TelemetryManager:
             "total_bytes": size,
             "current_session_id": collector.session_id if collector is not None else None,
             "current_session_tasks": collector.task_count() if collector is not None else 0,
+            "current_series_id": collector.series_id if collector is not None else None,
+            "current_part": collector.part if collector is not None else None,
             "enabled": switch.enabled,
             "max_file_age_days": cfg.max_file_age_days,
             "last_flush_time": self.last_flush_time,
@@ -391,6 +429,15 @@ class TelemetryManager:
             if not self._pausing:
                 self._wake.set()
 
+    def _part_ended(self, behind: bool) -> None:
+        """A part is full: the writer writes it now, even in its pause (once a part: the wake is rare). When
+        another part is still waiting (`behind`: tasks end faster than the writer, sharing the GIL, can write them)
+        the thread that starts the next task writes them itself, so that memory stays bounded whatever the pace."""
+        if behind:
+            self._write(final=False)
+        self._on_change(True)
+        self._halt.set()
+
     def _start_writer(self) -> None:
         with self._lock:
             self._stopped = False
@@ -434,8 +481,10 @@ class TelemetryManager:
                 self._pausing = False
             if self._stopped:
                 return
+            self._halt.clear()  # (set by a part's end; shutdown() sets _stopped first)
             if not self._due:
                 self._await_change(self._config.flush_interval if self._config is not None else 30.0)
+            tick = not self._due  # (the flush interval went by: the open tasks are written too)
             self._due = False
             self._wake.clear()
             if self._stopped:
@@ -443,12 +492,17 @@ class TelemetryManager:
             began = now = time.perf_counter()
             try:
                 self._maybe_cleanup()
-                self._write(final=False)
+                self._write(final=False, tick=tick)
                 now = time.perf_counter()
                 self._sync_if_due()  # (not counted in the pause: an fsync waits on the disk, without the GIL)
             except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
                 report("manager.writer", exc)
             resume = now + min(_WRITE_BACKOFF * (now - began), _MAX_WRITE_PAUSE)
+            collector = self._collector
+            if collector is not None and collector.sealed:
+                # Parts ended while this pass wrote: no pause, or tasks that end faster than the pause allows for
+                # their writing would pile up in memory without bound (docs/long-running.md).
+                resume, self._due = now, True
 
     def _await_change(self, interval: float) -> None:
         """Waits until a task's end wakes the writer or `interval` (the flush interval) is over. Files whose deferred
@@ -511,59 +565,62 @@ class TelemetryManager:
             if call.cost_estimate is None and call.tokens_reported:
                 call.cost_estimate = prices.cost(call.model, call.prompt_tokens, call.completion_tokens)
 
-    def _session_text(self, final: bool) -> "tuple[str, str]":
-        """(session id, file text) of the current session: what `_file_text(self._build_current(final))` gives, but
-        each finished task is validated and serialized once and its JSON reused by later writes. The writer runs
-        at every task end and rewrites the whole file, so without this a long-lived process pays for all its
-        earlier tasks again at each one, holding the GIL its agents need (docs/design.md)."""
-        from .models import TaskExecution, TelemetrySession, TokenUsage
+    def _task_entry(self, session_id: str, task: dict, finished: bool) -> Optional[tuple]:
+        """(state, masked JSON, token usage, end) of `task`; a finished task's is made once and kept (until its part
+        is written whole), so that no write pays again for the tasks before it. None when the task cannot be
+        written: one bad task must not keep the others off the disk; it is counted, and tried again next time."""
+        from .models import TaskExecution
 
-        collector = self.get_collector()
-        environment = self._environment_info()
-        data, open_ids = collector.snapshot_with_open_ids(end_time=time.time() if final else None)
-        tasks = data.pop("tasks")
-        shell = TelemetrySession.model_validate({**data, "environment": environment})
+        key = _finished_task_state(task) if finished else None
+        entry = self._task_json.get((session_id, task["task_id"])) if finished else None
+        if entry is None or entry[0] != key:
+            try:
+                execution = TaskExecution.model_validate(task)
+                self._apply_task_costs(execution)
+                entry = (key, _redacted(execution.model_dump_json(), self._secrets), execution.token_usage,
+                         execution.end_time or execution.start_time)
+            except Exception as exc:  # noqa: BLE001 - a value the model refuses, or cannot serialize
+                report("manager.task", exc)
+                return None
+            if finished:
+                self._task_json[(session_id, task["task_id"])] = entry
+        return entry
+
+    def _session_text(self, data: dict, open_ids: "set[str]") -> str:
+        """The file text of a part (`data`: a snapshot, or an ended part): what `_file_text` of the same session
+        gives, built from each finished task's kept JSON (tests/test_manager_write_cache.py holds the two equal)."""
+        from .models import TelemetrySession, TokenUsage
+
+        tasks = data["tasks"]
+        shell = TelemetrySession.model_validate({**data, "tasks": [], "environment": self._environment_info()})
         session_id = shell.session_id
-        cache, kept = self._task_json, {}
         parts, total, ends = [], TokenUsage(), []
         for task in tasks:
-            key = None if task["task_id"] in open_ids else _finished_task_state(task)
-            entry = cache.get((session_id, task["task_id"])) if key is not None else None
-            if entry is None or entry[0] != key:
-                try:
-                    execution = TaskExecution.model_validate(task)
-                    self._apply_task_costs(execution)
-                    entry = (key, execution.model_dump_json(), execution.token_usage,
-                             execution.end_time or execution.start_time)
-                except Exception as exc:  # noqa: BLE001 - a value the model refuses, or cannot serialize
-                    # One task that cannot be written must not keep the session's other tasks off the disk, as it
-                    # did for as long as the process lived: it is left out of this write, counted, and tried again
-                    # at the next one (it stays in memory).
-                    report("manager.task", exc)
-                    continue
-            if key is not None:
-                kept[(session_id, task["task_id"])] = entry
+            entry = self._task_entry(session_id, task, task["task_id"] not in open_ids)
+            if entry is None:
+                continue
             parts.append(entry[1])
             total.add(entry[2])
             ends.append(entry[3])
-        self._task_json = kept
         # The same document as TelemetrySession.to_json(): its fields in order, then the computed totals (the same
-        # arithmetic as TelemetrySession.total_tokens / total_duration; tests/test_manager_write_cache.py holds the
-        # two equal).
+        # arithmetic as TelemetrySession.total_tokens / total_duration).
         end = shell.end_time if shell.end_time is not None else max(ends, default=shell.start_time)
         duration = max(0.0, (end - shell.start_time).total_seconds())
-        head = shell.model_dump_json(exclude={"tasks", "total_tokens", "total_duration"})
-        text = "".join((head[:-1], ',"tasks":[', ",".join(parts), '],"total_tokens":', total.model_dump_json(),
+        head = _redacted(shell.model_dump_json(exclude={"tasks", "total_tokens", "total_duration"}), self._secrets)
+        totals = _redacted(total.model_dump_json(), self._secrets)
+        return "".join((head[:-1], ',"tasks":[', ",".join(parts), '],"total_tokens":', totals,
                         ',"total_duration":', json.dumps(duration), "}"))
-        return session_id, _redacted(text)
 
-    def _write(self, final: bool, force: bool = False) -> Optional[Path]:
-        """Writes the current session if it changed since the last write. Errors are counted, logged once and
-        swallowed; the records stay in memory and the next write tries again."""
+    def _write(self, final: bool, force: bool = False, tick: bool = False) -> Optional[Path]:
+        """Writes what changed since the last write: parts that have ended (each whole, once), then the current
+        part: whole at its first write, at `final` (exit) and `force` (flush_data()), else only the tasks ended
+        since the last write, appended to its tail (and, at a `tick` of the flush interval, the open tasks as they
+        are). Errors are counted, logged once and swallowed; the records stay in memory and the next write tries
+        again."""
         if self.read_only:
             return None
         collector = self._collector
-        if collector is None or not collector.has_records():
+        if collector is None or not (collector.has_records() or collector.sealed):
             return None
         self._ensure()
         store = self._store
@@ -576,26 +633,88 @@ class TelemetryManager:
             except OSError as exc:
                 report("storage.write", exc, hint=_kept_in_memory(store))
                 return None
-            self._write_pending()
-            if not collector.has_records():
-                return None  # rolled over while we waited for the lock: the new session is still empty
-            generation = collector.built_generation()  # queued events are changes too (they bump it when built)
-            if generation == self._written_generation and not (final or force):
+            for _ in range(10):  # (another pass only when a part ends while this one is being written)
+                try:
+                    path = self._write_locked(store, collector, final, force, tick)
+                except Exception as exc:  # noqa: BLE001 - disk full, read-only, deleted directory, a bug
+                    report("storage.write", exc, hint=_kept_in_memory(store))
+                    return None
+                if path is not _AGAIN:
+                    break
+            else:
                 return None
-            try:
-                session_id, text = self._session_text(final)
-                path = self._put(store, session_id, text, durable=final or force)
-            except Exception as exc:  # noqa: BLE001 - disk full, read-only, deleted directory, a bug
-                report("storage.write", exc, hint=_kept_in_memory(store))
-                return None
-            get_error_handler().record_success("storage.write")
-            self._written_generation = generation
-            self.last_flush_time = time.time()
-            self.last_flush_path = path
-            logger.debug("sop_telemetry: wrote %s", path)
-            if not final:
-                self._roll_over_if_full(collector)
+            if path is not None:
+                get_error_handler().record_success("storage.write")
+                self.last_flush_time = time.time()
+                self.last_flush_path = path
+                logger.debug("sop_telemetry: wrote %s", path)
             return path
+
+    def _write_locked(self, store: "TelemetryDataStore", collector: TelemetryCollector, final: bool, force: bool,
+                      tick: bool) -> Any:
+        from .environment import secret_values
+
+        self._secrets = secret_values()  # (once a pass: _task_entry and _session_text mask with them)
+        sealed, part_id, finished, still_open = collector.take_for_write(with_open=tick and not (final or force))
+        self._sealed.extend(sealed)
+        if self._disk_part != part_id:
+            self._unappended = []  # (tasks of a part that has ended: in its file, written whole)
+        self._unappended.extend(finished)
+        written = self._write_sealed(store)
+        if not collector.has_records():
+            return written
+        generation = collector.generation
+        if generation == self._written_generation and not (final or force):
+            return written
+        durable = final or force
+        if durable or self._disk_part != part_id:
+            data, open_ids = collector.snapshot_with_open_ids(end_time=time.time() if final else None)
+            if data["session_id"] != part_id:
+                return _AGAIN  # a part ended meanwhile: it is written first
+            text = self._session_text(data, open_ids)
+            self._unsynced.pop(store.tail_path(part_id), None)  # type: ignore[arg-type]  # (removed below: no fsync)
+            path = self._put(store, part_id, text, durable=durable or self._disk_part == part_id)
+            store.drop_tail(part_id)
+            self._task_json = {k: v for k, v in self._task_json.items() if k[0] == part_id}
+            self._disk_part = part_id
+            collector.note_written(len(text.encode("utf-8")), sum(size_units(task) for task in data["tasks"]))
+        elif not os.path.exists(store.path_for(part_id)):  # type: ignore[arg-type]
+            self._disk_part = None  # removed (by hand, or its directory): the next pass writes the part whole
+            return _AGAIN
+        else:
+            lines = []
+            for tasks, ended in ((self._unappended, True), (still_open, False)):
+                for task in tasks:
+                    entry = self._task_entry(part_id, task, ended)
+                    if entry is not None:
+                        lines.append(entry[1])
+            if not lines:
+                self._written_generation = generation
+                return written
+            payload = ("\n".join(lines) + "\n").encode("utf-8")
+            path = self._put(store, part_id, payload, durable=False, tail=True)
+            collector.note_written(len(payload), sum(size_units(task) for task in (*self._unappended, *still_open)))
+        self._unappended = []
+        self._written_generation = generation
+        return path
+
+    def _write_sealed(self, store: "TelemetryDataStore") -> Optional[Path]:
+        """Writes each ended part whole, with its end time, and removes its tail: from then on its file is final.
+        Synced at once, since the tail it replaces goes. An error propagates, and the current part is not written
+        before the ended ones (a task it took over would be in two files)."""
+        path = None
+        while self._sealed:
+            part = self._sealed[0]
+            self._unsynced.pop(store.tail_path(part["session_id"]), None)  # type: ignore[arg-type]
+            if part["tasks"]:
+                path = self._put(store, part["session_id"], self._session_text(part, set()), durable=True)
+                logger.debug("sop_telemetry: part %s is full; continuing in the next", part["session_id"])
+            store.drop_tail(part["session_id"])
+            self._task_json = {k: v for k, v in self._task_json.items() if k[0] != part["session_id"]}
+            if self._disk_part == part["session_id"]:
+                self._disk_part = None
+            self._sealed.pop(0)
+        return path
 
     def _writable_store(self) -> "TelemetryDataStore":
         """The configured store, checked before its first write: a folder that cannot be used then (a file in the
@@ -632,20 +751,22 @@ class TelemetryManager:
         self._checked_store = store
         return store
 
-    def _put(self, store: "TelemetryDataStore", session_id: str, text: str, durable: bool) -> Path:
-        """`store.write` with its fsync, unless the last fsync was less than `fsync_interval` ago and this write is
-        not `durable` (an explicit flush, the exit's): then the file is synced when the interval is over
-        (`_sync_if_due`, on the writer thread). Under _write_lock."""
+    def _put(self, store: "TelemetryDataStore", session_id: str, text: "str | bytes", durable: bool,
+             tail: bool = False) -> Path:
+        """`store.write` (or `store.append_tail` with `tail`) with its fsync, unless the last fsync was less than
+        `fsync_interval` ago and this write is not `durable` (an explicit flush, the exit's): then the file is
+        synced when the interval is over (`_sync_if_due`, on the writer thread). Under _write_lock."""
+        write = store.append_tail if tail else store.write
         cfg = self._config
         if not store.fsync or cfg is None:
-            return store.write(session_id, text)
+            return write(session_id, text)  # type: ignore[arg-type]
         if durable or time.monotonic() - self._last_sync >= cfg.fsync_interval:
-            path = store.write(session_id, text)
+            path = write(session_id, text)  # type: ignore[arg-type]
             self._last_sync = time.monotonic()  # (the interval counts from the fsync's end)
             self._unsynced.pop(path, None)
             self._sync_files()  # any others waiting for theirs: one batch
             return path
-        path = store.write(session_id, text, sync=False)
+        path = write(session_id, text, sync=False)  # type: ignore[arg-type]
         self._unsynced[path] = None
         return path
 
@@ -666,7 +787,7 @@ class TelemetryManager:
 
     def _sync_files(self) -> None:
         """fsyncs the files written without it. Under _write_lock. A failed fsync is counted, and the current
-        session is written again (after a failed fsync the kernel may have dropped the data)."""
+        part is written again, whole (after a failed fsync the kernel may have dropped the data)."""
         store = self._store
         if not self._unsynced or store is None:
             return
@@ -680,43 +801,13 @@ class TelemetryManager:
                 failed = True
                 report("storage.sync", exc)
                 collector = self._collector
-                if collector is not None and store.path_for(collector.session_id) == path:
+                if collector is not None and path in (store.path_for(collector.session_id),
+                                                      store.tail_path(collector.session_id)):
                     self._written_generation = -1
+                    self._disk_part = None
                     self._due = True  # rewritten when the writer looks next, and synced as it is written
         if not failed:
             self._last_sync = time.monotonic()
-
-    def _roll_over_if_full(self, collector: TelemetryCollector) -> None:
-        """A long-lived process (a server running agents all day) starts a new session every
-        `max_tasks_per_session` tasks, so that memory and the cost of rewriting one file stay bounded."""
-        cfg = self._config
-        if cfg is None or collector.task_count() < cfg.max_tasks_per_session:
-            return
-        from .models import TelemetrySession
-        from .storage import new_session_id
-
-        old = collector.roll_over(new_session_id())
-        if old is None:
-            return
-        old["environment"] = self._environment_info()
-        session = TelemetrySession.model_validate(old)
-        self._apply_costs(session)
-        self._pending.append(session)
-        self._written_generation = -1
-        self._write_pending()
-        logger.debug("sop_telemetry: session %s is full; continuing in %s", session.session_id, collector.session_id)
-
-    def _write_pending(self) -> None:
-        """Writes finished sessions kept back by a roll-over; on failure they stay for the next write."""
-        store = self._store
-        while self._pending and store is not None:
-            session = self._pending[0]
-            try:
-                store.write(session.session_id, _file_text(session))
-            except Exception as exc:  # noqa: BLE001
-                report("storage.write", exc)
-                return
-            self._pending.pop(0)
 
     def _at_exit(self) -> None:
         try:
@@ -734,7 +825,7 @@ class TelemetryManager:
         except Exception as exc:  # noqa: BLE001 - never fail the interpreter's exit
             report("manager.at_exit", exc)
         finally:
-            # Files of earlier sessions (rolled over) written without their fsync; the final write synced the rest.
+            # Tails written without their fsync; the final write synced the rest.
             guard("manager.at_exit", self._sync_if_due, True)
 
     def shutdown(self, flush: bool = True) -> None:
@@ -777,12 +868,18 @@ class TelemetryManager:
         self._written_generation = -1
         self._unsynced = {}  # the parent's files: the parent syncs them
         self._last_sync = float("-inf")
-        self._pending = []
+        self._disk_part = None
+        self._unappended = []
+        self._sealed = []
+        self._task_json = {}
         self._environment = None  # it holds the parent's pid
         if self._collector is not None:
             self._collector = self._new_collector()
         # The forking thread's task belongs to the parent's session: the child's records go to its own.
         current.set(None)
+
+
+_AGAIN: Any = object()
 
 
 def _finished_task_state(task: dict) -> tuple:
@@ -805,12 +902,13 @@ def _file_text(session: "TelemetrySession") -> str:
     return _redacted(session.to_json())
 
 
-def _redacted(text: str) -> str:
+def _redacted(text: str, secrets: Optional[List[str]] = None) -> str:
     """`text` (a session's JSON) with every known credential masked, since error messages and task descriptions are
-    the host's own text and may quote a key (an HTTP error naming the URL, say)."""
+    the host's own text and may quote a key (an HTTP error naming the URL, say). `secrets`: `secret_values()`, when
+    the caller masks many texts at once (finding them reads the whole environment)."""
     from .environment import redact_json, secret_values
 
-    return redact_json(text, secret_values())
+    return redact_json(text, secret_values() if secrets is None else secrets)
 
 
 def _after_fork() -> None:

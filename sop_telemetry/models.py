@@ -243,6 +243,10 @@ class TelemetrySession(_Model):
 
     schema_version: int = SCHEMA_VERSION
     session_id: str
+    # A long-lived process writes a series of parts (one file each, every task in exactly one): the series id is
+    # its first part's session id, `part` counts from 1. None in files written before parts existed.
+    series_id: Optional[str] = None
+    part: Optional[int] = None
     start_time: AwareDatetime
     end_time: Optional[AwareDatetime] = None
     environment: EnvironmentInfo = Field(default_factory=EnvironmentInfo)

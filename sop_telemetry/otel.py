@@ -309,13 +309,17 @@ def _detected_resource() -> Resource:
         return sdk.merge(OTELResourceDetector().detect())
 
 
-def session_resource(session_id: str, environment: Optional[EnvironmentInfo] = None) -> Resource:
+def session_resource(session_id: str, environment: Optional[EnvironmentInfo] = None,
+                     series: Optional[Tuple[Optional[str], Optional[int]]] = None) -> Resource:
     """What produced the session: `service.name` (sop_telemetry unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES
-    name one), the session as `service.instance.id`, and the host and process it ran in."""
+    name one), the process's series of sessions as `service.instance.id` (for a process with one session file, its
+    id), the part (`series`: (series id, part number)), and the host and process it ran in."""
     detected = _detected_resource()
     env = environment
+    series_id, part = series if series is not None else (None, None)
     ours: Dict[str, Any] = {
-        "service.instance.id": session_id,
+        "service.instance.id": series_id or session_id,
+        "sop_telemetry.part": part if part is not None and part > 1 else None,
         "host.name": env.hostname if env is not None else None,
         "process.pid": env.pid if env is not None else None,
         "os.type": env.os_type.lower() if env is not None and env.os_type else None,
@@ -337,7 +341,7 @@ def _this_process() -> EnvironmentInfo:
 
 def session_spans(session: TelemetrySession) -> Iterator[ReadableSpan]:
     """Every task of a stored session as spans, task after task."""
-    resource = session_resource(session.session_id, session.environment)
+    resource = session_resource(session.session_id, session.environment, (session.series_id, session.part))
     for task in session.tasks:
         yield from task_spans(session.session_id, task, resource)
 
@@ -508,7 +512,7 @@ class LiveOtlpExporter:
 
     def _init_state(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._queue: Deque[Tuple[str, dict]] = deque()
+        self._queue: Deque[Tuple[str, dict, Optional[Tuple[str, int]]]] = deque()
         self._busy = False
         self._closed = False
         self._exporter_closed = False
@@ -522,12 +526,13 @@ class LiveOtlpExporter:
         self._last_ok = True
 
     # -- the agent's side ------------------------------------------------------------------------------------------
-    def submit(self, session_id: str, task: dict) -> bool:
-        """Queues an ended task (the collector's record dict, read later on the exporter's thread)."""
+    def submit(self, session_id: str, task: dict, series: Optional[Tuple[str, int]] = None) -> bool:
+        """Queues an ended task (the collector's record dict, read later on the exporter's thread) of session
+        `session_id`, part `series` (series id, part number) of its process's series."""
         with self._cond:
             accepted = not self._closed and len(self._queue) < self.max_queue
             if accepted:
-                self._queue.append((session_id, task))
+                self._queue.append((session_id, task, series))
                 if self._thread is None:
                     self._start()
                 self._cond.notify_all()
@@ -557,23 +562,23 @@ class LiveOtlpExporter:
                     self._cond.wait()
                 if not self._queue:
                     break
-                session_id, task = self._queue.popleft()
+                session_id, task, series = self._queue.popleft()
                 self._busy = True
             try:
-                self._export_one(session_id, task)
+                self._export_one(session_id, task, series)
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
         self._close_exporter()
 
-    def _export_one(self, session_id: str, task: dict) -> None:
+    def _export_one(self, session_id: str, task: dict, series: Optional[Tuple[str, int]] = None) -> None:
         try:
-            self._export(session_id, task)
+            self._export(session_id, task, series)
         except Exception as exc:  # noqa: BLE001 - a mapping bug must not kill the thread
             self._count(0, f"{type(exc).__name__}: {exc}", exc)
 
-    def _export(self, session_id: str, task: dict) -> None:
+    def _export(self, session_id: str, task: dict, series: Optional[Tuple[str, int]] = None) -> None:
         record = dict(task)
         for key in ("agents", "tools", "llm_calls", "steps"):
             record[key] = list(task.get(key) or ())
@@ -591,7 +596,7 @@ class LiveOtlpExporter:
         masked = redact_json(text, secret_values())
         if masked is not text:
             execution = TaskExecution.model_validate_json(masked)
-        resource = session_resource(session_id, self._environment)
+        resource = session_resource(session_id, self._environment, series)
         sent = 0
         for batch in _batches(task_spans(session_id, execution, resource), self._batch_spans):
             error = _send(self._exporter, batch)
@@ -672,8 +677,8 @@ class LiveOtlpExporter:
             with self._cond:
                 if not self._queue:
                     return
-                session_id, task = self._queue.popleft()
-            self._export_one(session_id, task)
+                session_id, task, series = self._queue.popleft()
+            self._export_one(session_id, task, series)
 
     def stats(self) -> Dict[str, Any]:
         """Counters of the live export: queued, exported and failed tasks and spans, drops, the last error."""

@@ -39,6 +39,8 @@ logger = logging.getLogger("sop_telemetry")
 # (name, the module whose import installs it, the module holding its `integration`).
 BUILTIN: Tuple[Tuple[str, str, str], ...] = (
     ("smolagents", "smolagents", "sop_telemetry.integrations.smolagents"),
+    ("pydantic_ai", "pydantic_ai", "sop_telemetry.integrations.pydantic_ai"),
+    ("langchain", "langchain_core", "sop_telemetry.integrations.langchain"),
 )
 
 ENV_VAR = "SOP_TELEMETRY_INTEGRATIONS"

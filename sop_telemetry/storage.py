@@ -7,6 +7,10 @@ Usage::
     for sid in store.session_ids():          # oldest first
         session = store.load(sid)             # KeyError when missing, SessionLoadError when unreadable
 
+A session still being written by a long-lived process may have a tail beside its file: `.<id>.tail.jsonl`, one
+finished task's JSON a line, appended as tasks end so that each is written once (docs/long-running.md). `load`
+reads it while the file has no `end_time`; the file is rewritten whole, and the tail removed, when the session ends.
+
 Only names matching the session-file pattern are ever read or removed, so a storage_dir pointed at a busy folder
 loses nothing else. Ids are checked against the same pattern before any path is built from them.
 """
@@ -22,16 +26,17 @@ import stat
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 
 if TYPE_CHECKING:
-    from .models import TelemetrySession
+    from .models import TaskExecution, TelemetrySession
 
 logger = logging.getLogger("sop_telemetry")
 
 SESSION_ID_RE = re.compile(r"\A\d{8}T\d{6}_\d{6}_[0-9a-f]{8}\Z")
 _FILE_RE = re.compile(r"\A(\d{8}T\d{6}_\d{6}_[0-9a-f]{8})\.json\Z")
 _TMP_RE = re.compile(r"\A\.(\d{8}T\d{6}_\d{6}_[0-9a-f]{8})\.json\.[0-9a-f]{8}\.tmp\Z")
+_TAIL_RE = re.compile(r"\A\.(\d{8}T\d{6}_\d{6}_[0-9a-f]{8})\.tail\.jsonl\Z")
 _STALE_TMP_SECONDS = 3600.0
 
 
@@ -77,6 +82,12 @@ class TelemetryDataStore:
         if not is_session_id(session_id):
             return None
         return self.directory / f"{session_id}.json"
+
+    def tail_path(self, session_id: str) -> Optional[Path]:
+        """The tail of `session_id` (tasks appended since its file was last written whole), or None for a bad id."""
+        if not is_session_id(session_id):
+            return None
+        return self.directory / f".{session_id}.tail.jsonl"
 
     def ensure_directory(self) -> None:
         """Creates the directory (mode 0700) if needed; raises NotADirectoryError when the path is something else."""
@@ -131,6 +142,35 @@ class TelemetryDataStore:
             raise
         return path
 
+    def append_tail(self, session_id: str, lines: bytes, sync: bool = True) -> Path:
+        """Appends `lines` (whole JSON lines, each ending in a newline) to the session's tail. A process killed
+        mid-append leaves at most one torn last line, which readers skip."""
+        path = self.tail_path(session_id)
+        if path is None:
+            raise ValueError(f"not a session id: {session_id!r}")
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(path, flags, 0o600)
+        try:
+            if os.fstat(fd).st_size and not _ends_with_newline(fd):
+                lines = b"\n" + lines  # after a torn line: the new ones start on their own
+            view = memoryview(lines)
+            while view:
+                view = view[os.write(fd, view):]
+            if self.fsync and sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        return path
+
+    def drop_tail(self, session_id: str) -> None:
+        """Removes the session's tail (its tasks are in the file now)."""
+        path = self.tail_path(session_id)
+        if path is not None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
     def sync(self, path: Path) -> None:
         """fsyncs a file written earlier with ``sync=False``. One gone since (a cleaner removed it) needs none."""
         # Windows' fsync (_commit) needs a handle open for writing; opening one changes nothing in the file.
@@ -145,17 +185,22 @@ class TelemetryDataStore:
             os.close(fd)
 
     # -- reading -----------------------------------------------------------------------------------------------
-    def _entries(self) -> List[Tuple[str, os.DirEntry]]:
+    def _entries(self) -> Tuple[List[Tuple[str, os.DirEntry]], Dict[str, os.DirEntry]]:
+        """(session files, tails by session id) in the directory, by name only."""
+        found, tails = [], {}
         try:
             with os.scandir(self.directory) as it:
-                found = []
                 for entry in it:
                     match = _FILE_RE.match(entry.name)
                     if match is not None:
                         found.append((match.group(1), entry))
-                return found
+                    elif entry.name.endswith(".jsonl"):
+                        match = _TAIL_RE.match(entry.name)
+                        if match is not None:
+                            tails[match.group(1)] = entry
         except (FileNotFoundError, NotADirectoryError):
-            return []
+            pass
+        return found, tails
 
     def session_ids(self) -> List[str]:
         """Ids of the stored sessions, oldest first (ids sort by start time). Like `session_files`, only regular
@@ -163,49 +208,84 @@ class TelemetryDataStore:
         return [sid for sid, _path, _size, _mtime in self.session_files()]
 
     def session_files(self) -> List[Tuple[str, Path, int, float]]:
-        """(id, path, size in bytes, mtime) of each regular session file, oldest first; links are left out."""
+        """(id, path, size in bytes, mtime) of each regular session file, oldest first; links are left out. Size and
+        mtime count the session's tail too (its latest tasks)."""
+        return self._listing()[0]
+
+    def _listing(self) -> Tuple[List[Tuple[str, Path, int, float]], List[Tuple[Path, float]]]:
+        """(session_files(), [(path, mtime) of each tail whose session file is missing])."""
         rows = []
-        for sid, entry in self._entries():
+        entries, tails = self._entries()
+        for sid, entry in entries:
             try:
                 if not entry.is_file(follow_symlinks=False):
                     continue
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            rows.append((sid, Path(entry.path), st.st_size, st.st_mtime))
+            size, mtime = st.st_size, st.st_mtime
+            tail = tails.pop(sid, None)
+            if tail is not None:
+                try:
+                    tail_st = tail.stat(follow_symlinks=False)
+                    size, mtime = size + tail_st.st_size, max(mtime, tail_st.st_mtime)
+                except OSError:
+                    pass
+            rows.append((sid, Path(entry.path), size, mtime))
         rows.sort()
-        return rows
+        orphans = []
+        for tail in tails.values():
+            try:
+                orphans.append((Path(tail.path), tail.stat(follow_symlinks=False).st_mtime))
+            except OSError:
+                pass
+        return rows, orphans
 
     def read_bytes(self, session_id: str) -> Optional[bytes]:
         """The raw file, or None when the id is invalid, the file is missing, or it is not a regular file here."""
         path = self.path_for(session_id)
-        if path is None:
-            return None
-        try:
-            # O_NONBLOCK: opening a FIFO named like a session would otherwise wait for a writer forever (it has no
-            # effect on reading a regular file). O_NOFOLLOW: a link is never followed out of the directory.
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-        except OSError:
-            return None
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
-            chunks = []
-            while True:
-                chunk = os.read(fd, 1 << 20)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-            return b"".join(chunks)
-        finally:
-            os.close(fd)
+        return _read_regular(path) if path is not None else None
 
     def load(self, session_id: str) -> "TelemetrySession":
         """Loads and validates a session; raises KeyError if absent, SessionLoadError if unreadable."""
         data = self.read_bytes(session_id)
         if data is None:
             raise KeyError(session_id)
-        return parse_session(data, source=session_id)
+        session = parse_session(data, source=session_id)
+        if session.end_time is None:
+            self._merge_tail(session)
+        return session
+
+    def _merge_tail(self, session: "TelemetrySession") -> None:
+        """Adds the tasks of the session's tail: the last line of a task wins, and replaces the file's copy unless
+        that one has ended (a tail left over from before the file's last write is older than it). The implicit
+        task (records made outside any task) reads as ended while it still grows: the copy with more records wins."""
+        path = self.tail_path(session.session_id)
+        if path is None:
+            return
+        data = _read_regular(path)
+        if not data:
+            return
+        from pydantic import ValidationError
+
+        from .models import TaskExecution
+
+        latest: Dict[str, "TaskExecution"] = {}
+        for line in data.split(b"\n")[:-1]:  # (after the last newline: a torn line, or nothing)
+            try:
+                task = TaskExecution.model_validate_json(line)
+            except (ValidationError, ValueError):
+                continue  # a torn line followed by others
+            latest[task.task_id] = task
+        if not latest:
+            return
+        index = {task.task_id: i for i, task in enumerate(session.tasks)}
+        for task_id, task in latest.items():
+            i = index.get(task_id)
+            if i is None:
+                session.tasks.append(task)
+            elif session.tasks[i].end_time is None or (task.implicit and _records(task) >= _records(session.tasks[i])):
+                session.tasks[i] = task
 
     def iter_sessions(self) -> Iterator["TelemetrySession"]:
         """Every readable session, oldest first, one at a time; unreadable files are logged once and skipped."""
@@ -225,7 +305,8 @@ class TelemetryDataStore:
         """
         cutoff = time.time() - max_age_days * 86400.0
         removed = []
-        for sid, path, _size, mtime in self.session_files():
+        files, orphans = self._listing()
+        for sid, path, _size, mtime in files:
             if sid == keep or mtime >= cutoff:
                 continue
             if not dry_run:
@@ -233,8 +314,15 @@ class TelemetryDataStore:
                     os.unlink(path)
                 except FileNotFoundError:
                     continue
+                self.drop_tail(sid)
             removed.append(sid)
         if not dry_run:
+            for path, mtime in orphans:  # a tail whose file was removed by hand
+                if mtime < cutoff:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
             self._remove_stale_temp_files()
         return removed
 
@@ -257,6 +345,37 @@ class TelemetryDataStore:
         """(number of session files, their total size in bytes)."""
         files = self.session_files()
         return len(files), sum(size for _, _, size, _ in files)
+
+
+def _records(task: "TaskExecution") -> int:
+    return len(task.agents) + len(task.tools) + len(task.llm_calls) + len(task.steps)
+
+
+def _read_regular(path: Path) -> Optional[bytes]:
+    """The bytes of `path`, or None when it is missing or not a regular file."""
+    try:
+        # O_NONBLOCK: opening a FIFO named like a session would otherwise wait for a writer forever (it has no
+        # effect on reading a regular file). O_NOFOLLOW: a link is never followed out of the directory.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _ends_with_newline(fd: int) -> bool:
+    size = os.fstat(fd).st_size
+    return os.pread(fd, 1, size - 1) == b"\n" if hasattr(os, "pread") else True
 
 
 def parse_session(data: bytes | str, source: str = "session") -> "TelemetrySession":

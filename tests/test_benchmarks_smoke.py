@@ -53,3 +53,12 @@ def test_quick_benchmark_runs_every_section(tmp_path: Path) -> None:
     # storage layer's `sync` argument once made this write fail, half the time, and the section wait 10 s).
     assert figures["flush"]["write_thread"]["thread"] == "sop_telemetry-writer"
     assert not figures["imports"]["imports_smolagents"]
+    # Section 9: the LangGraph agent run records its 11 model calls, 11 tool calls and 11 steps in one task.
+    graph = figures["langgraph"]
+    for name in ("sop", "sop_with_write"):
+        assert graph["recorded"][name] == {"llm_calls": 11, "tools": 11, "steps": 11, "tasks": 1}, name
+    if graph["openinference"] != "skipped":
+        assert graph["recorded"]["openinference"]["spans"] > 0
+    assert figures["langgraph_instructions"]["counted"] is False
+    # Section 10: each run's tasks are on disk, each once.
+    assert [(r["tasks"], r["exactly_once"]) for r in figures["long_running"]["rows"]] == [(50, True), (500, True)]

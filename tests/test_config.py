@@ -156,3 +156,21 @@ def test_lazy_initialization_keeps_disable_telemetry(monkeypatch, tmp_path):
     finally:
         fresh.shutdown(flush=False)
         switch.enabled = True
+
+
+def test_the_bounds_of_a_session_file_come_from_code_or_the_environment(monkeypatch):
+    cfg = build_config({"max_tasks_per_session": 50, "max_session_bytes": 2_000_000})
+    assert (cfg.max_tasks_per_session, cfg.max_session_bytes) == (50, 2_000_000)
+    monkeypatch.setenv("SOP_TELEMETRY_MAX_TASKS_PER_SESSION", "200")
+    monkeypatch.setenv("SOP_TELEMETRY_MAX_SESSION_BYTES", " 1000000 ")
+    cfg = build_config({"max_tasks_per_session": 50})
+    assert (cfg.max_tasks_per_session, cfg.max_session_bytes) == (200, 1_000_000)  # the operator's word wins
+    monkeypatch.setenv("SOP_TELEMETRY_MAX_SESSION_BYTES", "lots")
+    with pytest.raises(ConfigError, match="max_session_bytes"):
+        build_config()
+
+
+def test_the_manager_applies_the_bounds_to_its_collector(manager):
+    manager.initialize({"max_tasks_per_session": 7, "max_session_bytes": 123_456})
+    collector = manager.get_collector()
+    assert (collector.max_tasks_per_part, collector.max_part_bytes) == (7, 123_456)

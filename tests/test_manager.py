@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sop_telemetry import TaskStatus, TelemetryManager, TelemetrySession, get_error_handler
-from sop_telemetry.storage import new_session_id
+from sop_telemetry.storage import TelemetryDataStore, new_session_id
 
 DAY = 86400.0
 REPO = Path(__file__).resolve().parents[1]
@@ -140,7 +140,7 @@ def test_a_task_that_ends_in_the_writers_pause_does_not_wake_it_and_one_that_end
             Path(frame.f_code.co_filename).read_text().splitlines()[frame.f_lineno - 1]).strip()
 
     def tasks_on_disk() -> int:
-        return len(TelemetrySession.from_json(path.read_bytes()).tasks) if path.exists() else 0
+        return _tasks_on_disk(path)
 
     record_task(manager, "first")  # the writer, just started, waits for it: woken
     path = storage_dir / f"{manager.get_collector().session_id}.json"
@@ -172,12 +172,18 @@ class _Fsyncs:
                                                       real(fd))[1])
 
     def of(self, path: Path, since: float) -> list:
-        inode = os.stat(path).st_ino
-        return [when for when, ino in self.calls if ino == inode and when >= since]
+        """fsyncs of the session file `path` and of its tail (where task ends after the file's first write go)."""
+        inodes = {os.stat(p).st_ino for p in (path, _tail(path)) if p.exists()}
+        return [when for when, ino in self.calls if ino in inodes and when >= since]
+
+
+def _tail(path: Path) -> Path:
+    return path.parent / f".{path.stem}.tail.jsonl"
 
 
 def _tasks_on_disk(path: Path) -> int:
-    return len(TelemetrySession.from_json(path.read_bytes()).tasks) if path.exists() else 0
+    """Tasks in the session file and its tail, read as every reader reads them."""
+    return len(TelemetryDataStore(path.parent).load(path.stem).tasks) if path.exists() else 0
 
 
 def _second_write_deferred(manager, path: Path) -> tuple:
@@ -194,7 +200,7 @@ def _second_write_deferred(manager, path: Path) -> tuple:
 def _await_unsynced_write(manager, path: Path, tasks: int) -> None:
     """Until `path` holds `tasks` tasks and waits for its deferred fsync. (The writer notes the file as unsynced
     right after renaming it into place: both are waited for.)"""
-    wait_for(lambda: _tasks_on_disk(path) == tasks and list(manager._unsynced) == [path])
+    wait_for(lambda: _tasks_on_disk(path) == tasks and list(manager._unsynced) == [_tail(path)])
 
 
 @pytest.fixture
@@ -249,8 +255,6 @@ def test_fsync_interval_0_syncs_every_write_and_shutdown_syncs_a_deferred_one(ma
 
 def test_a_failed_deferred_fsync_is_counted_and_the_session_written_again(manager, storage_dir, monkeypatch,
                                                                           no_pause):
-    from sop_telemetry.storage import TelemetryDataStore
-
     manager.initialize({"fsync": True, "fsync_interval": 1.0})
     fsyncs = _Fsyncs(monkeypatch)
 
@@ -561,15 +565,18 @@ def test_a_full_session_rolls_over_to_a_new_one(manager, storage_dir):
     for i in range(2):
         record_task(manager, f"a{i}")
     manager.flush_data()
-    assert collector.session_id != first_id
-    assert session_files(storage_dir) == [f"{first_id}.json"]
-    first = manager.get_session_data(first_id)
-    assert len(first.tasks) == 3 and first.end_time is not None
+    assert collector.session_id == first_id  # full, but the next task decides: it starts the next part
     record_task(manager, "b0")
+    assert collector.session_id != first_id
     second = manager.flush_data()
     assert second.stem == collector.session_id
     assert manager.get_all_session_ids() == [first_id, second.stem]
-    assert [t.task_id for t in manager.get_session_data().tasks] == ["b0"]
+    first = manager.get_session_data(first_id)
+    assert len(first.tasks) == 3 and first.end_time is not None and first.tasks[0].implicit
+    assert (first.series_id, first.part) == (first_id, 1)
+    current = manager.get_session_data()
+    assert [t.task_id for t in current.tasks] == ["b0"]
+    assert (current.series_id, current.part) == (first_id, 2)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -138,7 +138,8 @@ def test_active_integrations_in_storage_stats(manager):
     import smolagents
 
     stats = manager.get_storage_stats()
-    assert stats["integrations"] == {"smolagents": smolagents.__version__}
+    # (Other integrations are active too once a test has imported their framework.)
+    assert stats["integrations"]["smolagents"] == smolagents.__version__
 
 
 def test_config_key_selects_integrations(manager, monkeypatch):
@@ -151,7 +152,7 @@ def test_config_key_selects_integrations(manager, monkeypatch):
     try:
         manager.initialize({"integrations": "-smolagents"})
         assert integration.is_installed() is False and not is_ours(vars(Model)["generate"])
-        assert manager.get_storage_stats()["integrations"] == {}
+        assert "smolagents" not in manager.get_storage_stats()["integrations"]
         manager.initialize({"integrations": ["smolagents"]})
         assert integration.is_installed() is True and is_ours(vars(Model)["generate"])
     finally:

@@ -269,7 +269,7 @@ def _run_task(number: int) -> Any:
 def _file_tasks(storage_dir: Path) -> List[str]:
     files = sorted(storage_dir.glob("*.json"))
     assert len(files) == 1, files
-    session = parse_session(files[0].read_bytes())
+    session = TelemetryDataStore(storage_dir).load(files[0].stem)  # (with its tail: the tasks ended since)
     assert all(t.status.value == "completed" for t in session.tasks)
     return [t.description for t in session.tasks]
 

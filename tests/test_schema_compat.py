@@ -42,7 +42,7 @@ def as_schema_1(data: dict) -> dict:
 def old_file(manager, storage_dir) -> Path:
     session = record(manager, tool_calling_run, managed_run)
     assert SCHEMA_VERSION == 2 and session.schema_version == 2
-    assert session.environment.frameworks.keys() == {"smolagents"}
+    assert "smolagents" in session.environment.frameworks  # (with any other framework a test imported before)
     assert {agent.framework for task in session.tasks for agent in task.agents} == {"smolagents"}
     path = storage_dir / f"{session.session_id}.json"
     path.write_text(json.dumps(as_schema_1(json.loads(path.read_text()))))

@@ -303,3 +303,44 @@ def test_cleanup_removes_only_old_session_files(store, tmp_path):
 def test_cleanup_of_a_missing_folder_is_a_no_op(store):
     assert store.cleanup(0) == []
     assert not store.directory.exists()
+
+
+# -- a session's tail -----------------------------------------------------------------------------------------------
+def _line(task_id: str, ended: bool) -> bytes:
+    start = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    task = TaskExecution(task_id=task_id, start_time=start, end_time=start if ended else None,
+                         status="completed" if ended else "running")
+    return (task.model_dump_json() + "\n").encode()
+
+
+def test_load_adds_the_tasks_of_the_tail_the_last_line_of_a_task_winning(store):
+    sid = new_session_id()
+    store.write(sid, TelemetrySession(session_id=sid, start_time=datetime(2025, 1, 1, tzinfo=timezone.utc), tasks=[
+        TaskExecution(task_id="open", start_time=datetime(2025, 1, 1, tzinfo=timezone.utc)),
+        TaskExecution(task_id="done", start_time=datetime(2025, 1, 1, tzinfo=timezone.utc),
+                      end_time=datetime(2025, 1, 1, tzinfo=timezone.utc), status="completed"),
+    ]).to_json())
+    store.append_tail(sid, _line("new", False) + _line("open", True) + _line("new", True))
+    store.append_tail(sid, _line("done", False) + b'{"task_id": "torn", "start_ti')  # a write cut short
+    loaded = store.load(sid)
+    assert [(t.task_id, t.status.value) for t in loaded.tasks] == [
+        ("open", "completed"), ("done", "completed"), ("new", "completed")]  # an ended task is not overwritten
+    store.append_tail(sid, _line("after", True))  # after a torn line: on a line of its own
+    assert [t.task_id for t in store.load(sid).tasks][-1] == "after"
+    _, path, size, _ = store.session_files()[0]
+    assert size == path.stat().st_size + store.tail_path(sid).stat().st_size
+    assert stat.S_IMODE(store.tail_path(sid).stat().st_mode) == 0o600
+
+
+def test_the_tail_of_an_ended_session_is_ignored_and_cleaned_up_with_it(store):
+    sid = new_session_id()
+    ended = session(sid).model_copy(update={"end_time": datetime(2025, 1, 2, tzinfo=timezone.utc)})
+    path = store.write(sid, ended.to_json())
+    store.append_tail(sid, _line("stale", True))  # left over: the process died before removing it
+    assert [t.task_id for t in store.load(sid).tasks] == ["t0"]
+    orphan = new_session_id()
+    store.append_tail(orphan, _line("x", True))  # its file removed by hand
+    for p in (path, store.tail_path(sid), store.tail_path(orphan)):
+        age(p, 30)
+    assert store.cleanup(max_age_days=7) == [sid]
+    assert sorted(os.listdir(store.directory)) == []

@@ -155,7 +155,12 @@ class _Handler(BaseHTTPRequestHandler):
         # A link, or anything else named like a session, is not one.
         if found is None or not stat.S_ISREG(found.st_mode):
             raise _Refused(HTTPStatus.NOT_FOUND, "no such session")
-        return f"{found.st_mtime_ns}-{found.st_size}"
+        try:  # a live part's latest tasks are in its tail (docs/long-running.md)
+            tail = os.stat(self.server.store.tail_path(session_id), follow_symlinks=False)  # type: ignore[arg-type]
+            tail_stamp = f"-{tail.st_mtime_ns}-{tail.st_size}"
+        except OSError:
+            tail_stamp = ""
+        return f"{found.st_mtime_ns}-{found.st_size}{tail_stamp}"
 
     def _session_page(self, session_id: str) -> None:
         from . import session_html
