@@ -7,8 +7,9 @@ Usage::
 
 Section 1 says how much sop_telemetry adds to a run; this says which part adds it. The never-written setup (every
 hook, no file write: no writer in the picture) is timed beside copies of itself with one part taken out: the model
-hook (generate restored on every class), the tool hook (Tool.__call__ restored), both (the run's own hook left), and
-the reading of the run's steps from the agent's memory when it ends. A part's cost is what taking it out saves,
+hook (generate restored on every class), the tool hook (Tool.__call__ restored), and both (the run's own hook left;
+its reading of the steps from the agent's memory is not taken apart: that needs a private name, and section 2's
+`finalize_step` times it per step). A part's cost is what taking it out saves,
 paired with the whole setup in the same iteration. As in section 1: one process, the setups switched in a shuffled
 order every iteration, a warm-up run after each switch, each sample the fastest of `repeats` runs in CPU time; the
 uninstrumented run and the minimal hooks are timed alongside.
@@ -23,25 +24,19 @@ from .fake import section_one_agent
 from .stats import median
 
 _BASE = "sop_unwritten"
-# variant: (the hooked attributes it puts the originals back on, whether the run's steps are read at its end)
+# variant: the hooked attributes it puts the originals back on
 _VARIANTS = {
-    "without_model_hook": (("generate", "generate_stream"), True),
-    "without_tool_hook": (("__call__",), True),
-    "run_hook_only": (("generate", "generate_stream", "__call__"), True),
-    "without_steps": ((), False),
+    "without_model_hook": ("generate", "generate_stream"),
+    "without_tool_hook": ("__call__",),
+    "run_hook_only": ("generate", "generate_stream", "__call__"),
 }
 NAMES = ("none", "minimal_hooks", _BASE) + tuple(_VARIANTS)
 # part: (the variant without it, the variant with it): its cost is their paired difference
 PARTS = {
     "model_hook": ("without_model_hook", _BASE),
     "tool_hook": ("without_tool_hook", _BASE),
-    "steps_read": ("without_steps", _BASE),
     "run_hook": ("none", "run_hook_only"),
 }
-
-
-def _no_steps(frame: Any, collector: Any) -> list:
-    return []
 
 
 class _Ablation(Setups):
@@ -50,30 +45,25 @@ class _Ablation(Setups):
     def __init__(self, model_classes: List[type]) -> None:
         super().__init__(model_classes, use_openinference=False)
         self.names = list(NAMES)
-        self._step_fields = self.integration._step_fields
 
     def activate(self, name: str) -> None:
-        if name not in _VARIANTS:
-            super().activate(name)
-            return
-        super().activate(_BASE)
-        restored, steps = _VARIANTS[name]
-        integration = self.integration
-        integration.integration.patches.undo(restored)
-        # (Otherwise a run's start takes the model's class for one not patched yet and patches it again.)
-        integration._seen_model_classes.update(self.model_classes)
-        if not steps:
-            integration._step_fields = _no_steps
+        super().activate(_BASE if name in _VARIANTS else name)
         self.active = name
 
     def _deactivate(self) -> None:
-        self.integration._step_fields = self._step_fields
         if self.active in _VARIANTS:
             self.active = _BASE  # (what is left of it is undone like the whole)
         super()._deactivate()
 
     def warm_up(self, name: str, agent: Any) -> None:
-        super().warm_up(_BASE if name in _VARIANTS else name, agent)
+        if name in _VARIANTS:
+            # The whole setup's warm-up run first: its start sees the model's class, so later runs' starts do not
+            # take it for one not patched yet and patch it again. Then the variant's part goes.
+            super().warm_up(_BASE, agent)
+            self.integration.integration.patches.undo(_VARIANTS[name])
+            self._quiet_run(_BASE, agent)  # (specialized again without the part)
+        else:
+            super().warm_up(name, agent)
 
     def after_run(self, name: str) -> Dict[str, int]:
         return super().after_run(_BASE if name in _VARIANTS else name)

@@ -124,7 +124,8 @@ def _fresh_session(collector: Any) -> None:
     from sop_telemetry.storage import new_session_id
 
     if collector.roll_over(new_session_id()) is None:
-        raise RuntimeError(f"a task is still open after the run: {list(collector._open)}")
+        still = [t["task_id"] for t in collector.snapshot()["tasks"] if t["status"] == "running"]
+        raise RuntimeError(f"a task is still open after the run: {still}")
 
 
 def _drop_queued(collector: Any) -> int:

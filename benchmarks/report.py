@@ -352,10 +352,8 @@ _ABLATION_NAMES = {
     "without_model_hook": "never written, without the model hook",
     "without_tool_hook": "never written, without the tool hook",
     "run_hook_only": "never written, the run's hook only",
-    "without_steps": "never written, steps not read",
     "model_hook": "the model hook (generate)",
     "tool_hook": "the tool hook (Tool.__call__)",
-    "steps_read": "reading the run's steps at its end",
     "run_hook": "the run's hook (its start and end, steps included)",
 }
 

@@ -159,9 +159,10 @@ def get_error_handler() -> TelemetryErrorHandler:
     return _handler
 
 
-def report(operation: str, exc: BaseException) -> None:
-    """The guard's inline shape: counts `exc` under `operation` and logs it once. Never raises."""
-    _handler.record_error(operation, exc)
+def report(operation: str, exc: BaseException, hint: Optional[str] = None) -> None:
+    """The guard's inline shape: counts `exc` under `operation` and logs it once (`hint`: what the one line says it
+    means, see record_error). Never raises."""
+    _handler.record_error(operation, exc, hint)
 
 
 def _guarded(operation: str, default: Any, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:

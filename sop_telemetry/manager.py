@@ -40,7 +40,7 @@ from .collector import (
     size_units,
     switch,
 )
-from .error_handler import get_error_handler, guard, safe_telemetry_operation
+from .error_handler import get_error_handler, guard, report, safe_telemetry_operation
 from .status import TaskStatus
 
 if TYPE_CHECKING:
@@ -200,7 +200,7 @@ class TelemetryManager:
             self._otlp = LiveOtlpExporter(endpoint=cfg.otlp_endpoint, cost=self._prices.cost)
             self._otlp.collect = self._materialize
         except Exception as exc:  # noqa: BLE001 - e.g. ImportError without the otel extra
-            get_error_handler().record_error("otlp.setup", exc)
+            report("otlp.setup", exc)
 
     def _materialize(self) -> None:
         collector = self._collector
@@ -496,7 +496,7 @@ class TelemetryManager:
                 now = time.perf_counter()
                 self._sync_if_due()  # (not counted in the pause: an fsync waits on the disk, without the GIL)
             except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
-                get_error_handler().record_error("manager.writer", exc)
+                report("manager.writer", exc)
             resume = now + min(_WRITE_BACKOFF * (now - began), _MAX_WRITE_PAUSE)
             collector = self._collector
             if collector is not None and collector.sealed:
@@ -533,7 +533,7 @@ class TelemetryManager:
             if removed:
                 logger.debug("sop_telemetry: auto-cleanup removed %d old session file(s)", len(removed))
         except OSError as exc:
-            get_error_handler().record_error("storage.cleanup", exc)
+            report("storage.cleanup", exc)
 
     def _environment_info(self) -> Any:
         """The session's EnvironmentInfo, collected once (again after initialize(): the allowlist may change)."""
@@ -580,7 +580,7 @@ class TelemetryManager:
                 entry = (key, _redacted(execution.model_dump_json(), self._secrets), execution.token_usage,
                          execution.end_time or execution.start_time)
             except Exception as exc:  # noqa: BLE001 - a value the model refuses, or cannot serialize
-                get_error_handler().record_error("manager.task", exc)
+                report("manager.task", exc)
                 return None
             if finished:
                 self._task_json[(session_id, task["task_id"])] = entry
@@ -631,13 +631,13 @@ class TelemetryManager:
             try:
                 store = self._writable_store()
             except OSError as exc:
-                get_error_handler().record_error("storage.write", exc, hint=_kept_in_memory(store))
+                report("storage.write", exc, hint=_kept_in_memory(store))
                 return None
             for _ in range(10):  # (another pass only when a part ends while this one is being written)
                 try:
                     path = self._write_locked(store, collector, final, force, tick)
                 except Exception as exc:  # noqa: BLE001 - disk full, read-only, deleted directory, a bug
-                    get_error_handler().record_error("storage.write", exc, hint=_kept_in_memory(store))
+                    report("storage.write", exc, hint=_kept_in_memory(store))
                     return None
                 if path is not _AGAIN:
                     break
@@ -799,7 +799,7 @@ class TelemetryManager:
                 store.sync(path)
             except OSError as exc:
                 failed = True
-                get_error_handler().record_error("storage.sync", exc)
+                report("storage.sync", exc)
                 collector = self._collector
                 if collector is not None and path in (store.path_for(collector.session_id),
                                                       store.tail_path(collector.session_id)):
@@ -823,7 +823,7 @@ class TelemetryManager:
             if self._otlp is not None:
                 self._otlp.shutdown()  # a bounded wait for queued tasks; none if the collector is failing
         except Exception as exc:  # noqa: BLE001 - never fail the interpreter's exit
-            get_error_handler().record_error("manager.at_exit", exc)
+            report("manager.at_exit", exc)
         finally:
             # Tails written without their fsync; the final write synced the rest.
             guard("manager.at_exit", self._sync_if_due, True)

@@ -63,7 +63,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the "without the e
     ) from exc
 
 from . import __version__
-from .error_handler import get_error_handler, guard
+from .error_handler import get_error_handler, guard, report
 from .models import AgentExecution, EnvironmentInfo, TaskExecution, TelemetrySession
 from .status import CallStatus, TaskStatus
 
@@ -541,7 +541,7 @@ class LiveOtlpExporter:
                 dropped, closed = self.dropped_tasks, self._closed
         if not accepted:
             why = "the exporter is shut down" if closed else f"{self.max_queue} tasks are already waiting"
-            get_error_handler().record_error(
+            report(
                 "otlp.queue", OtlpDropped(f"task not sent to {self.endpoint}: {why} ({dropped} dropped so far)"))
         return accepted
 
@@ -619,7 +619,7 @@ class LiveOtlpExporter:
         if exc is None:
             get_error_handler().record_success("otlp.export")
         else:
-            get_error_handler().record_error("otlp.export", exc)
+            report("otlp.export", exc)
 
     def _close_exporter(self) -> None:
         with self._cond:
@@ -629,7 +629,7 @@ class LiveOtlpExporter:
         try:
             self._exporter.shutdown()
         except Exception as exc:  # noqa: BLE001
-            get_error_handler().record_error("otlp.shutdown", exc)
+            report("otlp.shutdown", exc)
 
     # -- control ---------------------------------------------------------------------------------------------------
     @property
@@ -666,7 +666,7 @@ class LiveOtlpExporter:
             self._queue.clear()
             self.dropped_tasks += unsent
         if unsent:
-            get_error_handler().record_error(
+            report(
                 "otlp.queue", OtlpDropped(f"{unsent} task(s) not sent to {self.endpoint} before shutdown"))
         # Ends a retry back-off at once; a request already on the wire runs out its own timeout on the daemon thread.
         self._close_exporter()

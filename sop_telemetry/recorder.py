@@ -59,6 +59,7 @@ Error = Optional[Tuple[str, Optional[str]]]
 _SUCCESS = CallStatus.SUCCESS.value
 _ERROR = CallStatus.ERROR.value
 _RUNNING = TaskStatus.RUNNING.value
+_COMPLETED = TaskStatus.COMPLETED
 _MODEL_NAME_LIMIT = 200
 
 
@@ -234,14 +235,17 @@ def end_run(run: Run, *, status: Union[TaskStatus, str, None] = None, error: Err
         collector = run.collector
         if collector is None:
             return
-        if isinstance(error, GeneratorExit):
-            error, status = None, status or TaskStatus.CANCELLED
-        err = error_of(error, collector.max_string_length)
-        if status is None:
-            status = TaskStatus.COMPLETED if err is None else (
-                TaskStatus.CANCELLED if err[0] in _CANCELLING else TaskStatus.FAILED)
-        elif not isinstance(status, TaskStatus):
-            status = TaskStatus(status)
+        if error is None and status is None:
+            err, status = None, _COMPLETED  # (the usual end: nothing to read)
+        else:
+            if isinstance(error, GeneratorExit):
+                error, status = None, status or TaskStatus.CANCELLED
+            err = error_of(error, collector.max_string_length)
+            if status is None:
+                status = TaskStatus.COMPLETED if err is None else (
+                    TaskStatus.CANCELLED if err[0] in _CANCELLING else TaskStatus.FAILED)
+            elif not isinstance(status, TaskStatus):
+                status = TaskStatus(status)
         _queue(collector, ("recorder.run", _end, run, time.time() if end is None else end, status, err,
                            stop_reason))
         if run.parent is None:

@@ -42,7 +42,7 @@ def test_quick_benchmark_runs_every_section(tmp_path: Path) -> None:
     # (a model class patched again when a run starts once put a hook taken out back, unseen).
     queued = figures["ablation"]["queued_events"]
     # 21 model calls, 21 tool calls; the run's begin and its end (which builds its steps and model's credentials)
-    assert queued["sop_unwritten"] == queued["without_steps"] >= 44
+    assert queued["sop_unwritten"] >= 44
     assert queued["without_model_hook"] == queued["without_tool_hook"] == queued["sop_unwritten"] - 21
     assert queued["run_hook_only"] == 2
     # Section 1c runs each child natively once in --quick (no valgrind in CI): the code path, not a count.

@@ -172,3 +172,13 @@ def test_guard_calls_and_swallows():
     assert guard("g", lambda a: a * 2, 21) == 42
     assert guard("g", lambda: 1 / 0) is None
     assert get_error_handler().get_error_summary()["g"]["last_error_type"] == "ZeroDivisionError"
+
+
+def test_report_is_the_guards_inline_shape_and_says_the_hint_in_its_one_line(caplog):
+    caplog.set_level(logging.DEBUG, logger="sop_telemetry")
+    error_handler.report("storage.write", OSError("disk full"), hint="the session stays in memory")
+    error_handler.report("storage.write", OSError("disk full"), hint="the session stays in memory")
+    (line,) = warnings_of(caplog)
+    assert line.getMessage() == ("sop_telemetry: storage.write failed (OSError: disk full); the session stays in "
+                                 "memory. Further failures of this operation are logged at debug level.")
+    assert get_error_handler().get_error_summary()["storage.write"]["count"] == 2

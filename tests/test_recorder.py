@@ -211,3 +211,36 @@ def test_defer_runs_the_integrations_builder_in_queue_order(manager):
     (task,) = tasks_of(written_session(manager))
     assert seen == [(42, "deferred")]
     assert task["stop_reason"] == "max_steps" and task["agents"][0]["max_steps_reached"] is True
+
+
+def test_on_end_builds_what_the_integration_read_before_the_runs_end(manager):
+    # What an integration reads as a run ends goes on the handle, and its on_end builds it where records are built,
+    # before the run is closed.
+    seen = []
+
+    def on_end(collector, run):
+        seen.append((run.ext, run.agent["status"]))
+        recorder.add_step(collector, run, "action", 1, None, None, [], [], {}, None, True, None)
+        run.stop_reason = "max_steps"
+
+    run = recorder.begin_run("fakework", "Agent", "ending")
+    run.ext, run.on_end = "read as it ended", on_end
+    recorder.end_run(run)
+    (task,) = tasks_of(written_session(manager))
+    assert seen == [("read as it ended", "running")]
+    assert [s["step_type"] for s in task["steps"]] == ["action"] and task["agents"][0]["steps"] == 1
+    assert task["stop_reason"] == "max_steps" and task["status"] == "completed"
+
+
+def test_a_failing_on_end_is_counted_and_the_run_still_ends(manager):
+    get_error_handler().reset_error_state()
+
+    def on_end(collector, run):
+        raise RuntimeError("injected")
+
+    run = recorder.begin_run("fakework", "Agent", "ending")
+    run.on_end = on_end
+    recorder.end_run(run)
+    (task,) = tasks_of(written_session(manager))
+    assert task["status"] == "completed" and task["agents"][0]["status"] == "completed"
+    assert get_error_handler().get_error_summary()["recorder.end_run"]["count"] == 1

@@ -107,6 +107,8 @@ NOT_REACHED = (
     | {("recorder.tool_call", s) for s in SCENARIOS if s not in ("direct_calls", "tool_calling")}
     | {("collector.open_fallback_task", s) for s in SCENARIOS if s != "direct_calls"}
     | {("recorder.take_calls", s) for s in SCENARIOS if s != "stream"}  # (planning steps: only this one plans)
+    # (a run that ends well, with no failing step or call, has no error to read)
+    | {("recorder.error_of", "code")}
     # (the integration defers only a planning step's end and, before a failed model call, its model's credentials)
     | {("recorder.defer", s) for s in SCENARIOS if s not in ("stream", "failing_model", "direct_calls")}
     | {(p, "direct_calls") for p in ("recorder.begin_run", "recorder.end_run", "recorder.open_run",

@@ -623,6 +623,18 @@ def test_secrets_never_reach_a_session_file_or_the_log(manager, storage_dir, mon
         assert secret not in caplog.text
 
 
+def test_a_model_key_is_masked_in_a_failed_call_outside_any_run(manager, storage_dir):
+    # No run began, so no run's end remembered the key: the failed call itself has it remembered before its record.
+    model = OfflineOpenAIModel(model_id="gpt-offline", api_key=MODEL_SECRET)
+    model.fail = True
+    with pytest.raises(ConnectionError):
+        model.generate([{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
+    path = manager.flush_data()
+    (call,) = [c for t in json.loads(path.read_bytes())["tasks"] for c in t["llm_calls"]]
+    assert call["error_message"] == "401 Unauthorized for url: https://api.example/v1/chat?key=***"
+    assert MODEL_SECRET.encode() not in path.read_bytes()
+
+
 def test_a_model_key_is_masked_even_when_its_run_record_fails_to_build(manager, storage_dir, monkeypatch):
     # The key is remembered by an event of its own, queued before the failed call's: a failure to build the run's
     # agent record (counted and logged) must not leave the call's error message, which quotes the key, unmasked.
