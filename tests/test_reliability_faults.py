@@ -450,8 +450,9 @@ FLUSH_LOOP = textwrap.dedent(
     CALLS = int(os.environ["CALLS"])
     BIG = int(os.environ.get("BIG", "0"))  # a huge first description: most of a flush is then spent writing
     manager = TelemetryManager.get_instance()
+    # One session file however big it grows: this is about a kill in the middle of a write, not about roll-over.
     manager.initialize({"auto_cleanup": False, "fsync": os.environ.get("FSYNC") == "1", "flush_interval": 3600,
-                        "max_string_length": max(16, BIG)})
+                        "max_string_length": max(16, BIG), "max_session_bytes": 1 << 40})
     collector = manager.get_collector()
     pause = os.environ.get("PAUSE")
     if pause:
