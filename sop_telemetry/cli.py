@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -618,18 +619,9 @@ def _view_file(name: str) -> Path:
 
 def _write_private(target: Path, text: str) -> None:
     """Written whole (temp file, then rename) and readable by this user only."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from .storage import write_private
+
+    write_private(target, text.encode("utf-8"), target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp"))
 
 
 def _cmd_ui(args: argparse.Namespace, out: _Output) -> int:

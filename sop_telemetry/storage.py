@@ -121,25 +121,8 @@ class TelemetryDataStore:
             raise ValueError(f"not a session id: {session_id!r}")
         self.ensure_directory()
         data = payload.encode("utf-8") if isinstance(payload, str) else payload
-        tmp = self.directory / f".{session_id}.json.{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                if self.fsync and sync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_private(path, data, self.directory / f".{session_id}.json.{secrets.token_hex(4)}.tmp",
+                      fsync=self.fsync and sync)
         return path
 
     def append_tail(self, session_id: str, lines: bytes, sync: bool = True) -> Path:
@@ -346,6 +329,29 @@ class TelemetryDataStore:
         files = self.session_files()
         return len(files), sum(size for _, _, size, _ in files)
 
+
+
+def write_private(path: Path, data: bytes, tmp: Path, fsync: bool = False) -> None:
+    """Writes `data` to `path` whole and readable by this user only: into `tmp` (same folder, new, never through a
+    link), fsynced if asked, then renamed over `path`; `tmp` is removed if anything fails."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 def _records(task: "TaskExecution") -> int:
     return len(task.agents) + len(task.tools) + len(task.llm_calls) + len(task.steps)
