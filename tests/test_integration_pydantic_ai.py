@@ -151,7 +151,8 @@ def test_tools_over_several_requests(manager):
     for record in task["llm_calls"] + task["tools"] + task["steps"]:
         assert record["duration"] >= 0 and record["start_time"] <= record["end_time"]
     # (A call's end is stored as its start plus its duration: equal times may differ in the last digit.)
-    step_end, tool_end = (datetime.fromisoformat(r["end_time"]) for r in (task["steps"][0], task["tools"][0]))
+    step_end, tool_end = (datetime.fromisoformat(r["end_time"].replace("Z", "+00:00"))  # (3.10 takes no "Z")
+                          for r in (task["steps"][0], task["tools"][0]))
     assert step_end >= tool_end - timedelta(microseconds=1)
 
 
