@@ -13,8 +13,9 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from smolagents import Tool, ToolCallingAgent, tool
 from smolagents.models import (
@@ -175,6 +176,17 @@ def written_session(manager: Any) -> dict:
     path = manager.flush_data()
     assert path is not None, "nothing was written"
     return json.loads(Path(path).read_text())
+
+
+@contextmanager
+def uninstalled(integration: Any) -> Iterator[None]:
+    """The body runs with `integration` (a module of sop_telemetry.integrations) uninstalled; it is installed again
+    after, whatever happened."""
+    integration.uninstall()
+    try:
+        yield
+    finally:
+        integration.install()
 
 
 def run_team(task: str = "delegate") -> str:

@@ -11,7 +11,7 @@ import warnings
 from typing import List
 
 import pytest
-from fakes import written_session
+from fakes import uninstalled, written_session
 from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models.fake import FakeListLLM
@@ -57,15 +57,7 @@ def ask(text: str = "go") -> dict:
 @pytest.fixture
 def uninstrumented():
     """Runs the body with the integration uninstalled, then installs it again."""
-
-    class Toggle:
-        def __enter__(self):
-            integration.uninstall()
-
-        def __exit__(self, *exc):
-            integration.install()
-
-    return Toggle()
+    return uninstalled(integration)
 
 
 # -- agents --------------------------------------------------------------------------------------------------------

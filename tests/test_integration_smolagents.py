@@ -16,6 +16,7 @@ from fakes import (
     call,
     code_reply,
     explode,
+    uninstalled,
     written_session,
 )
 from smolagents import CodeAgent, ToolCallingAgent
@@ -33,15 +34,7 @@ from sop_telemetry.integrations.patching import is_ours
 @pytest.fixture
 def uninstrumented():
     """Runs the body with the integration uninstalled, then installs it again."""
-
-    class Toggle:
-        def __enter__(self):
-            integration.uninstall()
-
-        def __exit__(self, *exc):
-            integration.install()
-
-    return Toggle()
+    return uninstalled(integration)
 
 
 def only_task(session: dict) -> dict:
