@@ -13,7 +13,9 @@ How it hooks: one `SopCallbackHandler` is registered with `langchain_core.tracer
 through a context variable whose default is the handler, so LangChain's callback manager adds it to every run it
 configures, in every thread and asyncio task, beside the user's handlers, LangSmith's tracer and OpenInference's; a
 context that sets the variable to None opts out. LangChain tells the handler each run's id and its parent's, and
-nesting comes from those ids alone: never from the thread or task an event arrives on.
+nesting comes from those ids: never from the thread or task an event arrives on. (One exception, on Python 3.10
+only: the runs that LangGraph gives the wrong parent in an async node's body are put back under the node, found
+through a context variable; see _node_here.)
 
 What becomes what (the guide, docs/langchain.md, says why):
 
@@ -268,12 +270,47 @@ def _error_messages(output: Any, depth: int = 0) -> Dict[Any, bool]:
 
 _SORTING_CODE: Any = None  # the code of langchain-core's AsyncCallbackManager.on_llm_start (see run_inline)
 
+# Before Python 3.11 an asyncio task cannot be given a context, and LangGraph then runs an async node's body without
+# the node's config in context: what the body calls without passing `config` reaches the handler with the parent of
+# the config that was in context when the node began (none, or a run outside the node). There the handler keeps,
+# per context, the LangGraph nodes begun in it (innermost first) to put those runs back under their node.
+_NODE_LOST = sys.version_info < (3, 11)
+_node_here: contextvars.ContextVar = contextvars.ContextVar("sop_telemetry_langgraph_node", default=None)
+_runnable_config: Any = None  # langchain-core's var_child_runnable_config, on Python 3.10
+_running_loop: Any = None  # asyncio's _get_running_loop, on Python 3.10
+
+
+def _parent_in_context() -> Optional[int]:
+    """The parent run a runnable called here without `config` gets: that of the callback manager in the runnable
+    config in context (a list of handlers, or none, gives none)."""
+    config = _runnable_config.get()
+    parent = getattr(config.get("callbacks"), "parent_run_id", None) if isinstance(config, dict) else None
+    return parent.int if parent is not None else None
+
+
+class _Begun:
+    """(Python 3.10) A LangGraph node begun in a context. Its end cannot take it off (langchain-core reports an async
+    end from a shielded task, in a copy of the context): it is skipped once the node has ended."""
+
+    __slots__ = ("key", "under", "lost_parent", "superstep")
+
+    def __init__(self, key: int, under: Optional[_Begun], metadata: Optional[dict]) -> None:
+        self.key = key  # the node's run id's integer
+        self.under = under  # the entry it was begun in, if any
+        self.lost_parent = _parent_in_context()  # the parent LangGraph gives the runs in its body
+        self.superstep = metadata.get("langgraph_step") if metadata else None
+
 
 def _make_handler_class() -> type:
-    global _SORTING_CODE
+    global _SORTING_CODE, _runnable_config, _running_loop
     from langchain_core.callbacks import AsyncCallbackManager, BaseCallbackHandler
 
     _SORTING_CODE = getattr(getattr(AsyncCallbackManager, "on_llm_start", None), "__code__", None)
+    if _NODE_LOST:
+        from asyncio.events import _get_running_loop
+        from langchain_core.runnables.config import var_child_runnable_config
+
+        _runnable_config, _running_loop = var_child_runnable_config, _get_running_loop
 
     class SopCallbackHandler(BaseCallbackHandler):
         """sop_telemetry's LangChain callback handler: see the module's docstring."""
@@ -301,8 +338,34 @@ def _make_handler_class() -> type:
             # Keyed by the run id's integer: a UUID hashes in Python code, its int in C.
             self.nodes: Dict[int, _Node] = {}
 
-        def _child(self, parent_run_id: Any, start: float, label: Any) -> _Node:
-            parent = self.nodes.get(parent_run_id.int) if parent_run_id is not None else None
+        def _or_lost(self, parent_run_id: Any, parent: Optional[_Node]) -> Optional[_Node]:
+            """(Python 3.10) The node whose body made this run (see _lost), else its parent as reported."""
+            if _node_here.get() is None:
+                return parent
+            lost = self._lost(parent_run_id)
+            return parent if lost is None else lost[0]
+
+        def _lost(self, parent_run_id: Any) -> Optional[tuple]:
+            """(Python 3.10) (the LangGraph node whose body made this run, its superstep) if LangGraph gave the run
+            the parent that every run in that body gets instead of the node; else None."""
+            begun, node = self._innermost()
+            if begun is None or begun.lost_parent != (parent_run_id.int if parent_run_id is not None else None):
+                return None
+            return node, begun.superstep
+
+        def _innermost(self) -> tuple:
+            """(Python 3.10) (entry, node) of the innermost LangGraph node begun in this context and still running,
+            or (None, None)."""
+            begun = _node_here.get()
+            nodes = self.nodes
+            while begun is not None:
+                node = nodes.get(begun.key)
+                if node is not None:
+                    return begun, node
+                begun = begun.under
+            return None, None
+
+        def _child(self, parent: Optional[_Node], start: float, label: Any) -> _Node:
             agent = parent.agent if parent is not None else None
             if agent is not None and agent.run is None:
                 agent.ensure()  # something is recorded in it: it begins now, from its own start
@@ -318,6 +381,8 @@ def _make_handler_class() -> type:
                 now = clock()
                 nodes = self.nodes
                 parent = nodes.get(parent_run_id.int) if parent_run_id is not None else None
+                if _NODE_LOST:
+                    parent = self._or_lost(parent_run_id, parent)
                 name = kwargs.get("name")
                 if parent is None:
                     node = _Node(_Agent(recorder.current_run(), name, _agent_type(metadata), now), now, name, True)
@@ -334,6 +399,8 @@ def _make_handler_class() -> type:
                             node.agent = graph
                             if graph.run is None:
                                 graph.ensure()
+                            if _NODE_LOST and _running_loop() is not None:  # (a sync node's context is whole)
+                                _node_here.set(_Begun(run_id.int, self._innermost()[0], metadata))
                             break
                 nodes[run_id.int] = node
             except Exception as exc:  # noqa: BLE001 - the guard
@@ -373,9 +440,15 @@ def _make_handler_class() -> type:
                 return
             try:
                 now = clock()
-                node = self._child(parent_run_id, now, _model_name(serialized, metadata, kwargs))
+                parent = self.nodes.get(parent_run_id.int) if parent_run_id is not None else None
+                superstep = metadata.get("langgraph_step") if metadata else None
+                if _NODE_LOST and _node_here.get() is not None:
+                    lost = self._lost(parent_run_id)
+                    if lost is not None:  # (and the metadata is that of the config LangGraph left in context)
+                        parent, superstep = lost
+                node = self._child(parent, now, _model_name(serialized, metadata, kwargs))
                 if node.agent is not None:
-                    node.step = node.agent.open_round(metadata.get("langgraph_step") if metadata else None, now)
+                    node.step = node.agent.open_round(superstep, now)
                 if _capturing(node.agent):
                     node.content = _last_content(inputs)
                 self.nodes[run_id.int] = node
@@ -433,7 +506,10 @@ def _make_handler_class() -> type:
             if not switch.enabled:
                 return
             try:
-                node = self._child(parent_run_id, clock(), kwargs.get("name") or (serialized or {}).get("name"))
+                parent = self.nodes.get(parent_run_id.int) if parent_run_id is not None else None
+                if _NODE_LOST:
+                    parent = self._or_lost(parent_run_id, parent)
+                node = self._child(parent, clock(), kwargs.get("name") or (serialized or {}).get("name"))
                 node.call_id = kwargs.get("tool_call_id")
                 if node.agent is not None:
                     node.step = node.agent.current_round()
@@ -502,6 +578,8 @@ def _make_handler_class() -> type:
                 return
             try:
                 parent = self.nodes.get(parent_run_id.int) if parent_run_id is not None else None
+                if _NODE_LOST:
+                    parent = self._or_lost(parent_run_id, parent)
                 self.nodes[run_id.int] = _Node(parent.agent if parent is not None else None, 0.0)
             except Exception as exc:  # noqa: BLE001 - the guard
                 report("langchain.retriever", exc)
