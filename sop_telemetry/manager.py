@@ -7,6 +7,7 @@ Usage::
     manager.initialize({"storage_dir": "/tmp/telemetry"})   # optional: zero configuration works
     collector = manager.get_collector()
     manager.flush_data()                                     # optional: files are written without it
+    manager.wait_until_written(timeout=5)                    # until the writer has written the tasks ended so far
     session = manager.get_session_data()                     # the current session
     print(manager.get_storage_stats()["storage_path"])
 
@@ -68,6 +69,7 @@ class TelemetryManager:
         ...                                                  # agents run: their records go to the session
         session = manager.get_session_data()                 # this process's session so far (a TelemetrySession)
         path = manager.flush_data()                          # write it now (it is written at task ends and exit)
+        manager.wait_until_written(timeout=5)                # or wait for the writer thread to have written it
         manager.get_all_session_ids()                        # stored sessions, oldest first
         manager.disable_telemetry()                          # stop recording, until enable_telemetry()
 
@@ -120,6 +122,12 @@ class TelemetryManager:
         # when it is over, so that a task's end need not wake it (`_pausing`). See _write_until_stopped.
         self._due = False
         self._pausing = False
+        # What `wait_until_written` waits for: tasks' ends told to the manager (`_requested`), and how many of them
+        # a completed write had taken in (`_served`); `_served_cond` is notified after every write.
+        self._requested = 0
+        self._served = 0
+        self._served_cond = threading.Condition(threading.Lock())
+        self._writer_state = "stopped"
         self._writer: Optional[threading.Thread] = None
         self._writer_running = False  # set by _start_writer, cleared by the writer thread as it ends
         self._written_generation = -1
@@ -273,6 +281,31 @@ class TelemetryManager:
         self._ensure()
         return self._write(final=False, force=True)
 
+    @safe_telemetry_operation("manager.wait_until_written", default=False)
+    def wait_until_written(self, timeout: Optional[float] = None) -> bool:
+        """Waits until every task that has ended so far is in the session file, written by the background writer
+        (this thread writes nothing: `flush_data()` writes now); True when it is, False if `timeout` seconds went
+        by first, or the writes are failing (the records stay in memory), or the manager never writes
+        (`read_only`). Tasks still running are not waited for. Example, before reading the file from another
+        process: `manager.wait_until_written(timeout=5)`."""
+        if self.read_only:
+            return False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._served_cond:
+            target = self._requested
+            while self._served < target:
+                left = None if deadline is None else deadline - time.monotonic()
+                if (left is not None and left <= 0) or self._stopped or not self._writer_running:
+                    return False
+                self._served_cond.wait(left)
+        return True
+
+    @property
+    def writer_state(self) -> str:
+        """What the background writer is doing: "writing"; "pausing" (after a write; a task that ends now is
+        written when the pause is over, without waking it); "idle" (waiting: a task's end wakes it); "stopped"."""
+        return self._writer_state if self._writer_running else "stopped"
+
     @safe_telemetry_operation("manager.get_session_data")
     def get_session_data(self, session_id: Optional[str] = None) -> Optional["TelemetrySession"]:
         """The current session when `session_id` is None, a stored one by id, or None if there is no such session."""
@@ -425,6 +458,8 @@ class TelemetryManager:
         if not self._writer_running:  # (a flag, not Thread.is_alive(): this runs twice in every agent run)
             self._start_writer()
         if urgent:
+            with self._served_cond:
+                self._requested += 1
             self._due = True
             if not self._pausing:
                 self._wake.set()
@@ -445,6 +480,7 @@ class TelemetryManager:
             if self._writer is not None and self._writer.is_alive():
                 return
             self._writer = threading.Thread(target=self._writer_loop, name="sop_telemetry-writer", daemon=True)
+            self._writer_state = "idle"
             self._writer_running = True
             try:
                 self._writer.start()
@@ -457,6 +493,8 @@ class TelemetryManager:
             self._write_until_stopped()
         finally:
             self._writer_running = False
+            with self._served_cond:
+                self._served_cond.notify_all()  # (a wait_until_written waiting on this writer ends)
 
     def _write_until_stopped(self) -> None:
         resume = 0.0  # (perf_counter) when the pause after the last write ends
@@ -476,6 +514,7 @@ class TelemetryManager:
             # `_pausing`: a task's end is either seen here or wakes the writer.
             pause = resume - time.perf_counter()
             if pause > 0.002:
+                self._writer_state = "pausing"
                 self._pausing = True
                 self._halt.wait(pause)
                 self._pausing = False
@@ -483,7 +522,9 @@ class TelemetryManager:
                 return
             self._halt.clear()  # (set by a part's end; shutdown() sets _stopped first)
             if not self._due:
+                self._writer_state = "idle"
                 self._await_change(self._config.flush_interval if self._config is not None else 30.0)
+            self._writer_state = "writing"
             tick = not self._due  # (the flush interval went by: the open tasks are written too)
             self._due = False
             self._wake.clear()
@@ -619,8 +660,10 @@ class TelemetryManager:
         again."""
         if self.read_only:
             return None
+        requested = self._requested  # (read before the records are taken: the tasks' ends counted are in them)
         collector = self._collector
         if collector is None or not (collector.has_records() or collector.sealed):
+            self._served_up_to(requested)
             return None
         self._ensure()
         store = self._store
@@ -643,6 +686,7 @@ class TelemetryManager:
                     break
             else:
                 return None
+            self._served_up_to(requested)
             if path is not None:
                 get_error_handler().record_success("storage.write")
                 self.last_flush_time = time.time()
@@ -697,6 +741,12 @@ class TelemetryManager:
         self._unappended = []
         self._written_generation = generation
         return path
+
+    def _served_up_to(self, requested: int) -> None:
+        with self._served_cond:
+            if requested > self._served:
+                self._served = requested
+                self._served_cond.notify_all()
 
     def _write_sealed(self, store: "TelemetryDataStore") -> Optional[Path]:
         """Writes each ended part whole, with its end time, and removes its tail: from then on its file is final.
@@ -839,6 +889,8 @@ class TelemetryManager:
         self._stopped = True
         self._halt.set()
         self._wake.set()
+        with self._served_cond:
+            self._served_cond.notify_all()
         writer = self._writer
         if writer is not None and writer is not threading.current_thread():
             writer.join(timeout=5)
@@ -863,6 +915,8 @@ class TelemetryManager:
         self._wake = threading.Event()
         self._halt = threading.Event()
         self._due = self._pausing = False
+        self._requested = self._served = 0
+        self._served_cond = threading.Condition(threading.Lock())
         self._writer = None
         self._writer_running = False
         self._written_generation = -1
