@@ -113,6 +113,8 @@ class TelemetryManager:
         self._disk_part: Optional[str] = None
         self._unappended: List[dict] = []
         self._sealed: List[dict] = []
+        # Parts this manager has appended to the tail of (a tail to remove when the part is written whole).
+        self._tailed: set = set()
         self._secrets: Optional[List[str]] = None
         self._wake = threading.Event()
         # Set by shutdown() and by a part's end: ends the writer's pause between writes at once.
@@ -618,8 +620,11 @@ class TelemetryManager:
             try:
                 execution = TaskExecution.model_validate(task)
                 self._apply_task_costs(execution)
-                entry = (key, _redacted(execution.model_dump_json(), self._secrets), execution.token_usage,
-                         execution.end_time or execution.start_time)
+                # The computed total is summed once, not again for the dump: the same JSON as model_dump_json().
+                usage = execution.token_usage
+                text = "".join((execution.model_dump_json(exclude=_TOKEN_USAGE)[:-1], ',"token_usage":',
+                                usage.model_dump_json(), "}"))
+                entry = (key, _redacted(text, self._secrets), usage, execution.end_time or execution.start_time)
             except Exception as exc:  # noqa: BLE001 - a value the model refuses, or cannot serialize
                 report("manager.task", exc)
                 return None
@@ -718,7 +723,7 @@ class TelemetryManager:
             text = self._session_text(data, open_ids)
             self._unsynced.pop(store.tail_path(part_id), None)  # type: ignore[arg-type]  # (removed below: no fsync)
             path = self._put(store, part_id, text, durable=durable or self._disk_part == part_id)
-            store.drop_tail(part_id)
+            self._drop_tail(store, part_id)
             self._task_json = {k: v for k, v in self._task_json.items() if k[0] == part_id}
             self._disk_part = part_id
             collector.note_written(len(text.encode("utf-8")), sum(size_units(task) for task in data["tasks"]))
@@ -759,12 +764,17 @@ class TelemetryManager:
             if part["tasks"]:
                 path = self._put(store, part["session_id"], self._session_text(part, set()), durable=True)
                 logger.debug("sop_telemetry: part %s is full; continuing in the next", part["session_id"])
-            store.drop_tail(part["session_id"])
+            self._drop_tail(store, part["session_id"])
             self._task_json = {k: v for k, v in self._task_json.items() if k[0] != part["session_id"]}
             if self._disk_part == part["session_id"]:
                 self._disk_part = None
             self._sealed.pop(0)
         return path
+
+    def _drop_tail(self, store: "TelemetryDataStore", part_id: str) -> None:
+        if part_id in self._tailed:  # (most parts never get one: a short script's, a part written whole at its end)
+            store.drop_tail(part_id)
+            self._tailed.discard(part_id)
 
     def _writable_store(self) -> "TelemetryDataStore":
         """The configured store, checked before its first write: a folder that cannot be used then (a file in the
@@ -806,6 +816,8 @@ class TelemetryManager:
         """`store.write` (or `store.append_tail` with `tail`) with its fsync, unless the last fsync was less than
         `fsync_interval` ago and this write is not `durable` (an explicit flush, the exit's): then the file is
         synced when the interval is over (`_sync_if_due`, on the writer thread). Under _write_lock."""
+        if tail:
+            self._tailed.add(session_id)
         write = store.append_tail if tail else store.write
         cfg = self._config
         if not store.fsync or cfg is None:
@@ -925,6 +937,7 @@ class TelemetryManager:
         self._disk_part = None
         self._unappended = []
         self._sealed = []
+        self._tailed = set()
         self._task_json = {}
         self._environment = None  # it holds the parent's pid
         if self._collector is not None:
@@ -934,6 +947,7 @@ class TelemetryManager:
 
 
 _AGAIN: Any = object()
+_TOKEN_USAGE = {"token_usage"}
 
 
 def _finished_task_state(task: dict) -> tuple:
