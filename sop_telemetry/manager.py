@@ -124,10 +124,11 @@ class TelemetryManager:
         # when it is over, so that a task's end need not wake it (`_pausing`). See _write_until_stopped.
         self._due = False
         self._pausing = False
-        # What `wait_until_written` waits for: tasks' ends told to the manager (`_requested`), and how many of them
-        # a completed write had taken in (`_served`); `_served_cond` is notified after every write.
+        # What `wait_until_written` waits for: tasks' ends told to the manager (`_requested`), how many of them a
+        # completed write had taken in (`_served`), and failed writes; `_served_cond` is notified after every write.
         self._requested = 0
         self._served = 0
+        self._failed_writes = 0
         self._served_cond = threading.Condition(threading.Lock())
         self._writer_state = "stopped"
         self._writer: Optional[threading.Thread] = None
@@ -294,10 +295,11 @@ class TelemetryManager:
             return False
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._served_cond:
-            target = self._requested
+            target, failed = self._requested, self._failed_writes
             while self._served < target:
                 left = None if deadline is None else deadline - time.monotonic()
-                if (left is not None and left <= 0) or self._stopped or not self._writer_running:
+                if (left is not None and left <= 0) or self._failed_writes != failed or self._stopped \
+                        or not self._writer_running:
                     return False
                 self._served_cond.wait(left)
         return True
@@ -674,22 +676,26 @@ class TelemetryManager:
         store = self._store
         assert store is not None
         if get_error_handler().is_suspended("storage.write") and not (final or force):
+            self._served_up_to(requested, failed=True)
             return None
         with self._write_lock:
             try:
                 store = self._writable_store()
             except OSError as exc:
                 report("storage.write", exc, hint=_kept_in_memory(store))
+                self._served_up_to(requested, failed=True)
                 return None
             for _ in range(10):  # (another pass only when a part ends while this one is being written)
                 try:
                     path = self._write_locked(store, collector, final, force, tick)
                 except Exception as exc:  # noqa: BLE001 - disk full, read-only, deleted directory, a bug
                     report("storage.write", exc, hint=_kept_in_memory(store))
+                    self._served_up_to(requested, failed=True)
                     return None
                 if path is not _AGAIN:
                     break
             else:
+                self._served_up_to(requested, failed=True)
                 return None
             self._served_up_to(requested)
             if path is not None:
@@ -747,11 +753,14 @@ class TelemetryManager:
         self._written_generation = generation
         return path
 
-    def _served_up_to(self, requested: int) -> None:
+    def _served_up_to(self, requested: int, failed: bool = False) -> None:
+        """A write pass that took in the first `requested` tasks' ends is over: tells `wait_until_written`."""
         with self._served_cond:
-            if requested > self._served:
+            if failed:
+                self._failed_writes += 1
+            elif requested > self._served:
                 self._served = requested
-                self._served_cond.notify_all()
+            self._served_cond.notify_all()
 
     def _write_sealed(self, store: "TelemetryDataStore") -> Optional[Path]:
         """Writes each ended part whole, with its end time, and removes its tail: from then on its file is final.
@@ -927,7 +936,7 @@ class TelemetryManager:
         self._wake = threading.Event()
         self._halt = threading.Event()
         self._due = self._pausing = False
-        self._requested = self._served = 0
+        self._requested = self._served = self._failed_writes = 0
         self._served_cond = threading.Condition(threading.Lock())
         self._writer = None
         self._writer_running = False

@@ -210,8 +210,23 @@ def test_wait_until_written_is_false_at_once_when_nothing_will_be_written(manage
     assert manager.wait_until_written(timeout=30) is True
     manager.shutdown(flush=False)
     assert manager.writer_state == "stopped"
+    assert manager.wait_until_written(timeout=30) is True  # (nothing ended since the last write)
     assert [t.task_id for t in manager.get_session_data(manager.get_collector().session_id).tasks] == [
         "never written", "written"]
+
+
+def test_wait_until_written_is_false_when_the_write_fails(manager, storage_dir):
+    record_task(manager, "first")
+    assert manager.wait_until_written(timeout=30) is True
+    for path in storage_dir.iterdir():
+        path.unlink()
+    storage_dir.rmdir()
+    storage_dir.write_text("a file where the folder was")
+    began = time.monotonic()
+    record_task(manager, "second")
+    assert manager.wait_until_written(timeout=30) is False
+    assert time.monotonic() - began < 10
+    assert get_error_handler().get_error_summary()["storage.write"]["count"] >= 1
 
 
 class _Fsyncs:
