@@ -113,8 +113,6 @@ class _Snapshot:
         return fixed
 
 
-
-
 def _fresh_session(collector: Any) -> None:
     """A new session for the next run. It refuses while a task is open, which after a run would mean that the run's
     events were built only in part: a harness error, to be told, not measured through."""
