@@ -155,6 +155,8 @@ class Setups:
             self.integration.install()
         else:
             self.integration.uninstall()
+        if self.active in _HANDLERS or name in _HANDLERS:
+            _register_handler(name if name in _HANDLERS else None)
         if name == "openinference":
             self.instrumentor.instrument(tracer_provider=self.provider)
         self.active = name
@@ -183,6 +185,36 @@ class Setups:
     def close(self) -> None:
         self.activate("none")
         self.integration.install()
+
+
+_handler_var: Any = None
+
+
+def _register_handler(name: Optional[str]) -> None:
+    """Puts the diagnostic handler `name` in every callback manager, as a callback handler registered with
+    langchain-core's configure hook is (None: takes it out)."""
+    global _handler_var
+    import contextvars
+
+    from langchain_core.callbacks import BaseCallbackHandler
+    from langchain_core.tracers import context
+
+    if _handler_var is not None:
+        context._configure_hooks[:] = [hook for hook in context._configure_hooks if hook[0] is not _handler_var]
+        _handler_var = None
+    if name is None:
+        return
+    ignoring = name == "handler_ignoring"
+
+    class Handler(BaseCallbackHandler):
+        run_inline = True
+        ignore_llm = ignore_chain = ignore_agent = ignore_retriever = ignore_chat_model = ignore_retry = ignoring
+
+        def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
+            pass  # (the base class's raises NotImplementedError, and LangChain falls back to on_llm_start)
+
+    _handler_var = contextvars.ContextVar("sop_bench_handler", default=Handler())
+    context.register_configure_hook(_handler_var, True)
 
 
 def sample(setups: Setups, run: Callable[[], Any], iterations: int, warmup: int, repeats: int, seed: int = 1,
@@ -266,7 +298,11 @@ def run_langgraph_overhead(iterations: int, warmup: int, repeats: int = 3,
 
 
 _NAMES = {"none": "no telemetry", "sop": "sop_telemetry enabled", "sop_with_write": "sop_telemetry + its file write",
-          "openinference": "OpenInference (SimpleSpanProcessor)"}
+          "openinference": "OpenInference (SimpleSpanProcessor)",
+          "handler_ignoring": "diagnostic: a callback handler that ignores every event",
+          "handler_noop": "diagnostic: a callback handler whose methods do nothing"}
+# The diagnostics: what langchain-core charges for a callback handler being there at all (docs/langchain.md).
+_HANDLERS = ("handler_ignoring", "handler_noop")
 
 
 def targets(r: Dict[str, Any]) -> List[Tuple[str, str, str, Optional[bool]]]:
@@ -351,7 +387,7 @@ def run_langgraph_instructions(runs: int = 5, warmup: int = 5, quick: bool = Fal
     skipped = langgraph_available()
     if skipped:
         return {"skipped": skipped}
-    setups = ["none", "sop"] + ([] if openinference_available() else ["openinference"])
+    setups = ["none", "sop", *_HANDLERS] + ([] if openinference_available() else ["openinference"])
     log("9b. LangGraph agent run: instructions per run (callgrind)")
     with tempfile.TemporaryDirectory(prefix="sop_bench_cg_lg_") as tmp:
         directory = Path(tmp)

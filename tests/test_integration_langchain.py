@@ -609,29 +609,55 @@ def test_content_is_not_recorded_by_default_and_kept_clipped_when_opted_in(manag
 
 
 # -- install / uninstall ---------------------------------------------------------------------------------------
-def _our_hooks():
-    from langchain_core.tracers.context import _configure_hooks
+def _patched():
+    """The callback-manager methods that are ours now."""
+    from langchain_core.callbacks import manager as managers
 
-    return [hook for hook in _configure_hooks if hook[0] is integration.integration.context_var]
+    from sop_telemetry.integrations.patching import is_ours
+
+    return sorted(f"{name}.{attr}" for name, cls in vars(managers).items() if isinstance(cls, type)
+                  for attr, value in vars(cls).items() if is_ours(value))
 
 
-def test_install_is_idempotent_and_uninstall_removes_the_handler(manager):
-    assert integration.is_installed() and len(_our_hooks()) == 1
+def test_install_is_idempotent_and_uninstall_puts_the_managers_back(manager):
+    from langchain_core.callbacks import CallbackManager
+
+    patched = _patched()
+    assert integration.is_installed() and "CallbackManager.on_chain_start" in patched
+    assert "AsyncCallbackManagerForLLMRun.on_llm_end" in patched and len(patched) == 28
     assert integration.install() is True
-    assert len(_our_hooks()) == 1
+    assert _patched() == patched
     model = FakeChatModel(script=[reply("a", usage=(1, 1)), reply("b", usage=(2, 2))])
     integration.uninstall()
     try:
-        assert _our_hooks() == []
+        assert _patched() == []
+        assert CallbackManager.on_chain_start.__module__ == "langchain_core.callbacks.manager"
         integration.uninstall()  # idempotent
         model.invoke("unrecorded")
         assert manager.get_collector().has_records() is False
     finally:
         integration.install()
-    assert len(_our_hooks()) == 1
+    assert _patched() == patched
     model.invoke("recorded")
     (implicit,) = written_session(manager)["tasks"]
     assert [tokens(c) for c in implicit["llm_calls"]] == [(2, 2)]
+
+
+def test_no_callback_handler_is_added_to_any_run(manager):
+    from langchain_core.callbacks import BaseCallbackHandler, CallbackManager
+
+    seen = []
+
+    class Mine(BaseCallbackHandler):
+        def on_chain_start(self, serialized, inputs, **kwargs):
+            seen.append(kwargs["run_id"])
+
+    from langchain_core.runnables import RunnableLambda
+
+    chain = RunnableLambda(lambda x: x + 1) | RunnableLambda(lambda x: x * 2)
+    assert chain.invoke(1, {"callbacks": [Mine()]}) == 4 and len(seen) == 3
+    configured = CallbackManager.configure(inheritable_callbacks=[Mine()])
+    assert [type(h).__name__ for h in configured.handlers] == ["Mine"]
 
 
 def test_unsupported_langchain_core_is_left_alone_with_one_warning(manager, monkeypatch, caplog):
@@ -643,7 +669,7 @@ def test_unsupported_langchain_core_is_left_alone_with_one_warning(manager, monk
             assert integration.install() is False
         assert [r.getMessage() for r in caplog.records].count(
             "sop_telemetry: langchain 0.3.70 is outside the supported range (>=1.0,<2); it is not instrumented") == 1
-        assert _our_hooks() == []
+        assert _patched() == []
     finally:
         monkeypatch.undo()
         integration.install()

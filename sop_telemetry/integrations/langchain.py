@@ -2,18 +2,21 @@
 
 Usage::
 
-    import sop_telemetry            # that is all: the handler below is given to every LangChain run from now on
+    import sop_telemetry            # that is all: every LangChain run from now on is observed
     agent = create_agent(model, tools=[search])
     agent.invoke({"messages": [("user", "...")]})
 
     from sop_telemetry import registry
     registry.get("langchain").uninstall()       # and .install()
 
-How it hooks: one `SopCallbackHandler` is registered with `langchain_core.tracers.context.register_configure_hook`
-through a context variable whose default is the handler, so LangChain's callback manager adds it to every run it
-configures, in every thread and asyncio task, beside the user's handlers, LangSmith's tracer and OpenInference's; a
-context that sets the variable to None opts out. LangChain tells the handler each run's id and its parent's, and
-nesting comes from those ids alone: never from the thread or task an event arrives on.
+How it hooks: langchain-core's callback managers tell their handlers of each run's start and end, with the run's id
+and its parent's; every runnable, model, tool and LangGraph graph goes through them, in every thread and asyncio task.
+We observe those same calls (`CallbackManager.on_chain_start`, `CallbackManagerForLLMRun.on_llm_end`, ... and their
+async twins) rather than add a handler: langchain-core does work for every handler on every run, which on a fast run
+cost more than the 2% budget before this module did anything (docs/langchain.md has the figures). The handlers'
+lists are left alone, so LangSmith's tracer, Langfuse's, OpenInference's and the user's see what they saw. Nesting
+comes from the run ids alone: never from the thread or task an event arrives on. A context that sets `recording` to
+False is not recorded.
 
 What becomes what (the guide, docs/langchain.md, says why):
 
@@ -26,25 +29,25 @@ What becomes what (the guide, docs/langchain.md, says why):
 - steps: each round of an agent run (its model calls in one LangGraph superstep, and the tool calls after them until
   the next model call) is an "action" step, recorded when the run ends.
 
-Everything here runs inside LangChain's callbacks, on the caller's thread: it reads a few fields, keeps a small
-per-run object keyed by run id, and hands the rest to the recorder, which builds the records later. Each callback is
-guarded whole; LangChain would log an exception from a handler, but it never gets one from this one.
+Everything here runs on the caller's thread: it reads a few fields, keeps a small per-run object keyed by run id, and
+hands the rest to the recorder, which builds the records later. Each observation is guarded whole; the managers'
+own work, arguments, results and exceptions are untouched.
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
-import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .. import recorder
-from ..collector import switch
+from ..collector import Clock, switch
 from ..error_handler import report
 from ..recorder import attr, clock
 from ..registry import DidNotEnable, Integration, version_in
+from .patching import Patcher
 
 logger = logging.getLogger("sop_telemetry")
 
@@ -128,7 +131,7 @@ class _Agent:
 
 
 class _Node:
-    """What the handler keeps of one LangChain run until it ends."""
+    """What is kept of one LangChain run until it ends."""
 
     __slots__ = ("agent", "own", "start", "label", "step", "call_id", "failed", "streamed", "content")
 
@@ -266,259 +269,282 @@ def _error_messages(output: Any, depth: int = 0) -> Dict[Any, bool]:
     return found
 
 
-_SORTING_CODE: Any = None  # the code of langchain-core's AsyncCallbackManager.on_llm_start (see run_inline)
+class _Events:
+    """What the callback managers' events (below) are turned into: one small `_Node` per LangChain run, keyed by
+    the run id's integer, until the run ends; the records are queued on the recorder. Every method is guarded."""
 
+    def __init__(self) -> None:
+        # Keyed by the run id's integer: a UUID hashes in Python code, its int in C.
+        self.nodes: Dict[int, _Node] = {}
 
-def _make_handler_class() -> type:
-    global _SORTING_CODE
-    from langchain_core.callbacks import AsyncCallbackManager, BaseCallbackHandler
+    def _child(self, parent_run_id: Any, start: float, label: Any) -> _Node:
+        parent = self.nodes.get(parent_run_id.int) if parent_run_id is not None else None
+        agent = parent.agent if parent is not None else None
+        if agent is not None and agent.run is None:
+            agent.ensure()  # something is recorded in it: it begins now, from its own start
+        return _Node(agent, start, label)
 
-    _SORTING_CODE = getattr(getattr(AsyncCallbackManager, "on_llm_start", None), "__code__", None)
+    # -- chains: agent runs and what nests them ----------------------------------------------------------
+    def chain_start(self, manager: Any, run: Any, args: tuple, kwargs: dict, now: float) -> None:
+        try:
+            nodes = self.nodes
+            parent_run_id = manager.parent_run_id
+            parent = nodes.get(parent_run_id.int) if parent_run_id is not None else None
+            name = kwargs.get("name")
+            metadata = manager.metadata
+            if parent is None:
+                node = _Node(_Agent(recorder.current_run(), name, _agent_type(metadata), now), now, name, True)
+            else:
+                node = _Node(parent.agent, now, name)
+                for tag in manager.tags or ():
+                    if tag.startswith(_GRAPH_STEP):
+                        # A LangGraph node: its parent is a graph, an agent run of its own.
+                        graph = parent.agent
+                        if graph is None or not parent.own:
+                            graph = parent.agent = _Agent(parent.agent, parent.label, _agent_type(metadata),
+                                                          parent.start)
+                            parent.own = True
+                        node.agent = graph
+                        if graph.run is None:
+                            graph.ensure()
+                        break
+            nodes[run.run_id.int] = node
+        except Exception as exc:  # noqa: BLE001 - the guard
+            report("langchain.chain", exc)
 
-    class SopCallbackHandler(BaseCallbackHandler):
-        """sop_telemetry's LangChain callback handler: see the module's docstring."""
+    def chain_end(self, run: Any, args: tuple, kwargs: dict) -> None:
+        try:
+            node = self.nodes.pop(run.run_id.int, None)
+            if node is not None and (node.failed is not None or node.own):
+                self._chain_ended(node, args[0] if args else kwargs.get("outputs"), None)
+        except Exception as exc:  # noqa: BLE001 - the guard
+            report("langchain.chain", exc)
 
-        raise_error = False
+    def chain_error(self, run: Any, args: tuple, kwargs: dict) -> None:
+        try:
+            node = self.nodes.pop(run.run_id.int, None)
+            if node is not None:
+                self._chain_ended(node, None, args[0] if args else kwargs.get("error"))
+        except Exception as exc:  # noqa: BLE001 - the guard
+            report("langchain.chain", exc)
 
-        @property
-        def run_inline(self) -> bool:  # type: ignore[override]
-            """True: called on the event's own thread or event loop, never through an executor (cheap, in order).
-            Except where langchain-core's AsyncCallbackManager.on_llm_start sorts its handlers: when any handler is
-            inline it gives an LLM's start to the inline ones only, and every other handler (Langfuse's, a user's,
-            astream_events') would miss it because of us. There we say False: it then calls us with the others,
-            and inline all the same (see ahandle_event)."""
-            frame = sys._getframe(1)
-            caller = frame.f_back  # (the comprehension that reads this has its own frame before Python 3.12)
-            return not (frame.f_code is _SORTING_CODE or caller is not None and caller.f_code is _SORTING_CODE)
+    def _chain_ended(self, node: _Node, outputs: Any, error: Optional[BaseException]) -> None:
+        if node.failed is not None:
+            self._settle(node, outputs)
+        if node.own and node.agent is not None:
+            node.agent.finish(error)
 
-        # Read by the callback manager for every event; plain attributes are cheaper than the base class's
-        # properties. Custom events are not runs.
-        ignore_llm = ignore_chain = ignore_agent = ignore_retriever = ignore_chat_model = ignore_retry = False
-        ignore_custom_event = True
-
-        def __init__(self) -> None:
-            super().__init__()
-            # Keyed by the run id's integer: a UUID hashes in Python code, its int in C.
-            self.nodes: Dict[int, _Node] = {}
-
-        def _child(self, parent_run_id: Any, start: float, label: Any) -> _Node:
-            parent = self.nodes.get(parent_run_id.int) if parent_run_id is not None else None
-            agent = parent.agent if parent is not None else None
-            if agent is not None and agent.run is None:
-                agent.ensure()  # something is recorded in it: it begins now, from its own start
-            return _Node(agent, start, label)
-
-        # -- chains: agent runs and what nests them ----------------------------------------------------------
-        def on_chain_start(self, serialized: Any, inputs: Any, *, run_id: Any, parent_run_id: Any = None,
-                           tags: Optional[List[str]] = None, metadata: Optional[dict] = None,
-                           **kwargs: Any) -> None:
-            if not switch.enabled:
-                return
-            try:
-                now = clock()
-                nodes = self.nodes
-                parent = nodes.get(parent_run_id.int) if parent_run_id is not None else None
-                name = kwargs.get("name")
-                if parent is None:
-                    node = _Node(_Agent(recorder.current_run(), name, _agent_type(metadata), now), now, name, True)
-                else:
-                    node = _Node(parent.agent, now, name)
-                    for tag in tags or ():
-                        if tag.startswith(_GRAPH_STEP):
-                            # A LangGraph node: its parent is a graph, an agent run of its own.
-                            graph = parent.agent
-                            if graph is None or not parent.own:
-                                graph = parent.agent = _Agent(parent.agent, parent.label, _agent_type(metadata),
-                                                              parent.start)
-                                parent.own = True
-                            node.agent = graph
-                            if graph.run is None:
-                                graph.ensure()
-                            break
-                nodes[run_id.int] = node
-            except Exception as exc:  # noqa: BLE001 - the guard
-                report("langchain.chain", exc)
-
-        def on_chain_end(self, outputs: Any, *, run_id: Any, **kwargs: Any) -> None:
-            self._chain_ended(run_id, outputs, None)
-
-        def on_chain_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
-            self._chain_ended(run_id, None, error)
-
-        def _chain_ended(self, run_id: Any, outputs: Any, error: Optional[BaseException]) -> None:
-            try:
-                node = self.nodes.pop(run_id.int, None)
-                if node is None:
-                    return
-                if node.failed is not None:
-                    self._settle(node, outputs)
-                if node.own and node.agent is not None:
-                    node.agent.finish(error)
-            except Exception as exc:  # noqa: BLE001 - the guard
-                report("langchain.chain", exc)
-
-        # -- model calls ----------------------------------------------------------------------------------------
-        def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: Any, parent_run_id: Any = None,
-                                tags: Optional[List[str]] = None, metadata: Optional[dict] = None,
-                                **kwargs: Any) -> None:
-            self._model_start(serialized, messages, run_id, parent_run_id, metadata, kwargs)
-
-        def on_llm_start(self, serialized: Any, prompts: Any, *, run_id: Any, parent_run_id: Any = None,
-                         tags: Optional[List[str]] = None, metadata: Optional[dict] = None, **kwargs: Any) -> None:
-            self._model_start(serialized, prompts, run_id, parent_run_id, metadata, kwargs)
-
-        def _model_start(self, serialized: Any, inputs: Any, run_id: Any, parent_run_id: Any,
-                         metadata: Optional[dict], kwargs: dict) -> None:
-            if not switch.enabled:
-                return
-            try:
-                now = clock()
-                node = self._child(parent_run_id, now, _model_name(serialized, metadata, kwargs))
+    # -- model calls ----------------------------------------------------------------------------------------
+    def model_start(self, manager: Any, runs: Any, args: tuple, kwargs: dict, now: float) -> None:
+        """A chat model's or an LLM's start: one run per prompt (`runs`), the prompts in `args[1]`."""
+        try:
+            metadata = manager.metadata
+            serialized = args[0] if args else kwargs.get("serialized")
+            inputs = args[1] if len(args) > 1 else kwargs.get("messages", kwargs.get("prompts"))
+            label = _model_name(serialized, metadata, kwargs)
+            superstep = metadata.get("langgraph_step") if metadata else None
+            for index, run in enumerate(runs):
+                node = self._child(manager.parent_run_id, now, label)
                 if node.agent is not None:
-                    node.step = node.agent.open_round(metadata.get("langgraph_step") if metadata else None, now)
+                    node.step = node.agent.open_round(superstep, now)
                 if _capturing(node.agent):
-                    node.content = _last_content(inputs)
-                self.nodes[run_id.int] = node
-            except Exception as exc:  # noqa: BLE001 - the guard
-                report("langchain.model", exc)
+                    node.content = _last_content(inputs[index:index + 1] if inputs else None)
+                self.nodes[run.run_id.int] = node
+        except Exception as exc:  # noqa: BLE001 - the guard
+            report("langchain.model", exc)
 
-        def on_llm_new_token(self, token: Any, *, run_id: Any, **kwargs: Any) -> None:
-            try:
-                node = self.nodes.get(run_id.int)
-                if node is not None:
-                    node.streamed = True
-            except Exception as exc:  # noqa: BLE001 - the guard
-                report("langchain.model", exc)
+    def new_token(self, run: Any, args: tuple, kwargs: dict) -> None:
+        try:
+            node = self.nodes.get(run.run_id.int)
+            if node is not None:
+                node.streamed = True
+        except Exception as exc:  # noqa: BLE001 - the guard
+            report("langchain.model", exc)
 
-        def on_llm_end(self, response: Any, *, run_id: Any, **kwargs: Any) -> None:
-            try:
-                node = self.nodes.pop(run_id.int, None)
-                if node is None:
-                    return
-                end = clock()
-                message, usage, name = _reply(response)
-                agent = node.agent
-                run = agent.run if agent is not None else None
-                if node.streamed or node.content is not None or not recorder.model_returned(
-                        run, name or node.label, usage, node.step, node.start, end):
-                    recorder.model_call(name or node.label, usage, node.start, end, run=run, streamed=node.streamed,
-                                        step=node.step, input=node.content,
-                                        output=_said(message) if node.content is not None else None)
-                if agent is not None:
-                    agent.ended(node.step, end, final=not attr(message, "tool_calls"))
-            except Exception as exc:  # noqa: BLE001 - the guard
-                report("langchain.model", exc)
-
-        def on_llm_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
-            try:
-                node = self.nodes.pop(run_id.int, None)
-                if node is None:
-                    return
-                end = clock()
-                # What a stream delivered before it broke, usage included if the provider sent it.
-                _message, usage, name = _reply(kwargs.get("response"))
-                agent = node.agent
-                recorder.model_call(name or node.label, usage, node.start, end,
-                                    run=agent.run if agent is not None else None, streamed=node.streamed,
-                                    step=node.step, error=error)
-                if agent is not None:
-                    agent.ended(node.step, end, error=error)
-            except Exception as exc:  # noqa: BLE001 - the guard
-                report("langchain.model", exc)
-
-        # -- tool calls -----------------------------------------------------------------------------------------
-        def on_tool_start(self, serialized: Any, input_str: Any, *, run_id: Any, parent_run_id: Any = None,
-                          tags: Optional[List[str]] = None, metadata: Optional[dict] = None,
-                          **kwargs: Any) -> None:
-            if not switch.enabled:
+    def llm_end(self, run: Any, args: tuple, kwargs: dict) -> None:
+        try:
+            node = self.nodes.pop(run.run_id.int, None)
+            if node is None:
                 return
-            try:
-                node = self._child(parent_run_id, clock(), kwargs.get("name") or (serialized or {}).get("name"))
-                node.call_id = kwargs.get("tool_call_id")
-                if node.agent is not None:
-                    node.step = node.agent.current_round()
-                if _capturing(node.agent):
-                    node.content = input_str
-                self.nodes[run_id.int] = node
-            except Exception as exc:  # noqa: BLE001 - the guard
-                report("langchain.tool", exc)
-
-        def on_tool_end(self, output: Any, *, run_id: Any, **kwargs: Any) -> None:
-            try:
-                node = self.nodes.pop(run_id.int, None)
-                if node is None:
-                    return
-                end = clock()
-                error = None
-                if attr(output, "status") == "error" and attr(output, "type") == "tool":
-                    # The tool handled its own error (handle_tool_error / handle_validation_error): only the
-                    # message the model gets is left of it.
-                    error = ("ToolError", attr(output, "content"))
-                self._tool_ended(node, end, error, error is not None, output)
-            except Exception as exc:  # noqa: BLE001 - the guard
-                report("langchain.tool", exc)
-
-        def on_tool_error(self, error: BaseException, *, run_id: Any, parent_run_id: Any = None,
-                          **kwargs: Any) -> None:
-            try:
-                node = self.nodes.pop(run_id.int, None)
-                if node is None:
-                    return
-                end = clock()
-                parent = self.nodes.get(parent_run_id.int) if parent_run_id is not None else None
-                if node.call_id is not None and parent is not None:
-                    # Whether the error goes back to the model is known when the caller (a ToolNode) ends.
-                    if parent.failed is None:
-                        parent.failed = []
-                    parent.failed.append((node, end, error))
-                else:
-                    self._tool_ended(node, end, error, False)
-            except Exception as exc:  # noqa: BLE001 - the guard
-                report("langchain.tool", exc)
-
-        def _tool_ended(self, node: _Node, end: float, error: Any, returned: bool, output: Any = None) -> None:
+            end = clock()
+            message, usage, name = _reply(args[0] if args else kwargs.get("response"))
             agent = node.agent
             run = agent.run if agent is not None else None
-            if error is not None or node.content is not None or not recorder.tool_returned(
-                    run, node.label, node.step, node.start, end):
-                if node.content is not None and output is not None:
-                    output = attr(output, "content") if attr(output, "type") == "tool" else output
-                recorder.tool_call(node.label, node.start, end, run=run, step=node.step, error=error,
-                                   error_returned_to_model=returned, arguments=node.content,
-                                   output=output if node.content is not None else None)
+            if node.streamed or node.content is not None or not recorder.model_returned(
+                    run, name or node.label, usage, node.step, node.start, end):
+                recorder.model_call(name or node.label, usage, node.start, end, run=run, streamed=node.streamed,
+                                    step=node.step, input=node.content,
+                                    output=_said(message) if node.content is not None else None)
             if agent is not None:
-                agent.ended(node.step, end)
+                agent.ended(node.step, end, final=not attr(message, "tool_calls"))
+        except Exception as exc:  # noqa: BLE001 - the guard
+            report("langchain.model", exc)
 
-        def _settle(self, caller: _Node, outputs: Any) -> None:
-            handed_back = _error_messages(outputs) if outputs is not None else {}
-            for node, end, error in caller.failed or ():
-                self._tool_ended(node, end, error, node.call_id in handed_back)
-            caller.failed = None
-
-        # -- retrievers: runs that may have children --------------------------------------------------------
-        def on_retriever_start(self, serialized: Any, query: Any, *, run_id: Any, parent_run_id: Any = None,
-                               **kwargs: Any) -> None:
-            if not switch.enabled:
+    def llm_error(self, run: Any, args: tuple, kwargs: dict) -> None:
+        try:
+            node = self.nodes.pop(run.run_id.int, None)
+            if node is None:
                 return
-            try:
-                parent = self.nodes.get(parent_run_id.int) if parent_run_id is not None else None
-                self.nodes[run_id.int] = _Node(parent.agent if parent is not None else None, 0.0)
-            except Exception as exc:  # noqa: BLE001 - the guard
-                report("langchain.retriever", exc)
+            end = clock()
+            error = args[0] if args else kwargs.get("error")
+            # What a stream delivered before it broke, usage included if the provider sent it.
+            _message, usage, name = _reply(kwargs.get("response"))
+            agent = node.agent
+            recorder.model_call(name or node.label, usage, node.start, end,
+                                run=agent.run if agent is not None else None, streamed=node.streamed,
+                                step=node.step, error=error)
+            if agent is not None:
+                agent.ended(node.step, end, error=error)
+        except Exception as exc:  # noqa: BLE001 - the guard
+            report("langchain.model", exc)
 
-        def on_retriever_end(self, documents: Any, *, run_id: Any, **kwargs: Any) -> None:
-            self._forget(run_id)
+    # -- tool calls -----------------------------------------------------------------------------------------
+    def tool_start(self, manager: Any, run: Any, args: tuple, kwargs: dict, now: float) -> None:
+        try:
+            serialized = args[0] if args else kwargs.get("serialized")
+            node = self._child(manager.parent_run_id, now, kwargs.get("name") or (serialized or {}).get("name"))
+            node.call_id = kwargs.get("tool_call_id")
+            if node.agent is not None:
+                node.step = node.agent.current_round()
+            if _capturing(node.agent):
+                node.content = args[1] if len(args) > 1 else kwargs.get("input_str")
+            self.nodes[run.run_id.int] = node
+        except Exception as exc:  # noqa: BLE001 - the guard
+            report("langchain.tool", exc)
 
-        def on_retriever_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
-            self._forget(run_id)
+    def tool_end(self, run: Any, args: tuple, kwargs: dict) -> None:
+        try:
+            node = self.nodes.pop(run.run_id.int, None)
+            if node is None:
+                return
+            end = clock()
+            output = args[0] if args else kwargs.get("output")
+            error = None
+            if attr(output, "status") == "error" and attr(output, "type") == "tool":
+                # The tool handled its own error (handle_tool_error / handle_validation_error): only the
+                # message the model gets is left of it.
+                error = ("ToolError", attr(output, "content"))
+            self._tool_ended(node, end, error, error is not None, output)
+        except Exception as exc:  # noqa: BLE001 - the guard
+            report("langchain.tool", exc)
 
-        def _forget(self, run_id: Any) -> None:
-            try:
-                self.nodes.pop(run_id.int, None)
-            except Exception as exc:  # noqa: BLE001 - the guard
-                report("langchain.retriever", exc)
+    def tool_error(self, run: Any, args: tuple, kwargs: dict) -> None:
+        try:
+            node = self.nodes.pop(run.run_id.int, None)
+            if node is None:
+                return
+            end = clock()
+            error = args[0] if args else kwargs.get("error")
+            parent_run_id = run.parent_run_id
+            parent = self.nodes.get(parent_run_id.int) if parent_run_id is not None else None
+            if node.call_id is not None and parent is not None:
+                # Whether the error goes back to the model is known when the caller (a ToolNode) ends.
+                if parent.failed is None:
+                    parent.failed = []
+                parent.failed.append((node, end, error))
+            else:
+                self._tool_ended(node, end, error, False)
+        except Exception as exc:  # noqa: BLE001 - the guard
+            report("langchain.tool", exc)
 
-    return SopCallbackHandler
+    def _tool_ended(self, node: _Node, end: float, error: Any, returned: bool, output: Any = None) -> None:
+        agent = node.agent
+        run = agent.run if agent is not None else None
+        if error is not None or node.content is not None or not recorder.tool_returned(
+                run, node.label, node.step, node.start, end):
+            if node.content is not None and output is not None:
+                output = attr(output, "content") if attr(output, "type") == "tool" else output
+            recorder.tool_call(node.label, node.start, end, run=run, step=node.step, error=error,
+                               error_returned_to_model=returned, arguments=node.content,
+                               output=output if node.content is not None else None)
+        if agent is not None:
+            agent.ended(node.step, end)
+
+    def _settle(self, caller: _Node, outputs: Any) -> None:
+        handed_back = _error_messages(outputs) if outputs is not None else {}
+        for node, end, error in caller.failed or ():
+            self._tool_ended(node, end, error, node.call_id in handed_back)
+        caller.failed = None
+
+    # -- retrievers: runs that may have children --------------------------------------------------------
+    def retriever_start(self, manager: Any, run: Any, args: tuple, kwargs: dict, now: float) -> None:
+        try:
+            parent_run_id = manager.parent_run_id
+            parent = self.nodes.get(parent_run_id.int) if parent_run_id is not None else None
+            self.nodes[run.run_id.int] = _Node(parent.agent if parent is not None else None, 0.0)
+        except Exception as exc:  # noqa: BLE001 - the guard
+            report("langchain.retriever", exc)
+
+    def forget(self, run: Any, args: tuple, kwargs: dict) -> None:
+        try:
+            self.nodes.pop(run.run_id.int, None)
+        except Exception as exc:  # noqa: BLE001 - the guard
+            report("langchain.retriever", exc)
+
+
+
+# Which callback-manager methods are observed, and by which of _Events' methods: (class, method, event).
+_STARTS = (("CallbackManager", "on_chain_start", "chain_start"),
+           ("CallbackManager", "on_chat_model_start", "model_start"),
+           ("CallbackManager", "on_llm_start", "model_start"),
+           ("CallbackManager", "on_tool_start", "tool_start"),
+           ("CallbackManager", "on_retriever_start", "retriever_start"))
+_ENDS = (("CallbackManagerForChainRun", "on_chain_end", "chain_end"),
+         ("CallbackManagerForChainRun", "on_chain_error", "chain_error"),
+         ("CallbackManagerForLLMRun", "on_llm_new_token", "new_token"),
+         ("CallbackManagerForLLMRun", "on_llm_end", "llm_end"),
+         ("CallbackManagerForLLMRun", "on_llm_error", "llm_error"),
+         ("CallbackManagerForToolRun", "on_tool_end", "tool_end"),
+         ("CallbackManagerForToolRun", "on_tool_error", "tool_error"),
+         ("CallbackManagerForRetrieverRun", "on_retriever_end", "forget"),
+         ("CallbackManagerForRetrieverRun", "on_retriever_error", "forget"))
+
+# A context that sets this to False (or None) is not recorded.
+recording: contextvars.ContextVar = contextvars.ContextVar("sop_telemetry_langchain", default=True)
+
+
+def _on_start(event: Callable[..., None]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A wrapper for a manager's `on_*_start`: LangChain makes the run (its id) first, then it is observed."""
+    def factory(original: Callable[..., Any]) -> Callable[..., Any]:
+        def on_start(self: Any, *args: Any, **kwargs: Any) -> Any:
+            now = Clock.perf()
+            run = original(self, *args, **kwargs)
+            if switch.enabled and recording.get():
+                event(self, run, args, kwargs, now)
+            return run
+        return on_start
+    return factory
+
+
+def _on_start_async(event: Callable[..., None]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def factory(original: Callable[..., Any]) -> Callable[..., Any]:
+        async def on_start(self: Any, *args: Any, **kwargs: Any) -> Any:
+            now = Clock.perf()
+            run = await original(self, *args, **kwargs)
+            if switch.enabled and recording.get():
+                event(self, run, args, kwargs, now)
+            return run
+        return on_start
+    return factory
+
+
+def _on_end(event: Callable[..., None]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A wrapper for a run manager's end, error or token: observed first, then LangChain tells the handlers."""
+    def factory(original: Callable[..., Any]) -> Callable[..., Any]:
+        def on_end(self: Any, *args: Any, **kwargs: Any) -> Any:
+            event(self, args, kwargs)
+            return original(self, *args, **kwargs)
+        return on_end
+    return factory
+
+
+def _on_end_async(event: Callable[..., None]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def factory(original: Callable[..., Any]) -> Callable[..., Any]:
+        async def on_end(self: Any, *args: Any, **kwargs: Any) -> Any:
+            event(self, args, kwargs)
+            return await original(self, *args, **kwargs)
+        return on_end
+    return factory
 
 
 class LangChainIntegration(Integration):
@@ -526,31 +552,34 @@ class LangChainIntegration(Integration):
     module = "langchain_core"
     distribution = "langchain-core"
     supported = ">=1.0,<2"
-    # LangGraph is not hooked itself: its runs reach the handler through langchain-core's callbacks, and only its
-    # run metadata and tags are read. Tested with the range below.
+    # LangGraph is not hooked itself: its runs reach langchain-core's callback managers, and only its run metadata
+    # and tags are read. Tested with the range below.
     langgraph_supported = ">=1.0,<2"
 
     def __init__(self) -> None:
         super().__init__()
-        self.handler: Any = None
-        # Its default is the handler; a context that sets it to None is not recorded.
-        self.context_var: Optional[contextvars.ContextVar] = None
+        self.events = _Events()
+        self.context_var = recording
+        self.patches = Patcher(self.name)
 
     def setup(self) -> None:
         try:
-            from langchain_core.tracers import context as tracer_context
+            from langchain_core.callbacks import manager as managers
         except ImportError as exc:
-            raise DidNotEnable(f"langchain_core.tracers.context cannot be imported: {exc}") from exc
-        register = getattr(tracer_context, "register_configure_hook", None)
-        hooks = getattr(tracer_context, "_configure_hooks", None)
-        if register is None or not isinstance(hooks, list):
-            raise DidNotEnable("langchain_core has no register_configure_hook")
+            raise DidNotEnable(f"langchain_core.callbacks.manager cannot be imported: {exc}") from exc
+        found = {(cls, method) for cls, method, _ in _STARTS + _ENDS
+                 if callable(vars(getattr(managers, cls, object)).get(method))}
+        missing = [f"{cls}.{method}" for cls, method, _ in _STARTS + _ENDS if (cls, method) not in found]
+        if missing:
+            raise DidNotEnable(f"langchain_core's callback managers have no {', '.join(missing)}")
         self._check_langgraph()
-        if self.handler is None:
-            self.handler = _make_handler_class()()
-            # The default is the handler: a variable set in one thread would not be seen in LangGraph's pool.
-            self.context_var = contextvars.ContextVar("sop_telemetry_langchain", default=self.handler)
-        register(self.context_var, True)
+        for table, sync, asynchronous in ((_STARTS, _on_start, _on_start_async), (_ENDS, _on_end, _on_end_async)):
+            for cls, method, event in table:
+                handle = getattr(self.events, event)
+                self.patches.wrap(getattr(managers, cls), method, sync(handle))
+                async_cls = getattr(managers, "Async" + cls, None)
+                if async_cls is not None and callable(vars(async_cls).get(method)):
+                    self.patches.wrap(async_cls, method, asynchronous(handle))
 
     def _check_langgraph(self) -> None:
         try:
@@ -565,12 +594,8 @@ class LangChainIntegration(Integration):
                            found, self.langgraph_supported)
 
     def teardown(self) -> None:
-        from langchain_core.tracers import context as tracer_context
-
-        hooks = getattr(tracer_context, "_configure_hooks", None)
-        if isinstance(hooks, list):
-            hooks[:] = [hook for hook in hooks if hook[0] is not self.context_var]
-        # Runs under way keep the handler in their managers; their ends still find their nodes.
+        # Runs under way are not followed further: their ends are not seen, and their agent runs stay open.
+        self.patches.undo()
 
 
 integration = LangChainIntegration()
