@@ -213,7 +213,8 @@ def _register_handler(name: Optional[str]) -> None:
         def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
             pass  # (the base class's raises NotImplementedError, and LangChain falls back to on_llm_start)
 
-    _handler_var = contextvars.ContextVar("sop_bench_handler", default=Handler())
+    # The default is the handler (not a value set here): every thread and task sees it, as LangSmith's hook does.
+    _handler_var = contextvars.ContextVar("sop_bench_handler", default=Handler())  # noqa: B039
     context.register_configure_hook(_handler_var, True)
 
 
