@@ -42,6 +42,7 @@ FULL = {
     "pydantic_ai": {"iterations": 100, "warmup": 5, "repeats": 3},
     "langgraph": {"iterations": 100, "warmup": 5, "repeats": 3},
     "langgraph_instructions": {"runs": 5, "warmup": 3},
+    "pydantic_ai_instructions": {"runs": 5, "warmup": 3},
     "long_running": {"sizes": ((1_000, "agent"), (10_000, "agent"), (10_000, "collector"), (100_000, "collector"),
                                (3_000, "big")),
                      "repeats": 1},
@@ -61,6 +62,7 @@ QUICK = {
     "pydantic_ai": {"iterations": 2, "warmup": 1, "repeats": 1},
     "langgraph": {"iterations": 3, "warmup": 1, "repeats": 1},
     "langgraph_instructions": {"quick": True},
+    "pydantic_ai_instructions": {"quick": True},
     "long_running": {"sizes": ((50, "agent"), (500, "collector")), "repeats": 1},
 }
 
@@ -181,6 +183,10 @@ def main(argv: List[str] | None = None) -> int:
 
                     log("8. pydantic-ai run overhead")
                     results["pydantic_ai"] = run_pydantic_ai_overhead(log=log, **plan["pydantic_ai"])
+                    from .pydantic_ai_run import run_pydantic_ai_instructions
+
+                    results["pydantic_ai_instructions"] = run_pydantic_ai_instructions(
+                        log=log, **plan["pydantic_ai_instructions"])
             if "langgraph" in wanted:
                 from .langgraph_run import run_langgraph_overhead
 

@@ -57,8 +57,6 @@ force-flushed.
 from __future__ import annotations
 
 import random
-import sys
-import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -115,9 +113,6 @@ class _Snapshot:
         return fixed
 
 
-_STALL = 10.0  # seconds without the write a task's end set off before the writer is looked at
-
-
 def _fresh_session(collector: Any) -> None:
     """A new session for the next run. It refuses while a task is open, which after a run would mean that the run's
     events were built only in part: a harness error, to be told, not measured through."""
@@ -171,9 +166,6 @@ class Setups:
         self.active = "none"
         self.leftovers: Dict[str, int] = {}
         self.names = ["none", "minimal_hooks", "sop", "sop_idle", "sop_unwritten", "sop_with_write", "sop_disabled"]
-        self._written = threading.Event()
-        self._written_ids: set = set()
-        self.missed_wakes: List[str] = []
         self.writes = {True: 0, False: 0}  # the sop setups' writes, by whether they were fsynced as they were made
         self._oi: Dict[str, Any] = {}
         if use_openinference:
@@ -220,18 +212,16 @@ class Setups:
         self.active = name
 
     def _spy_writes(self) -> None:
-        """Notes each session id written (by the writer thread, woken at the task's end) and sets `_written`."""
+        """Counts the setup's session writes by whether they were fsynced as they were made."""
         from sop_telemetry.storage import TelemetryDataStore
 
-        original, written, ids, counts = TelemetryDataStore.write, self._written, self._written_ids, self.writes
+        original, counts = TelemetryDataStore.write, self.writes
 
         def write(store: Any, session_id: str, payload: Any, sync: bool = True) -> Any:
             try:
                 return original(store, session_id, payload, sync)
             finally:
-                ids.add(session_id)
                 counts[sync and store.fsync] += 1
-                written.set()
 
         self._unspy = lambda: setattr(TelemetryDataStore, "write", original)
         TelemetryDataStore.write = write  # type: ignore[method-assign]
@@ -285,70 +275,28 @@ class Setups:
             self._await_write()
 
     def _await_write(self, timeout: float = 60.0) -> None:
-        """Until the current session (the timed run's) has been written. By its id, not by "a write happened": a
-        write this wait did not ask for (say, of an older session) would otherwise answer the next wait early, and
-        every wait after it would be one write behind."""
-        # Generous: the write ends with an fsync, which a VM's shared disk can stall for seconds. Should it never
-        # come, the error says where the writer thread is and what it knows, so that a stall can be told from a
-        # lost wake-up.
-        session_id = self.manager.get_collector().session_id
-        start = perf()
-        poked = False
-        while session_id not in self._written_ids:
-            waited = perf() - start
-            if waited >= timeout:
-                raise RuntimeError(f"the writer did not write session {session_id} within {timeout:g} s: "
-                                   f"{self._writer_state()}")
-            limit = timeout if poked else min(timeout, _STALL)
-            if not self._written.wait(timeout=max(0.0, limit - waited)):
-                if not poked and not (self.manager._wake.is_set() or self.manager._due):
-                    # The task ended, yet the writer is not awake and has not written it: a wake-up was lost.
-                    # This happened (about 1 quick run in 20) while has_records() could be read in the middle
-                    # of another thread's build of the queued events; kept as a check: told, counted in the
-                    # results, and the writer woken again so that the measurement goes on.
-                    state = self._writer_state()
-                    self.missed_wakes.append(state)
-                    print(f"benchmarks: the writer missed a task's end; woken again ({state})", file=sys.stderr,
-                          flush=True)
-                    self.manager._wake.set()
-                poked = True
-                continue
-            self._written.clear()
-        self._written_ids.clear()
+        """Until the writer thread has written the run's task (the public `wait_until_written`: nothing is written
+        on this thread). Generous: the write ends with an fsync, which a VM's shared disk can stall for seconds."""
+        if not self.manager.wait_until_written(timeout=timeout):
+            raise RuntimeError(f"the writer did not write the run's task within {timeout:g} s: {self._writer_state()}")
 
     def _await_idle_writer(self, timeout: float = 60.0) -> None:
         """Until the writer has ended the pause it takes after a write and waits for the next task's end: when
         the pause is over it looks once for something to write, and that look (a GIL acquisition) belongs to
         sop_telemetry's runs, not to the next setup's."""
-        writer = self.manager._writer
         start = perf()
-        while writer is not None and writer.is_alive() and not self._writer_idle(writer):
+        while self.manager.writer_state not in ("idle", "stopped"):
             if perf() - start > timeout:
                 raise RuntimeError(f"the writer did not go idle within {timeout:g} s: {self._writer_state()}")
             time.sleep(0.001)
 
-    def _writer_idle(self, writer: threading.Thread) -> bool:
-        """Whether the writer thread waits for a task's end (`_await_change`), not in its pause."""
-        frame, inner = sys._current_frames().get(writer.ident), None
-        while frame is not None and frame.f_code.co_name != "_write_until_stopped":
-            frame, inner = frame.f_back, frame
-        return inner is not None and inner.f_code.co_name == "_await_change"
-
     def _writer_state(self) -> str:
-        import traceback
-
-        manager, collector = self.manager, self.manager.get_collector()
-        writer = manager._writer
-        where = sys._current_frames().get(writer.ident) if writer is not None and writer.ident else None
-        stack = "".join(traceback.format_stack(where)[-4:]) if where is not None else "not running"
         from sop_telemetry.error_handler import get_error_handler
 
-        return (f"writer alive={writer is not None and writer.is_alive()} running={manager._writer_running} "
-                f"wake={manager._wake.is_set()} read_only={manager.read_only} generation={collector.generation} "
-                f"written={manager._written_generation} pending={len(collector.pending)} "
-                f"tasks={[(t['task_id'], t['status']) for t in collector._tasks]} open={list(collector._open)} "
-                f"session={collector.session_id} written_ids={sorted(self._written_ids)} "
-                f"errors={get_error_handler().get_error_summary()}\nwriter stack:\n{stack}")
+        stats = self.manager.get_storage_stats()
+        return (f"writer {self.manager.writer_state}, read_only={self.manager.read_only}, session "
+                f"{stats.get('current_session_id')} ({stats.get('current_session_tasks')} tasks, unwritten changes: "
+                f"{stats.get('unwritten_changes')}), errors={get_error_handler().get_error_summary()}")
 
     def _deactivate(self) -> None:
         name = self.active
@@ -432,7 +380,7 @@ def sample(setups: Setups, agent: Any, iterations: int, warmup: int, repeats: in
                         agent.run("Add the numbers.")
                         # Read at the run's end (in every setup, alike): by the time the timing is over, a writer
                         # the run's end woke may have written and begun its next pause.
-                        pausing = manager._pausing
+                        pausing = manager.writer_state == "pausing"
                         setups.wait(name)
                         t1, c1 = perf(), cpu_time()
                     best = (min(best[0], t1 - t0), min(best[1], c1 - c0))
@@ -469,8 +417,6 @@ def run_agent_overhead(kind: str, iterations: int, warmup: int, repeats: int = 3
     out["writes"] = {"fsynced_at_once": setups.writes[True], "fsync_deferred": setups.writes[False]}
     if setups.leftovers:
         out["leftovers_restored"] = setups.leftovers
-    if setups.missed_wakes:
-        out["writer_missed_wakes"] = setups.missed_wakes
     if skipped:
         out["openinference_skipped"] = skipped
     return out

@@ -83,6 +83,51 @@ def run_instructions(runs: int = 5, quick: bool = False, log: Callable[[str], No
     return out
 
 
+def count_setups(module: str, setups: List[str], runs: int, warmup: int, quick: bool,
+                 log: Callable[[str], None]) -> Dict[str, Any]:
+    """Per setup, the instructions one run executes, every thread's, counted while `module`'s child (run as
+    `python -m module --child SETUP RUNS WARMUP LIBRARY`) has collection on: each setup in its own process under
+    callgrind, one after another. With `quick`, each child runs natively, once, uncounted."""
+    with tempfile.TemporaryDirectory(prefix="sop_bench_cg_") as tmp:
+        directory = Path(tmp)
+        library = None
+        if quick:
+            runs, warmup = 1, 1
+        else:
+            library, why = _build_helper(directory)
+            if library is None:
+                return {"skipped": why}
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        root = Path(__file__).resolve().parent.parent
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
+        counts: Dict[str, Optional[float]] = {}
+        for setup in setups:
+            out = directory / f"callgrind.{setup}"
+            command = [sys.executable, "-m", module, "--child", setup, str(runs), str(warmup), str(library or "")]
+            if library is not None:
+                command = ["valgrind", "--tool=callgrind", "--collect-atstart=no", "--separate-threads=yes",
+                           f"--callgrind-out-file={out}"] + command
+            log(f"  instructions: {setup}")
+            proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+            if proc.returncode != 0:
+                raise RuntimeError(f"the instruction count of {setup} failed (exit {proc.returncode}):\n"
+                                   f"{(proc.stdout + proc.stderr)[-3000:]}")
+            counts[setup] = None if library is None else sum(
+                float(line.split()[1]) for part in directory.glob(f"callgrind.{setup}-*")
+                for line in part.read_text().splitlines() if line.startswith("summary:")) / runs
+    return {"runs": runs, "warmup": warmup, "counted": library is not None, **summarize(counts)}
+
+
+def child_switches(library: str) -> Tuple[Callable[[], None], Callable[[], None]]:
+    """(on, off): callgrind's collection switched by the helper library (no-ops without one: --quick)."""
+    import ctypes
+
+    if not library:
+        return (lambda: None), (lambda: None)
+    helper = ctypes.CDLL(library)
+    return helper.on, helper.off
+
+
 def _run_jobs(jobs: List[Tuple[str, str]], runs: int, library: Optional[Path], directory: Path,
               log: Callable[[str], None]) -> Dict[Tuple[str, str], Optional[float]]:
     """Runs the children, as many at a time as there are CPUs (an instruction count does not mind the load)."""

@@ -8,8 +8,8 @@ Usage::
 
 The run: `langchain.agents.create_agent` with three tools and a scripted chat model (no network) that asks for 11
 tool calls over 10 replies (one with two calls, run in parallel) and then answers: 11 model calls, each reply
-reporting its usage. The setups, switched in turn in one process (the order shuffled per iteration, one untimed run
-after each switch, each sample the fastest of `repeats` timed runs, GC off), as in section 1:
+reporting its usage. The setups, switched in turn in one process (the order shuffled per iteration, untimed runs
+after each switch and between timed runs, each sample the fastest of `repeats` timed runs, GC off), as in section 1:
 
 - ``none``: sop_telemetry's LangChain integration uninstalled, OpenInference uninstrumented;
 - ``sop``: the integration installed, telemetry enabled, the manager read-only during the timed run (the run's end
@@ -213,14 +213,26 @@ def _register_handler(name: Optional[str]) -> None:
         def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
             pass  # (the base class's raises NotImplementedError, and LangChain falls back to on_llm_start)
 
-    _handler_var = contextvars.ContextVar("sop_bench_handler", default=Handler())
+    # The default is the handler (not a value set here): every thread and task sees it, as LangSmith's hook does.
+    _handler_var = contextvars.ContextVar("sop_bench_handler", default=Handler())  # noqa: B039
     context.register_configure_hook(_handler_var, True)
+
+
+def _untimed(setups: Setups, name: str, run: Callable[[], Any]) -> None:
+    """A run between sop_telemetry's session write and the next timed run, in every setup: the write leaves the
+    caches cold for whatever runs next (section 1 does the same). Its task is written with the next one's, except
+    in sop_with_write, whose timed write must be of one task."""
+    setups.manager.read_only = name == "sop"
+    run()
+    setups.manager.read_only = False
+    if name == "sop_with_write":
+        setups.after(name, False)
 
 
 def sample(setups: Setups, run: Callable[[], Any], iterations: int, warmup: int, repeats: int, seed: int = 1,
            progress: Callable[[int], None] = lambda i: None) -> Tuple[List[Row], Dict[str, Dict[str, int]]]:
     """Per iteration after `warmup`, a row of (wall, CPU) seconds per setup, each the fastest of `repeats` timed
-    runs; and what each setup's first timed run recorded."""
+    runs; and what each setup's first run recorded."""
     manager = setups.manager
     freeze_heap()
     rows: List[Row] = []
@@ -234,7 +246,8 @@ def sample(setups: Setups, run: Callable[[], Any], iterations: int, warmup: int,
             for name in order:
                 setups.activate(name)
                 run()
-                setups.after(name, False)
+                recorded.setdefault(name, setups.after(name, False))
+                _untimed(setups, name, run)
                 best = (float("inf"), float("inf"))
                 for _ in range(repeats):
                     manager.read_only = name == "sop"
@@ -246,8 +259,8 @@ def sample(setups: Setups, run: Callable[[], Any], iterations: int, warmup: int,
                         t1, c1 = perf(), cpu_time()
                     manager.read_only = False
                     best = (min(best[0], t1 - t0), min(best[1], c1 - c0))
-                    counts = setups.after(name, name == "sop_with_write")
-                    recorded.setdefault(name, counts)
+                    setups.after(name, name == "sop_with_write")
+                    _untimed(setups, name, run)
                 row[name] = best
             if i >= warmup:
                 rows.append(row)
@@ -379,69 +392,25 @@ def run_langgraph_instructions(runs: int = 5, warmup: int = 5, quick: bool = Fal
     section 1c): every thread's, since LangGraph runs the tool calls on its pool, with the manager read-only during
     the run so that the writer's work (built and written after it) is not counted. Load-independent, unlike the
     timing; a lower bound of the timed overhead (a cache miss costs no instruction)."""
-    import tempfile
-    from pathlib import Path
-
-    from .instructions import _build_helper, summarize
+    from .instructions import count_setups
 
     skipped = langgraph_available()
     if skipped:
         return {"skipped": skipped}
     setups = ["none", "sop", *_HANDLERS] + ([] if openinference_available() else ["openinference"])
     log("9b. LangGraph agent run: instructions per run (callgrind)")
-    with tempfile.TemporaryDirectory(prefix="sop_bench_cg_lg_") as tmp:
-        directory = Path(tmp)
-        library = None
-        if quick:
-            runs, warmup = 1, 1
-        else:
-            library, why = _build_helper(directory)
-            if library is None:
-                return {"skipped": why}
-        counts = {setup: _count(setup, runs, warmup, library, directory, log) for setup in setups}
-    return {"runs": runs, "warmup": warmup, "counted": library is not None, **summarize(counts)}
-
-
-def _count(setup: str, runs: int, warmup: int, library: Any, directory: Any,
-           log: Callable[[str], None]) -> Optional[float]:
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONHASHSEED": "0",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
-    out = directory / f"callgrind.{setup}"
-    command = [sys.executable, "-m", "benchmarks.langgraph_run", "--child", setup, str(runs), str(warmup),
-               str(library or "")]
-    if library is not None:
-        command = ["valgrind", "--tool=callgrind", "--collect-atstart=no", "--separate-threads=yes",
-                   f"--callgrind-out-file={out}"] + command
-    log(f"  instructions: {setup}")
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the instruction count of {setup} failed (exit {proc.returncode}):\n"
-                           f"{(proc.stdout + proc.stderr)[-3000:]}")
-    if library is None:
-        return None
-    total = 0.0
-    for part in directory.glob(f"callgrind.{setup}-*"):
-        for line in part.read_text().splitlines():
-            if line.startswith("summary:"):
-                total += float(line.split()[1])
-    return total / runs
+    return count_setups("benchmarks.langgraph_run", setups, runs, warmup, quick, log)
 
 
 def _child(setup: str, runs: int, warmup: int, library: str) -> None:
-    import ctypes
     import tempfile
 
     import sop_telemetry  # noqa: F401 - before LangChain, as a user would
     from sop_telemetry import TelemetryManager
 
-    helper = ctypes.CDLL(library) if library else None
-    on, off = (helper.on, helper.off) if helper is not None else (lambda: None, lambda: None)
+    from .instructions import child_switches
+
+    on, off = child_switches(library)
     with tempfile.TemporaryDirectory(prefix="sop_bench_child_") as tmp:
         manager = TelemetryManager.get_instance()
         manager.initialize({"storage_dir": tmp, "auto_cleanup": False, "flush_interval": 86_400, "fsync": False})

@@ -30,6 +30,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Tuple
@@ -214,7 +215,7 @@ def _window(manager: Any, one: Callable[[int], None], first: int, count: int, bl
     """Runs tasks `first` .. `first + count` recorded, in blocks of `block` alternating with as many unrecorded
     (telemetry switched off), and returns the CPU time telemetry adds per recorded task: the main thread's, on minus
     off (thread CPU clocks, so the load of other processes cancels out), plus the writer thread's over the window."""
-    writer = manager._writer
+    writer = next((t for t in threading.enumerate() if t.name == "sop_telemetry-writer"), None)
     clock = time.pthread_getcpuclockid(writer.ident) if writer is not None and writer.ident else None
     writer_before = time.clock_gettime(clock) if clock is not None else 0.0
     spent = {True: 0.0, False: 0.0}

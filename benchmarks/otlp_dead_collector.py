@@ -127,6 +127,8 @@ def run_otlp_dead_collector(iterations: int = 300, warmup: int = 10, seed: int =
             rng.shuffle(order)
             sample: Dict[str, float] = {}
             for name in order:
+                # The one private seam left: the live exporters are built once and switched, so that each keeps
+                # its connection and back-off state across iterations, as in a long-lived process.
                 manager._otlp = exporters[name]
                 gc.collect()
                 gc.disable()

@@ -155,6 +155,62 @@ def run_pydantic_ai_overhead(iterations: int, warmup: int, repeats: int = 3, see
     return out
 
 
+# -- instructions (callgrind) -------------------------------------------------------------------------------------
+INSTRUCTION_SETUPS = ("none", "sop", "sop_with_write", "native")
+
+
+def run_pydantic_ai_instructions(runs: int = 5, warmup: int = 3, quick: bool = False,
+                                 log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
+    """Section 8b: the instructions the run executes per setup, every thread's, each setup in its own process under
+    callgrind (as section 9b). `sop` has the manager read-only during the run (the writer's work, done after it, is
+    not counted: the run itself); `sop_with_write` writes the session inside the count (everything); `native` is
+    pydantic-ai's own instrumentation. Load-independent, unlike the timing."""
+    from .instructions import count_setups
+
+    log("8b. pydantic-ai run: instructions per run (callgrind)")
+    return count_setups("benchmarks.pydantic_ai_run", list(INSTRUCTION_SETUPS), runs, warmup, quick, log)
+
+
+def _child(setup: str, runs: int, warmup: int, library: str) -> None:
+    import tempfile
+
+    import sop_telemetry  # noqa: F401 - before pydantic-ai, as a user would
+    from sop_telemetry import TelemetryManager
+    from sop_telemetry.integrations import pydantic_ai as integration
+
+    from .instructions import child_switches
+
+    on, off = child_switches(library)
+    with tempfile.TemporaryDirectory(prefix="sop_bench_child_") as tmp:
+        manager = TelemetryManager.get_instance()
+        manager.initialize({"storage_dir": tmp, "auto_cleanup": False, "flush_interval": 86_400, "fsync": False})
+        collector = manager.get_collector()
+        plain, native, exporter = _agents()
+        if not setup.startswith("sop"):
+            integration.uninstall()
+        agent = native if setup == "native" else plain
+        loop = asyncio.new_event_loop()
+        try:
+            for counted in [False] * warmup + [True] * runs:
+                manager.read_only = setup == "sop"  # the writer is not woken by the run's end
+                with quiet_gc():
+                    if counted:
+                        on()
+                    assert loop.run_until_complete(agent.run(_PROMPT)).output == "42"
+                    if setup == "sop_with_write":
+                        manager.flush_data()
+                    if counted:
+                        off()
+                manager.read_only = False
+                if setup.startswith("sop"):
+                    manager.flush_data()
+                    _fresh_session(collector)
+                exporter.clear()
+        finally:
+            loop.close()
+            manager.shutdown(flush=False)
+
+
 def _summarize(rows: List[Dict[str, Tuple[float, float]]], which: int) -> Dict[str, Any]:
     base = median([row["none"][which] for row in rows])
     setups: Dict[str, Any] = {}
@@ -165,3 +221,12 @@ def _summarize(rows: List[Dict[str, Tuple[float, float]]], which: int) -> Dict[s
             entry.update(added([row[name][which] - row["none"][which] for row in rows], base))
         setups[name] = entry
     return {"setups": setups}
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) == 6 and sys.argv[1] == "--child":
+        _child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+    else:
+        raise SystemExit("usage: python -m benchmarks.pydantic_ai_run --child SETUP RUNS WARMUP LIBRARY")

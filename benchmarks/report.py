@@ -132,6 +132,13 @@ def targets(r: Dict[str, Any]) -> List[Tuple[str, str, str, Optional[bool]]]:
             out.append((f"pydantic-ai run overhead, sop_telemetry enabled, {how} (CPU time)",
                         f"{_f(sop['added_pct'])}% (+{_f(sop['added_ms'], 3)} ms; wall {_f(sop_wall['added_pct'])}%)",
                         "<= 2%", sop["added_pct"] <= 2.0))
+        ins = r.get("pydantic_ai_instructions")
+        if ins and ins.get("counted"):
+            for name, how in (("sop", "the run itself"), ("sop_with_write", "with its file write")):
+                c = ins["setups"][name]
+                out.append((f"pydantic-ai run overhead, sop_telemetry enabled, {how} (instructions, every thread)",
+                            f"{_f(c['added_pct'])}% (+{c['added']:,.0f})", "<= 2%" if name == "sop" else "-",
+                            c["added_pct"] <= 2.0 if name == "sop" else None))
         ratio = native.get("over_sop")
         out.append(("pydantic-ai: its own OpenTelemetry instrumentation added / sop_telemetry added (CPU)",
                     "sop adds nothing measurable" if ratio is None else f"{_f(ratio, 1)}x "
@@ -315,6 +322,11 @@ def render(r: Dict[str, Any]) -> str:
                            rows))
         parts.append(f"   recorded per run: {pa['recorded_per_run']}; native spans per run: "
                      f"{pa['native_spans_per_run']}")
+        ins = r.get("pydantic_ai_instructions")
+        if ins and ins.get("counted"):
+            for name, c in ins["setups"].items():
+                more = "" if name == "none" else f" (+{c['added']:,.0f}, {_f(c['added_pct'])}%)"
+                parts.append(f"   8b. instructions per run, {names_pa[name]}: {c['per_run']:,.0f}{more}")
     verdicts = targets(r)
     quick = meta.get("mode") == "quick"
     rows = [[what, measured, target,

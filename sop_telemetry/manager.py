@@ -7,6 +7,7 @@ Usage::
     manager.initialize({"storage_dir": "/tmp/telemetry"})   # optional: zero configuration works
     collector = manager.get_collector()
     manager.flush_data()                                     # optional: files are written without it
+    manager.wait_until_written(timeout=5)                    # until the writer has written the tasks ended so far
     session = manager.get_session_data()                     # the current session
     print(manager.get_storage_stats()["storage_path"])
 
@@ -68,6 +69,7 @@ class TelemetryManager:
         ...                                                  # agents run: their records go to the session
         session = manager.get_session_data()                 # this process's session so far (a TelemetrySession)
         path = manager.flush_data()                          # write it now (it is written at task ends and exit)
+        manager.wait_until_written(timeout=5)                # or wait for the writer thread to have written it
         manager.get_all_session_ids()                        # stored sessions, oldest first
         manager.disable_telemetry()                          # stop recording, until enable_telemetry()
 
@@ -111,6 +113,8 @@ class TelemetryManager:
         self._disk_part: Optional[str] = None
         self._unappended: List[dict] = []
         self._sealed: List[dict] = []
+        # Parts this manager has appended to the tail of (a tail to remove when the part is written whole).
+        self._tailed: set = set()
         self._secrets: Optional[List[str]] = None
         self._wake = threading.Event()
         # Set by shutdown() and by a part's end: ends the writer's pause between writes at once.
@@ -120,6 +124,13 @@ class TelemetryManager:
         # when it is over, so that a task's end need not wake it (`_pausing`). See _write_until_stopped.
         self._due = False
         self._pausing = False
+        # What `wait_until_written` waits for: tasks' ends told to the manager (`_requested`), how many of them a
+        # completed write had taken in (`_served`), and failed writes; `_served_cond` is notified after every write.
+        self._requested = 0
+        self._served = 0
+        self._failed_writes = 0
+        self._served_cond = threading.Condition(threading.Lock())
+        self._writer_state = "stopped"
         self._writer: Optional[threading.Thread] = None
         self._writer_running = False  # set by _start_writer, cleared by the writer thread as it ends
         self._written_generation = -1
@@ -273,6 +284,32 @@ class TelemetryManager:
         self._ensure()
         return self._write(final=False, force=True)
 
+    @safe_telemetry_operation("manager.wait_until_written", default=False)
+    def wait_until_written(self, timeout: Optional[float] = None) -> bool:
+        """Waits until every task that has ended so far is in the session file, written by the background writer
+        (this thread writes nothing: `flush_data()` writes now); True when it is, False if `timeout` seconds went
+        by first, or the writes are failing (the records stay in memory), or the manager never writes
+        (`read_only`). Tasks still running are not waited for. Example, before reading the file from another
+        process: `manager.wait_until_written(timeout=5)`."""
+        if self.read_only:
+            return False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._served_cond:
+            target, failed = self._requested, self._failed_writes
+            while self._served < target:
+                left = None if deadline is None else deadline - time.monotonic()
+                if (left is not None and left <= 0) or self._failed_writes != failed or self._stopped \
+                        or not self._writer_running:
+                    return False
+                self._served_cond.wait(left)
+        return True
+
+    @property
+    def writer_state(self) -> str:
+        """What the background writer is doing: "writing"; "pausing" (after a write; a task that ends now is
+        written when the pause is over, without waking it); "idle" (waiting: a task's end wakes it); "stopped"."""
+        return self._writer_state if self._writer_running else "stopped"
+
     @safe_telemetry_operation("manager.get_session_data")
     def get_session_data(self, session_id: Optional[str] = None) -> Optional["TelemetrySession"]:
         """The current session when `session_id` is None, a stored one by id, or None if there is no such session."""
@@ -425,6 +462,8 @@ class TelemetryManager:
         if not self._writer_running:  # (a flag, not Thread.is_alive(): this runs twice in every agent run)
             self._start_writer()
         if urgent:
+            with self._served_cond:
+                self._requested += 1
             self._due = True
             if not self._pausing:
                 self._wake.set()
@@ -445,6 +484,7 @@ class TelemetryManager:
             if self._writer is not None and self._writer.is_alive():
                 return
             self._writer = threading.Thread(target=self._writer_loop, name="sop_telemetry-writer", daemon=True)
+            self._writer_state = "idle"
             self._writer_running = True
             try:
                 self._writer.start()
@@ -457,6 +497,8 @@ class TelemetryManager:
             self._write_until_stopped()
         finally:
             self._writer_running = False
+            with self._served_cond:
+                self._served_cond.notify_all()  # (a wait_until_written waiting on this writer ends)
 
     def _write_until_stopped(self) -> None:
         resume = 0.0  # (perf_counter) when the pause after the last write ends
@@ -476,6 +518,7 @@ class TelemetryManager:
             # `_pausing`: a task's end is either seen here or wakes the writer.
             pause = resume - time.perf_counter()
             if pause > 0.002:
+                self._writer_state = "pausing"
                 self._pausing = True
                 self._halt.wait(pause)
                 self._pausing = False
@@ -483,7 +526,9 @@ class TelemetryManager:
                 return
             self._halt.clear()  # (set by a part's end; shutdown() sets _stopped first)
             if not self._due:
+                self._writer_state = "idle"
                 self._await_change(self._config.flush_interval if self._config is not None else 30.0)
+            self._writer_state = "writing"
             tick = not self._due  # (the flush interval went by: the open tasks are written too)
             self._due = False
             self._wake.clear()
@@ -577,8 +622,11 @@ class TelemetryManager:
             try:
                 execution = TaskExecution.model_validate(task)
                 self._apply_task_costs(execution)
-                entry = (key, _redacted(execution.model_dump_json(), self._secrets), execution.token_usage,
-                         execution.end_time or execution.start_time)
+                # The computed total is summed once, not again for the dump: the same JSON as model_dump_json().
+                usage = execution.token_usage
+                text = "".join((execution.model_dump_json(exclude=_TOKEN_USAGE)[:-1], ',"token_usage":',
+                                usage.model_dump_json(), "}"))
+                entry = (key, _redacted(text, self._secrets), usage, execution.end_time or execution.start_time)
             except Exception as exc:  # noqa: BLE001 - a value the model refuses, or cannot serialize
                 report("manager.task", exc)
                 return None
@@ -619,30 +667,37 @@ class TelemetryManager:
         again."""
         if self.read_only:
             return None
+        requested = self._requested  # (read before the records are taken: the tasks' ends counted are in them)
         collector = self._collector
         if collector is None or not (collector.has_records() or collector.sealed):
+            self._served_up_to(requested)
             return None
         self._ensure()
         store = self._store
         assert store is not None
         if get_error_handler().is_suspended("storage.write") and not (final or force):
+            self._served_up_to(requested, failed=True)
             return None
         with self._write_lock:
             try:
                 store = self._writable_store()
             except OSError as exc:
                 report("storage.write", exc, hint=_kept_in_memory(store))
+                self._served_up_to(requested, failed=True)
                 return None
             for _ in range(10):  # (another pass only when a part ends while this one is being written)
                 try:
                     path = self._write_locked(store, collector, final, force, tick)
                 except Exception as exc:  # noqa: BLE001 - disk full, read-only, deleted directory, a bug
                     report("storage.write", exc, hint=_kept_in_memory(store))
+                    self._served_up_to(requested, failed=True)
                     return None
                 if path is not _AGAIN:
                     break
             else:
+                self._served_up_to(requested, failed=True)
                 return None
+            self._served_up_to(requested)
             if path is not None:
                 get_error_handler().record_success("storage.write")
                 self.last_flush_time = time.time()
@@ -674,7 +729,7 @@ class TelemetryManager:
             text = self._session_text(data, open_ids)
             self._unsynced.pop(store.tail_path(part_id), None)  # type: ignore[arg-type]  # (removed below: no fsync)
             path = self._put(store, part_id, text, durable=durable or self._disk_part == part_id)
-            store.drop_tail(part_id)
+            self._drop_tail(store, part_id)
             self._task_json = {k: v for k, v in self._task_json.items() if k[0] == part_id}
             self._disk_part = part_id
             collector.note_written(len(text.encode("utf-8")), sum(size_units(task) for task in data["tasks"]))
@@ -698,6 +753,15 @@ class TelemetryManager:
         self._written_generation = generation
         return path
 
+    def _served_up_to(self, requested: int, failed: bool = False) -> None:
+        """A write pass that took in the first `requested` tasks' ends is over: tells `wait_until_written`."""
+        with self._served_cond:
+            if failed:
+                self._failed_writes += 1
+            elif requested > self._served:
+                self._served = requested
+            self._served_cond.notify_all()
+
     def _write_sealed(self, store: "TelemetryDataStore") -> Optional[Path]:
         """Writes each ended part whole, with its end time, and removes its tail: from then on its file is final.
         Synced at once, since the tail it replaces goes. An error propagates, and the current part is not written
@@ -709,12 +773,17 @@ class TelemetryManager:
             if part["tasks"]:
                 path = self._put(store, part["session_id"], self._session_text(part, set()), durable=True)
                 logger.debug("sop_telemetry: part %s is full; continuing in the next", part["session_id"])
-            store.drop_tail(part["session_id"])
+            self._drop_tail(store, part["session_id"])
             self._task_json = {k: v for k, v in self._task_json.items() if k[0] != part["session_id"]}
             if self._disk_part == part["session_id"]:
                 self._disk_part = None
             self._sealed.pop(0)
         return path
+
+    def _drop_tail(self, store: "TelemetryDataStore", part_id: str) -> None:
+        if part_id in self._tailed:  # (most parts never get one: a short script's, a part written whole at its end)
+            store.drop_tail(part_id)
+            self._tailed.discard(part_id)
 
     def _writable_store(self) -> "TelemetryDataStore":
         """The configured store, checked before its first write: a folder that cannot be used then (a file in the
@@ -756,6 +825,8 @@ class TelemetryManager:
         """`store.write` (or `store.append_tail` with `tail`) with its fsync, unless the last fsync was less than
         `fsync_interval` ago and this write is not `durable` (an explicit flush, the exit's): then the file is
         synced when the interval is over (`_sync_if_due`, on the writer thread). Under _write_lock."""
+        if tail:
+            self._tailed.add(session_id)
         write = store.append_tail if tail else store.write
         cfg = self._config
         if not store.fsync or cfg is None:
@@ -839,6 +910,8 @@ class TelemetryManager:
         self._stopped = True
         self._halt.set()
         self._wake.set()
+        with self._served_cond:
+            self._served_cond.notify_all()
         writer = self._writer
         if writer is not None and writer is not threading.current_thread():
             writer.join(timeout=5)
@@ -863,6 +936,8 @@ class TelemetryManager:
         self._wake = threading.Event()
         self._halt = threading.Event()
         self._due = self._pausing = False
+        self._requested = self._served = self._failed_writes = 0
+        self._served_cond = threading.Condition(threading.Lock())
         self._writer = None
         self._writer_running = False
         self._written_generation = -1
@@ -871,6 +946,7 @@ class TelemetryManager:
         self._disk_part = None
         self._unappended = []
         self._sealed = []
+        self._tailed = set()
         self._task_json = {}
         self._environment = None  # it holds the parent's pid
         if self._collector is not None:
@@ -880,6 +956,7 @@ class TelemetryManager:
 
 
 _AGAIN: Any = object()
+_TOKEN_USAGE = {"token_usage"}
 
 
 def _finished_task_state(task: dict) -> tuple:

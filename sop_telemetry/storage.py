@@ -75,19 +75,32 @@ class TelemetryDataStore:
     def __init__(self, directory: Path, fsync: bool = True) -> None:
         self.directory = Path(directory)
         self.fsync = fsync
+        # The (file, tail) paths of the last session ids asked for: the writer asks for the same few at every write.
+        self._paths: Dict[str, Tuple[Path, Path]] = {}
+        # Tails whose last append here was written whole: the next one need not look for a torn last line.
+        self._whole_tails: set = set()
 
     # -- paths -------------------------------------------------------------------------------------------------
+    def _paths_of(self, session_id: str) -> Optional[Tuple[Path, Path]]:
+        paths = self._paths.get(session_id)
+        if paths is None:
+            if not is_session_id(session_id):
+                return None
+            if len(self._paths) >= 64:
+                self._paths.clear()
+            paths = self._paths[session_id] = (self.directory / f"{session_id}.json",
+                                               self.directory / f".{session_id}.tail.jsonl")
+        return paths
+
     def path_for(self, session_id: str) -> Optional[Path]:
         """The file of `session_id`, or None if the id is not a valid session id (e.g. holds `/`, `..` or NUL)."""
-        if not is_session_id(session_id):
-            return None
-        return self.directory / f"{session_id}.json"
+        paths = self._paths_of(session_id)
+        return paths[0] if paths is not None else None
 
     def tail_path(self, session_id: str) -> Optional[Path]:
         """The tail of `session_id` (tasks appended since its file was last written whole), or None for a bad id."""
-        if not is_session_id(session_id):
-            return None
-        return self.directory / f".{session_id}.tail.jsonl"
+        paths = self._paths_of(session_id)
+        return paths[1] if paths is not None else None
 
     def ensure_directory(self) -> None:
         """Creates the directory (mode 0700) if needed; raises NotADirectoryError when the path is something else."""
@@ -119,10 +132,13 @@ class TelemetryDataStore:
         path = self.path_for(session_id)
         if path is None:
             raise ValueError(f"not a session id: {session_id!r}")
-        self.ensure_directory()
         data = payload.encode("utf-8") if isinstance(payload, str) else payload
-        write_private(path, data, self.directory / f".{session_id}.json.{secrets.token_hex(4)}.tmp",
-                      fsync=self.fsync and sync)
+        tmp = self.directory / f".{session_id}.json.{secrets.token_hex(4)}.tmp"
+        try:
+            write_private(path, data, tmp, fsync=self.fsync and sync)
+        except FileNotFoundError:  # (the folder, made on first use or removed since: two system calls fewer a write)
+            self.ensure_directory()
+            write_private(path, data, tmp, fsync=self.fsync and sync)
         return path
 
     def append_tail(self, session_id: str, lines: bytes, sync: bool = True) -> Path:
@@ -133,12 +149,16 @@ class TelemetryDataStore:
             raise ValueError(f"not a session id: {session_id!r}")
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
         fd = os.open(path, flags, 0o600)
+        whole = self._whole_tails
         try:
-            if os.fstat(fd).st_size and not _ends_with_newline(fd):
+            if session_id not in whole and os.fstat(fd).st_size and not _ends_with_newline(fd):
                 lines = b"\n" + lines  # after a torn line: the new ones start on their own
+            whole.discard(session_id)
             view = memoryview(lines)
             while view:
                 view = view[os.write(fd, view):]
+            if lines.endswith(b"\n"):
+                whole.add(session_id)
             if self.fsync and sync:
                 os.fsync(fd)
         finally:
@@ -149,6 +169,7 @@ class TelemetryDataStore:
         """Removes the session's tail (its tasks are in the file now)."""
         path = self.tail_path(session_id)
         if path is not None:
+            self._whole_tails.discard(session_id)
             try:
                 os.unlink(path)
             except FileNotFoundError:

@@ -161,6 +161,74 @@ def test_a_task_that_ends_in_the_writers_pause_does_not_wake_it_and_one_that_end
     assert time.perf_counter() - ended < 0.5
 
 
+def test_wait_until_written_waits_for_the_writer_to_write_every_task_ended_so_far(manager, storage_dir, monkeypatch):
+    # The writer pauses a second after each write here, so tasks that end during the pause reach the file only
+    # when it is over: wait_until_written must block until then, without writing on the calling thread.
+    from sop_telemetry import manager as manager_module
+
+    monkeypatch.setattr(manager_module, "_WRITE_BACKOFF", 1e9)
+    monkeypatch.setattr(manager_module, "_MAX_WRITE_PAUSE", 1.0)
+    assert manager.wait_until_written(timeout=0) is True  # nothing recorded: nothing to wait for
+    record_task(manager, "first")
+    assert manager.wait_until_written(timeout=10) is True
+    path = storage_dir / f"{manager.get_collector().session_id}.json"
+    assert _tasks_on_disk(path) == 1
+    wait_for(lambda: manager.writer_state == "pausing")
+
+    def record(thread: int) -> None:
+        for i in range(5):
+            record_task(manager, f"t{thread}-{i}", prompt=thread, completion=i)
+
+    threads = [threading.Thread(target=record, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    writer_thread = threading.current_thread()
+    writes = []
+    real_append = TelemetryDataStore.append_tail
+    monkeypatch.setattr(TelemetryDataStore, "append_tail",
+                        lambda *a, **k: (writes.append(threading.current_thread()), real_append(*a, **k))[1])
+    assert manager.wait_until_written(timeout=0.05) is False  # still in the writer's pause
+    assert _tasks_on_disk(path) == 1
+    assert manager.wait_until_written(timeout=10) is True
+    session = TelemetryDataStore(storage_dir).load(path.stem)
+    assert sorted(t.task_id for t in session.tasks) == sorted(["first", *(f"t{n}-{i}" for n in range(4) for i in range(5))])
+    assert session.total_tokens.prompt_tokens == 10 + 5 * (0 + 1 + 2 + 3)
+    assert session.total_tokens.completion_tokens == 5 + 4 * (0 + 1 + 2 + 3 + 4)
+    assert writes and writer_thread not in writes  # the writer wrote them, not the waiting thread
+
+
+def test_wait_until_written_is_false_at_once_when_nothing_will_be_written(manager, storage_dir):
+    manager.read_only = True
+    record_task(manager, "never written")
+    began = time.monotonic()
+    assert manager.wait_until_written(timeout=30) is False
+    assert time.monotonic() - began < 5
+    manager.read_only = False
+    record_task(manager, "written")
+    assert manager.wait_until_written(timeout=30) is True
+    manager.shutdown(flush=False)
+    assert manager.writer_state == "stopped"
+    assert manager.wait_until_written(timeout=30) is True  # (nothing ended since the last write)
+    assert [t.task_id for t in manager.get_session_data(manager.get_collector().session_id).tasks] == [
+        "never written", "written"]
+
+
+def test_wait_until_written_is_false_when_the_write_fails(manager, storage_dir):
+    record_task(manager, "first")
+    assert manager.wait_until_written(timeout=30) is True
+    for path in storage_dir.iterdir():
+        path.unlink()
+    storage_dir.rmdir()
+    storage_dir.write_text("a file where the folder was")
+    began = time.monotonic()
+    record_task(manager, "second")
+    assert manager.wait_until_written(timeout=30) is False
+    assert time.monotonic() - began < 10
+    assert get_error_handler().get_error_summary()["storage.write"]["count"] >= 1
+
+
 class _Fsyncs:
     """Which files os.fsync was called on (by inode) and when. (Inode numbers are reused once a file is gone, so a
     file's fsyncs are looked for from a moment on: `since`.)"""
