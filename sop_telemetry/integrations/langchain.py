@@ -484,7 +484,6 @@ class _Events:
             report("langchain.retriever", exc)
 
 
-
 class _Begun:
     """A LangGraph node begun in a context (see _LostRunEvents)."""
 
