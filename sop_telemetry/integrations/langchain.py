@@ -15,8 +15,9 @@ We observe those same calls (`CallbackManager.on_chain_start`, `CallbackManagerF
 async twins) rather than add a handler: langchain-core does work for every handler on every run, which on a fast run
 cost more than the 2% budget before this module did anything (docs/langchain.md has the figures). The handlers'
 lists are left alone, so LangSmith's tracer, Langfuse's, OpenInference's and the user's see what they saw. Nesting
-comes from the run ids alone: never from the thread or task an event arrives on. A context that sets `recording` to
-False is not recorded.
+comes from the run ids: never from the thread or task an event arrives on (one exception, on Python 3.10 only: the
+runs LangGraph gives the wrong parent in an async node's body are put back under the node, see _LostRunEvents). A
+context that sets `recording` to False is not recorded.
 
 What becomes what (the guide, docs/langchain.md, says why):
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import sys
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
@@ -482,6 +484,98 @@ class _Events:
             report("langchain.retriever", exc)
 
 
+class _Begun:
+    """A LangGraph node begun in a context (see _LostRunEvents)."""
+
+    __slots__ = ("run_id", "under", "lost_parent", "superstep")
+
+    def __init__(self, run_id: Any, under: Optional[_Begun], lost_parent: Optional[int], superstep: Any) -> None:
+        self.run_id = run_id
+        self.under = under  # the entry it was begun in, if any
+        self.lost_parent = lost_parent  # the parent run (its id's integer) LangGraph gives the runs in its body
+        self.superstep = superstep
+
+
+class _InNode:
+    """A start's callback manager as seen by _Events, with the parent and superstep of the node it was made in."""
+
+    __slots__ = ("parent_run_id", "tags", "metadata")
+
+    def __init__(self, manager: Any, begun: _Begun) -> None:
+        self.parent_run_id = begun.run_id
+        self.tags = manager.tags
+        self.metadata = {**(manager.metadata or {}), "langgraph_step": begun.superstep}
+
+
+class _LostRunEvents(_Events):
+    """_Events on Python 3.10, where an asyncio task cannot be given a context: LangGraph then awaits an async
+    node's body without the node's config in context, and what the body calls without passing `config` gets the
+    parent run and metadata of the config that was in context when the node began (none, or those of a run outside
+    the node). Each node begun while an event loop runs is kept in a context variable, innermost first, with that
+    parent; a run that starts with exactly that parent while the node runs is given the node's (docs/langchain.md,
+    "Python 3.10"). Python 3.11+ uses _Events itself, untouched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.begun: contextvars.ContextVar = contextvars.ContextVar("sop_telemetry_langgraph_node", default=None)
+        self.runnable_config: Any = None  # langchain-core's var_child_runnable_config, looked up at install
+        self.running_loop: Any = None  # asyncio's _get_running_loop
+
+    def look_up(self) -> None:
+        from asyncio.events import _get_running_loop
+
+        from langchain_core.runnables.config import var_child_runnable_config
+
+        self.runnable_config, self.running_loop = var_child_runnable_config, _get_running_loop
+
+    def _innermost(self) -> Optional[_Begun]:
+        """The innermost node begun in this context that still runs (an entry is not taken off at the node's end,
+        which may be reported in another context: it is skipped once the node has ended)."""
+        begun = self.begun.get()
+        nodes = self.nodes
+        while begun is not None and begun.run_id.int not in nodes:
+            begun = begun.under
+        return begun
+
+    def _in_node(self, manager: Any) -> Any:
+        """The start's manager, or, for a run that LangGraph left with the parent every run in a node's body gets,
+        a view of it with the node's parent and superstep."""
+        if self.begun.get() is None:
+            return manager
+        begun = self._innermost()
+        parent = manager.parent_run_id
+        if begun is None or begun.lost_parent != (parent.int if parent is not None else None):
+            return manager
+        return _InNode(manager, begun)
+
+    def chain_start(self, manager: Any, run: Any, args: tuple, kwargs: dict, now: float) -> None:
+        super().chain_start(self._in_node(manager), run, args, kwargs, now)
+        try:
+            if self.running_loop() is None:  # a sync node's body runs in its context: nothing is lost
+                return
+            for tag in manager.tags or ():
+                if tag.startswith(_GRAPH_STEP) and run.run_id.int in self.nodes:
+                    config = self.runnable_config.get()
+                    callbacks = config.get("callbacks") if isinstance(config, dict) else None
+                    # A runnable configured here without `config` gets that manager's parent (a list of handlers,
+                    # or none, gives none).
+                    lost = getattr(callbacks, "parent_run_id", None)
+                    metadata = manager.metadata
+                    self.begun.set(_Begun(run.run_id, self._innermost(), lost.int if lost is not None else None,
+                                          metadata.get("langgraph_step") if metadata else None))
+                    break
+        except Exception as exc:  # noqa: BLE001 - the guard
+            report("langchain.chain", exc)
+
+    def model_start(self, manager: Any, runs: Any, args: tuple, kwargs: dict, now: float) -> None:
+        super().model_start(self._in_node(manager), runs, args, kwargs, now)
+
+    def tool_start(self, manager: Any, run: Any, args: tuple, kwargs: dict, now: float) -> None:
+        super().tool_start(self._in_node(manager), run, args, kwargs, now)
+
+    def retriever_start(self, manager: Any, run: Any, args: tuple, kwargs: dict, now: float) -> None:
+        super().retriever_start(self._in_node(manager), run, args, kwargs, now)
+
 
 # Which callback-manager methods are observed, and by which of _Events' methods: (class, method, event).
 _STARTS = (("CallbackManager", "on_chain_start", "chain_start"),
@@ -558,7 +652,7 @@ class LangChainIntegration(Integration):
 
     def __init__(self) -> None:
         super().__init__()
-        self.events = _Events()
+        self.events = _LostRunEvents() if sys.version_info < (3, 11) else _Events()
         self.context_var = recording
         self.patches = Patcher(self.name)
 
@@ -573,6 +667,8 @@ class LangChainIntegration(Integration):
         if missing:
             raise DidNotEnable(f"langchain_core's callback managers have no {', '.join(missing)}")
         self._check_langgraph()
+        if isinstance(self.events, _LostRunEvents):
+            self.events.look_up()
         for table, sync, asynchronous in ((_STARTS, _on_start, _on_start_async), (_ENDS, _on_end, _on_end_async)):
             for cls, method, event in table:
                 handle = getattr(self.events, event)
