@@ -27,8 +27,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 _HELPER = """#include <valgrind/callgrind.h>
 void on(void) { CALLGRIND_TOGGLE_COLLECT; }
@@ -97,16 +98,13 @@ def count_setups(module: str, setups: List[str], runs: int, warmup: int, quick: 
             library, why = _build_helper(directory)
             if library is None:
                 return {"skipped": why}
-        env = {**os.environ, "PYTHONHASHSEED": "0"}
-        root = Path(__file__).resolve().parent.parent
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
+        env = _child_env()
         counts: Dict[str, Optional[float]] = {}
         for setup in setups:
             out = directory / f"callgrind.{setup}"
-            command = [sys.executable, "-m", module, "--child", setup, str(runs), str(warmup), str(library or "")]
-            if library is not None:
-                command = ["valgrind", "--tool=callgrind", "--collect-atstart=no", "--separate-threads=yes",
-                           f"--callgrind-out-file={out}"] + command
+            command = _under_callgrind(
+                [sys.executable, "-m", module, "--child", setup, str(runs), str(warmup), str(library or "")],
+                library, out)
             log(f"  instructions: {setup}")
             proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
             if proc.returncode != 0:
@@ -118,22 +116,62 @@ def count_setups(module: str, setups: List[str], runs: int, warmup: int, quick: 
     return {"runs": runs, "warmup": warmup, "counted": library is not None, **summarize(counts)}
 
 
-def child_switches(library: str) -> Tuple[Callable[[], None], Callable[[], None]]:
-    """(on, off): callgrind's collection switched by the helper library (no-ops without one: --quick)."""
+def _child_env() -> Dict[str, str]:
+    """A child's environment: this checkout first on the path, and the same dict layouts (so the same instructions)
+    in every child."""
+    root = Path(__file__).resolve().parent.parent
+    return {**os.environ, "PYTHONHASHSEED": "0",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
+
+
+def _under_callgrind(command: List[str], library: Optional[Path], out: Path) -> List[str]:
+    """`command` run by callgrind, collecting nothing until the child switches it on (natively without `library`:
+    --quick)."""
+    if library is None:
+        return command
+    return ["valgrind", "--tool=callgrind", "--collect-atstart=no", "--separate-threads=yes",
+            f"--callgrind-out-file={out}"] + command
+
+
+@contextmanager
+def child_manager() -> Iterator[Any]:
+    """A child's TelemetryManager: sessions in a temporary folder, no periodic writes, no fsync; shut down after."""
+    from sop_telemetry import TelemetryManager
+
+    with tempfile.TemporaryDirectory(prefix="sop_bench_child_") as tmp:
+        manager = TelemetryManager.get_instance()
+        manager.initialize({"storage_dir": tmp, "auto_cleanup": False, "flush_interval": 86_400, "fsync": False})
+        try:
+            yield manager
+        finally:
+            manager.shutdown(flush=False)
+
+
+def counted_runs(run: Callable[[], Any], runs: int, warmup: int, library: str,
+                 before: Callable[[], Any] = lambda: None, after: Callable[[], Any] = lambda: None) -> None:
+    """`warmup` uncounted calls of `run`, then `runs` counted ones: callgrind collects only inside them (switched by
+    the helper `library`; nothing is switched without one), with the GC quiet. `before` and `after` each call, never
+    counted."""
     import ctypes
 
-    if not library:
-        return (lambda: None), (lambda: None)
-    helper = ctypes.CDLL(library)
-    return helper.on, helper.off
+    from .stats import quiet_gc
+
+    helper = ctypes.CDLL(library) if library else None
+    for counted in [False] * warmup + [True] * runs:
+        before()
+        with quiet_gc():
+            if counted and helper is not None:
+                helper.on()
+            run()
+            if counted and helper is not None:
+                helper.off()
+        after()
 
 
 def _run_jobs(jobs: List[Tuple[str, str]], runs: int, library: Optional[Path], directory: Path,
               log: Callable[[str], None]) -> Dict[Tuple[str, str], Optional[float]]:
     """Runs the children, as many at a time as there are CPUs (an instruction count does not mind the load)."""
-    env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict layouts, so the same instructions, in every child
-    root = Path(__file__).resolve().parent.parent
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
+    env = _child_env()
     waiting, running = list(jobs), []
     counts: Dict[Tuple[str, str], Optional[float]] = {}
     width = max(1, min(2, os.cpu_count() or 1))
@@ -141,11 +179,8 @@ def _run_jobs(jobs: List[Tuple[str, str]], runs: int, library: Optional[Path], d
         while waiting and len(running) < width:
             kind, setup = waiting.pop(0)
             out = directory / f"callgrind.{kind}.{setup}"
-            command = [sys.executable, "-m", "benchmarks.instructions", "--child", kind, setup, str(runs),
-                       str(library or "")]
-            if library is not None:
-                command = ["valgrind", "--tool=callgrind", "--collect-atstart=no", "--separate-threads=yes",
-                           f"--callgrind-out-file={out}"] + command
+            command = _under_callgrind([sys.executable, "-m", "benchmarks.instructions", "--child", kind, setup,
+                                        str(runs), str(library or "")], library, out)
             log(f"  instructions: {kind} / {setup}")
             proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             running.append((kind, setup, out, proc))
@@ -182,37 +217,24 @@ def summarize(per_run: Dict[str, Optional[float]]) -> Dict[str, Any]:
 
 def _child(kind: str, setup: str, runs: int, library: str) -> None:
     """One setup's runs, inside valgrind (or natively with no library: --quick)."""
-    import ctypes
-
     import sop_telemetry  # noqa: F401 - before smolagents, as a user would
-    from sop_telemetry import TelemetryManager
 
     from .agent_run import Setups
     from .fake import section_one_agent
-    from .stats import quiet_gc
 
-    helper = ctypes.CDLL(library) if library else None
-    on, off = (helper.on, helper.off) if helper is not None else (lambda: None, lambda: None)
-    with tempfile.TemporaryDirectory(prefix="sop_bench_child_") as tmp:
-        manager = TelemetryManager.get_instance()
-        manager.initialize({"storage_dir": tmp, "auto_cleanup": False, "flush_interval": 86_400, "fsync": False})
+    with child_manager():
         model, agent = section_one_agent(kind)
         setups = Setups([type(model)], use_openinference=setup.startswith("openinference"))
         setups.activate(setup)
         try:
-            for counted in [False] * _WARMUP + [True] * runs:
-                setups.warm_up(setup, agent)
-                with quiet_gc():
-                    if counted:
-                        on()
-                    agent.run("Add the numbers.")
-                    if counted:
-                        off()
+            def after() -> None:
                 setups.after_run(setup)
                 setups.cool_down(setup, agent)
+
+            counted_runs(lambda: agent.run("Add the numbers."), runs, _WARMUP, library,
+                         before=lambda: setups.warm_up(setup, agent), after=after)
         finally:
             setups.close()
-            manager.shutdown(flush=False)
 
 
 if __name__ == "__main__":

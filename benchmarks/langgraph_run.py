@@ -403,34 +403,26 @@ def run_langgraph_instructions(runs: int = 5, warmup: int = 5, quick: bool = Fal
 
 
 def _child(setup: str, runs: int, warmup: int, library: str) -> None:
-    import tempfile
-
     import sop_telemetry  # noqa: F401 - before LangChain, as a user would
-    from sop_telemetry import TelemetryManager
 
-    from .instructions import child_switches
+    from .instructions import child_manager, counted_runs
 
-    on, off = child_switches(library)
-    with tempfile.TemporaryDirectory(prefix="sop_bench_child_") as tmp:
-        manager = TelemetryManager.get_instance()
-        manager.initialize({"storage_dir": tmp, "auto_cleanup": False, "flush_interval": 86_400, "fsync": False})
+    with child_manager() as manager:
         run = build_agent()
         setups = Setups(use_openinference=setup == "openinference")
         setups.activate(setup)
+
+        def before() -> None:
+            manager.read_only = True  # the writer is not woken by the run's end: its work is not the run's
+
+        def after() -> None:
+            manager.read_only = False
+            setups.after(setup, False)
+
         try:
-            for counted in [False] * warmup + [True] * runs:
-                manager.read_only = True  # the writer is not woken by the run's end: its work is not the run's
-                with quiet_gc():
-                    if counted:
-                        on()
-                    run()
-                    if counted:
-                        off()
-                manager.read_only = False
-                setups.after(setup, False)
+            counted_runs(run, runs, warmup, library, before, after)
         finally:
             setups.close()
-            manager.shutdown(flush=False)
 
 
 if __name__ == "__main__":

@@ -172,43 +172,38 @@ def run_pydantic_ai_instructions(runs: int = 5, warmup: int = 3, quick: bool = F
 
 
 def _child(setup: str, runs: int, warmup: int, library: str) -> None:
-    import tempfile
-
     import sop_telemetry  # noqa: F401 - before pydantic-ai, as a user would
-    from sop_telemetry import TelemetryManager
     from sop_telemetry.integrations import pydantic_ai as integration
 
-    from .instructions import child_switches
+    from .instructions import child_manager, counted_runs
 
-    on, off = child_switches(library)
-    with tempfile.TemporaryDirectory(prefix="sop_bench_child_") as tmp:
-        manager = TelemetryManager.get_instance()
-        manager.initialize({"storage_dir": tmp, "auto_cleanup": False, "flush_interval": 86_400, "fsync": False})
+    with child_manager() as manager:
         collector = manager.get_collector()
         plain, native, exporter = _agents()
         if not setup.startswith("sop"):
             integration.uninstall()
         agent = native if setup == "native" else plain
         loop = asyncio.new_event_loop()
+
+        def run() -> None:
+            assert loop.run_until_complete(agent.run(_PROMPT)).output == "42"
+            if setup == "sop_with_write":
+                manager.flush_data()
+
+        def before() -> None:
+            manager.read_only = setup == "sop"  # the writer is not woken by the run's end
+
+        def after() -> None:
+            manager.read_only = False
+            if setup.startswith("sop"):
+                manager.flush_data()
+                _fresh_session(collector)
+            exporter.clear()
+
         try:
-            for counted in [False] * warmup + [True] * runs:
-                manager.read_only = setup == "sop"  # the writer is not woken by the run's end
-                with quiet_gc():
-                    if counted:
-                        on()
-                    assert loop.run_until_complete(agent.run(_PROMPT)).output == "42"
-                    if setup == "sop_with_write":
-                        manager.flush_data()
-                    if counted:
-                        off()
-                manager.read_only = False
-                if setup.startswith("sop"):
-                    manager.flush_data()
-                    _fresh_session(collector)
-                exporter.clear()
+            counted_runs(run, runs, warmup, library, before, after)
         finally:
             loop.close()
-            manager.shutdown(flush=False)
 
 
 def _summarize(rows: List[Dict[str, Tuple[float, float]]], which: int) -> Dict[str, Any]:

@@ -661,9 +661,8 @@ class LangChainIntegration(Integration):
             from langchain_core.callbacks import manager as managers
         except ImportError as exc:
             raise DidNotEnable(f"langchain_core.callbacks.manager cannot be imported: {exc}") from exc
-        found = {(cls, method) for cls, method, _ in _STARTS + _ENDS
-                 if callable(vars(getattr(managers, cls, object)).get(method))}
-        missing = [f"{cls}.{method}" for cls, method, _ in _STARTS + _ENDS if (cls, method) not in found]
+        missing = [f"{cls}.{method}" for cls, method, _ in _STARTS + _ENDS
+                   if not callable(vars(getattr(managers, cls, object)).get(method))]
         if missing:
             raise DidNotEnable(f"langchain_core's callback managers have no {', '.join(missing)}")
         self._check_langgraph()
